@@ -1,0 +1,362 @@
+"""llmc: the command-line client of llmd.
+
+Usage (``llmc --help`` and ``llmc COMMAND --help`` say more)::
+
+    llmc run NAME [PROMPT]        run blueprint NAME; the prompt is read from stdin when omitted
+    llmc blueprints | info | jobs | job ID | cancel ID | status
+
+Exit status:
+
+====  ==============================================================================
+ 0    success
+ 1    the CLI failed (-32005), or another llmd error
+ 2    usage error: bad arguments, invalid params (-32602), unsupported method (-32601)
+ 3    llmd is not reachable, or it dropped the connection
+ 4    timed out (-32003)
+ 5    rate limited (-32004)
+ 6    busy: llmd's queue is full (-32006)
+ 7    unknown blueprint (-32001) or its executable is missing (-32002)
+ 8    invalid configuration (-32008)
+ 9    run --json: the answer held no JSON value
+130   interrupted (Ctrl-C); a run in flight is cancelled first
+====  ==============================================================================
+
+Invariants:
+- Start-up is on every command's critical path: this module imports only ``argparse`` and the
+  import-free ``llmc.exitcodes``/``llmc.output``; the socket and JSON code is loaded after the
+  arguments are parsed, so ``--help`` and usage errors never pay for it.
+- Failures print one ``llmc: ...`` line on stderr and return a status from the table; no
+  traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from llmc import __version__, exitcodes
+from llmc.output import error, indented, write
+
+# typing costs milliseconds at start-up and is needed only by the type checker.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn
+
+    from llmc import connection
+
+TIMEOUT_HELP = ("seconds (a positive number) or a category name such as quick, normal, long, "
+                "extended")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``llmc:`` line, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        error(f"{message} (see: {self.prog} --help)")
+        raise SystemExit(exitcodes.USAGE)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help text laid out as written, sized without ``shutil``.
+
+    argparse measures the terminal with ``shutil.get_terminal_size`` whenever it makes a
+    formatter, which every ``add_argument`` does; importing ``shutil`` (and the compression
+    modules it pulls in) cost more than the rest of building the parser.
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         width if width is not None else _help_width())
+
+
+def _help_width() -> int:
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns) - 2
+    stream = sys.__stdout__
+    try:
+        return os.get_terminal_size(stream.fileno()).columns - 2 if stream else 78
+    except (ValueError, OSError):
+        return 78
+
+
+def parse_timeout(text: str) -> float | str:
+    """Parse ``--timeout``: seconds, or the name of a timeout category.
+
+    Args:
+        text: The option's value.
+
+    Returns:
+        The seconds (an int when whole) or the category name.
+
+    Raises:
+        argparse.ArgumentTypeError: Neither a positive finite number nor a plausible name.
+    """
+    try:
+        seconds = float(text)
+    except ValueError:
+        name = text.strip()
+        if name and name[0].isalpha() and all(c.isalnum() or c in "-_" for c in name):
+            return name
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: expected {TIMEOUT_HELP}")\
+            from None
+    if not _positive_finite(seconds):
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: expected {TIMEOUT_HELP}")
+    return int(seconds) if seconds.is_integer() else seconds
+
+
+def _positive_finite(number: float) -> bool:
+    # False for NaN as well, since every comparison with NaN is false.
+    return 0 < number < float("inf")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not _positive_finite(seconds):
+        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected a positive number")
+    return seconds
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a positive integer")
+    return int(text)
+
+
+def _add_run(run: argparse.ArgumentParser) -> None:
+    run.add_argument("name", metavar="NAME", help="the blueprint (see: llmc blueprints)")
+    run.add_argument("prompt", metavar="PROMPT", nargs="?", default=None,
+                     help="the prompt; '-' or omitted: read standard input")
+    run.add_argument("--json", action="store_true",
+                     help="extract the JSON value from the answer and print it (status 9 when "
+                          "there is none)")
+    run.add_argument("--raw", action="store_true",
+                     help="print the whole result object as JSON")
+    run.add_argument("--timeout", metavar="SECONDS|CATEGORY", type=parse_timeout,
+                     help=f"the run's deadline: {TIMEOUT_HELP}")
+    run.add_argument("--cwd", metavar="DIR",
+                     help="working directory of the CLI (default: the current directory)")
+    run.add_argument("--model", metavar="M", help="the model to ask the CLI for")
+    run.add_argument("--session", metavar="ID", help="resume this CLI session")
+    run.add_argument("--stream", action=argparse.BooleanOptionalAction, default=False,
+                     help="print output as it arrives (to stderr with --json/--raw)")
+    run.add_argument("--detach", action="store_true",
+                     help="start the run as a background job and print its id at once")
+
+
+def _add_jobs(jobs: argparse.ArgumentParser) -> None:
+    jobs.add_argument("--state", help="only jobs in this state (e.g. running)")
+    jobs.add_argument("--limit", type=_positive_int, default=50, help="at most this many (50)")
+
+
+def _add_job(job: argparse.ArgumentParser) -> None:
+    job.add_argument("job", metavar="ID")
+    job.add_argument("--wait", action="store_true", help="wait until the job has finished")
+    job.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
+                     help="with --wait: give up after this long")
+    job.add_argument("--text", action="store_true", help="print only the answer's text")
+
+
+def _add_cancel(cancel: argparse.ArgumentParser) -> None:
+    cancel.add_argument("job", metavar="ID")
+
+
+def _add_status(status: argparse.ArgumentParser) -> None:
+    status.add_argument("blueprint", metavar="NAME", nargs="?", help="only this blueprint")
+    status.add_argument("--check", action="store_true", help="probe now instead of the cache")
+
+
+def _add_nothing(parser: argparse.ArgumentParser) -> None:
+    del parser
+
+
+# name: (one-line help, description or "", adds the command's own arguments)
+COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "run": ("run a blueprint on a prompt and print the answer",
+            "Run blueprint NAME on PROMPT and print the answer's text.\n"
+            "Without PROMPT, or with '-', the prompt is read from standard input (UTF-8).\n"
+            "A prompt that starts with '-' goes after '--': llmc run NAME -- '--prompt'.",
+            _add_run),
+    "blueprints": ("list the configured blueprints", "", _add_nothing),
+    "info": ("show the daemon's facts", "", _add_nothing),
+    "jobs": ("list recent jobs, newest first", "", _add_jobs),
+    "job": ("show one job",
+            "Show one job's record. Once the job has finished, the exit status follows its\n"
+            "outcome (the table below).", _add_job),
+    "cancel": ("cancel a job", "", _add_cancel),
+    "status": ("show the blueprints' health (from llmd's cache)", "", _add_status),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build llmc's argument parser (one subparser per command).
+
+    Args:
+        only: Build just this command's subparser. Each subparser costs about half a
+            millisecond to build, which a run should not pay for the six it does not use.
+
+    Returns:
+        The parser.
+    """
+    epilog = exitcodes.epilog()
+    raw = _Formatter
+    # Without abbreviations, the scan in command_in() knows every top-level option.
+    parser = _Parser(
+        prog="llmc", formatter_class=raw, epilog=epilog, allow_abbrev=False,
+        description="Client of llmd, the daemon that runs LLM command-line tools for you.")
+    parser.add_argument("--version", action="version", version=f"llmc {__version__}")
+    parser.add_argument(
+        "--socket", metavar="PATH", default=None,
+        help="llmd's socket (default: $LLMD_SOCKET, else $XDG_RUNTIME_DIR/llmd/llmd.sock, "
+             "else /tmp/llmd-$UID/llmd.sock)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (summary, description, add_arguments) in COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        sub = subparsers.add_parser(name, help=summary, description=description or summary,
+                                    formatter_class=raw, epilog=epilog)
+        add_arguments(sub)
+        # SUPPRESS: when not given after the command, the one before it (or None) stays.
+        sub.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
+                         help="llmd's socket (overrides $LLMD_SOCKET)")
+        if name != "run":
+            sub.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def command_in(argv: list[str]) -> str | None:
+    """The command that ``argv`` names, when that is certain before parsing.
+
+    Returns:
+        The command, or None when ``argv`` asks for top-level help, has an unknown option
+        before the command, or names no known command (the full parser then explains).
+    """
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--socket":
+            skip = True
+        elif arg.startswith("--socket="):
+            continue
+        elif arg.startswith("-"):
+            return None
+        else:
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run llmc.
+
+    Args:
+        argv: The arguments without the program name; None means ``sys.argv[1:]``.
+
+    Returns:
+        The exit status (see the module's table).
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        error("interrupted")
+        return exitcodes.INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return exitcodes.FAILED
+
+
+def _main(argv: list[str] | None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only=command_in(arguments))
+    try:
+        args = parser.parse_args(arguments)
+    except SystemExit as exc:
+        return _status_of(exc)
+    if args.command is None:
+        error("no command given (see: llmc --help)")
+        return exitcodes.USAGE
+
+    # Loaded only now: --help and usage errors have returned above without socket or json.
+    from llmc import commands  # noqa: PLC0415
+    from llmc.connection import ClientError  # noqa: PLC0415
+
+    try:
+        return commands.HANDLERS[args.command](args)
+    except commands.UsageError as exc:
+        error(str(exc))
+        return exitcodes.USAGE
+    except UnicodeEncodeError:
+        error("an argument is not valid UTF-8 text")
+        return exitcodes.USAGE
+    except ClientError as exc:
+        return report(exc, raw=bool(getattr(args, "raw", False)))
+
+
+def report(exc: Exception, raw: bool = False) -> int:
+    """Print a client error the llmc way and return its exit status.
+
+    Args:
+        exc: A :class:`llmc.connection.ClientError`.
+        raw: Also print the error object as JSON on stdout (``run --raw``).
+
+    Returns:
+        The exit status from the module's table.
+    """
+    from llmc import connection  # noqa: PLC0415
+
+    if isinstance(exc, connection.RpcError):
+        return _report_rpc(exc, raw)
+    error(str(exc))
+    if isinstance(exc, connection.DaemonUnavailable | connection.ConnectionLost):
+        return exitcodes.UNREACHABLE
+    if isinstance(exc, connection.CallTimeout):
+        return exitcodes.TIMED_OUT
+    return exitcodes.FAILED
+
+
+def _report_rpc(exc: connection.RpcError, raw: bool) -> int:
+    import json  # noqa: PLC0415
+
+    if exc.code == -32601:
+        error(f"this llmd does not support {exc.method} yet")
+        return exitcodes.USAGE
+    message = exc.message
+    retry_after = exc.data.get("retry_after_s")
+    if exc.code == -32004 and isinstance(retry_after, int | float):
+        message = f"{message} (retry after {retry_after:g} s)"
+    error(message)
+    tail = exc.data.get("stderr")
+    if exc.code == -32005 and isinstance(tail, str) and tail.strip():
+        write(indented(tail), sys.stderr)
+    if raw:
+        document = {"code": exc.code, "message": exc.message, "data": exc.data}
+        write(json.dumps({"error": document}, indent=2, ensure_ascii=False) + "\n")
+    return exitcodes.exit_code_for(exc.code)
+
+
+def _status_of(exc: SystemExit) -> int:
+    if exc.code is None:
+        return exitcodes.OK
+    if isinstance(exc.code, int):
+        return exc.code
+    return exitcodes.USAGE
+
+
+def _silence_stdout() -> None:
+    # The reader went away (llmc ... | head). Point stdout at /dev/null so the interpreter's
+    # final flush does not fail a second time with a traceback.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

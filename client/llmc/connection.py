@@ -1,0 +1,411 @@
+"""A small synchronous JSON-RPC 2.0 client for llmd's Unix socket.
+
+Invariants:
+- Framing is newline-delimited JSON: one message per line, UTF-8, in both directions.
+- Only one request is in flight per :class:`Connection`; replies for other ids (left over from a
+  call that timed out) are skipped, notifications are handed to the caller's callback.
+- Every failure is one of the :class:`ClientError` subclasses with a message meant for a person;
+  no raw ``OSError`` or ``json`` exception escapes :meth:`Connection.call`.
+- Stdlib only, and nothing heavier than ``socket`` and ``json``: this module is on the start-up
+  path of every ``llmc`` command that talks to the daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import stat
+import time
+
+# typing costs milliseconds at start-up and is needed only by the type checker.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import Any
+
+    NotificationHandler = Callable[[str, Any], None]
+
+CHUNK_SIZE = 65536
+# A run result carries the answer text and the raw output, so it can be far larger than any
+# request; past this the daemon is misbehaving and buffering more would only exhaust memory.
+DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024
+START_HINT = "start it with: llmd serve (or: systemctl --user start llmd.socket)"
+
+
+class ClientError(Exception):
+    """Base of every failure the client reports; ``str()`` is a message for a person."""
+
+
+class DaemonUnavailable(ClientError):
+    """The daemon cannot be reached at ``path``.
+
+    Attributes:
+        path: The socket path that was tried.
+        reason: ``"missing"``, ``"refused"``, ``"permission"``, ``"timeout"`` or ``"error"``.
+    """
+
+    def __init__(self, path: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+class ConnectionLost(ClientError):
+    """The daemon closed the connection (or it broke) before a call was answered."""
+
+
+class ProtocolError(ClientError):
+    """The daemon sent something that is not a JSON-RPC 2.0 message."""
+
+
+class CallTimeout(ClientError):
+    """No reply arrived within the call's client-side timeout."""
+
+
+class RpcError(ClientError):
+    """The daemon answered a call with a JSON-RPC error object.
+
+    Attributes:
+        code: The JSON-RPC error code (API.md lists llmd's own codes).
+        message: The daemon's one-line message.
+        data: The error's ``data`` object (``{}`` when absent or not an object).
+        method: The method of the call that failed.
+    """
+
+    def __init__(self, code: int, message: str, data: dict[str, Any] | None = None,
+                 method: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data: dict[str, Any] = data if data is not None else {}
+        self.method = method
+
+    def __repr__(self) -> str:
+        return f"RpcError({self.code}, {self.message!r}, method={self.method!r})"
+
+
+def socket_path(explicit: str | None = None) -> str:
+    """Resolve the daemon's socket path the way API.md defines it.
+
+    Precedence: ``explicit`` (the ``--socket`` flag), then ``$LLMD_SOCKET``, then
+    ``$XDG_RUNTIME_DIR/llmd/llmd.sock``, else ``/tmp/llmd-$UID/llmd.sock``. Empty values count as
+    unset, so ``LLMD_SOCKET= llmc ...`` falls back instead of connecting to ``""``.
+
+    Args:
+        explicit: A path given on the command line, or None.
+
+    Returns:
+        The absolute socket path (not checked for existence).
+    """
+    # Absolute like the daemon's, so both name the same file in messages.
+    chosen = explicit or os.environ.get("LLMD_SOCKET")
+    if chosen:
+        return os.path.abspath(chosen)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "llmd", "llmd.sock")
+    return f"/tmp/llmd-{os.getuid()}/llmd.sock"  # noqa: S108 - the documented fallback
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _unavailable(path: str, exc: OSError, timeout: float | None) -> DaemonUnavailable:
+    if isinstance(exc, TimeoutError):
+        within = f" within {timeout:g} s" if timeout is not None else ""
+        return DaemonUnavailable(
+            path, "timeout", f"llmd at {path} did not accept the connection{within}")
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return DaemonUnavailable(
+            path, "missing", f"llmd is not running (no socket at {path}); {START_HINT}")
+    if exc.errno == errno.ECONNREFUSED:
+        if not _is_socket(path):
+            return DaemonUnavailable(
+                path, "error", f"cannot connect to llmd: {path} is not a socket "
+                "(check --socket and $LLMD_SOCKET)")
+        return DaemonUnavailable(
+            path, "refused",
+            f"llmd is not running (nothing is listening on {path}); {START_HINT}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return DaemonUnavailable(
+            path, "permission",
+            f"cannot connect to llmd at {path}: permission denied "
+            "(llmd serves only its own user; is the socket another user's?)")
+    detail = exc.strerror or str(exc)
+    return DaemonUnavailable(path, "error", f"cannot connect to llmd at {path}: {detail}")
+
+
+class Connection:
+    """One NDJSON JSON-RPC connection to llmd.
+
+    Use :meth:`connect` to open one; it is a context manager that closes the socket.
+
+    Args:
+        sock: A connected stream socket.
+        path: The socket path, for messages.
+        max_message: The largest message accepted from the daemon, in bytes.
+    """
+
+    def __init__(self, sock: socket.socket, path: str = "",
+                 max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self._sock: socket.socket | None = sock
+        self.path = path
+        self._max_message = max_message
+        self._buffer = bytearray()
+        # Where the search for the next newline resumes, so a huge line arriving in many chunks
+        # is scanned once rather than once per chunk.
+        self._scan_from = 0
+        self._next_id = 0
+        self._pending: int | None = None
+        # A send cut short (by Ctrl-C) leaves half a line on the wire; anything sent after it
+        # would be glued to that half, so the connection can only be closed.
+        self._send_broken = False
+
+    @classmethod
+    def connect(cls, path: str, timeout: float | None = 5.0) -> Connection:
+        """Open a connection to the daemon.
+
+        Args:
+            path: The socket path (see :func:`socket_path`).
+            timeout: Seconds to wait for the daemon to accept; None waits without limit.
+
+        Returns:
+            The connected :class:`Connection`.
+
+        Raises:
+            DaemonUnavailable: No socket, nobody listening, permission denied, or no answer.
+        """
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.settimeout(None)
+        except OSError as exc:
+            sock.close()
+            raise _unavailable(path, exc, timeout) from None
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, path)
+
+    @property
+    def pending_id(self) -> int | None:
+        """The id of the request sent and not yet answered, or None."""
+        return self._pending
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._sock is None
+
+    def call(self, method: str, params: dict[str, Any] | list[Any] | None = None,
+             on_notification: NotificationHandler | None = None,
+             timeout: float | None = None) -> Any:  # noqa: ANN401 - any JSON value
+        """Send a request and wait for its reply.
+
+        Args:
+            method: The JSON-RPC method.
+            params: Its parameters (omitted from the message when None).
+            on_notification: Called as ``on_notification(method, params)`` for every
+                notification that arrives before the reply (streamed output, state changes).
+            timeout: Seconds to wait for the reply; None waits as long as it takes (the daemon
+                enforces the run's own deadline).
+
+        Returns:
+            The reply's ``result``.
+
+        Raises:
+            RpcError: The daemon answered with an error.
+            ConnectionLost: The connection closed or broke before the reply.
+            CallTimeout: ``timeout`` passed without a reply; the request stays pending.
+            ProtocolError: The daemon sent something that is not JSON-RPC.
+            UnicodeEncodeError: ``params`` hold text that cannot be encoded as UTF-8.
+        """
+        self._next_id += 1
+        request_id = self._next_id
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        # Pending from before the send, so an interrupt right after it still knows what to cancel.
+        self._pending = request_id
+        try:
+            self._send(message, method)
+        except ClientError:
+            self._pending = None
+            raise
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            incoming = self._receive(method, deadline)
+            if not isinstance(incoming, dict):
+                # We never send batches, so an array is not an answer to us.
+                continue
+            if "method" in incoming:
+                self._dispatch(incoming, on_notification, method)
+                continue
+            reply_id = incoming.get("id")
+            # An error with a null id is the daemon rejecting the line it could not parse, which
+            # can only be the one request we have in flight.
+            if reply_id != request_id and not (reply_id is None and "error" in incoming):
+                continue
+            self._pending = None
+            return self._result(incoming, method)
+
+    def notify(self, method: str, params: dict[str, Any] | list[Any] | None = None) -> None:
+        """Send a notification (no reply is expected).
+
+        Args:
+            method: The JSON-RPC method.
+            params: Its parameters (omitted when None).
+
+        Raises:
+            ConnectionLost: The connection is closed or broken.
+        """
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        self._send(message, method)
+
+    def cancel_pending(self) -> bool:
+        """Ask the daemon to cancel the request in flight with ``$/cancelRequest``.
+
+        Failures are ignored: after an interrupt the socket may be gone, and closing the
+        connection cancels the daemon's work anyway.
+
+        Returns:
+            True when a cancel notification was sent.
+        """
+        if self._pending is None or self._sock is None or self._send_broken:
+            return False
+        try:
+            self.notify("$/cancelRequest", {"id": self._pending})
+        except ClientError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the socket; later calls raise :class:`ConnectionLost`."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _live_socket(self, method: str) -> socket.socket:
+        if self._sock is None:
+            raise ConnectionLost(f"cannot send {method}: the connection to llmd is closed")
+        if self._send_broken:
+            raise ConnectionLost(f"cannot send {method}: an earlier send was interrupted")
+        return self._sock
+
+    def _send(self, message: dict[str, Any], method: str) -> None:
+        data = (json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n")
+        payload = data.encode("utf-8")
+        sock = self._live_socket(method)
+        sock.settimeout(None)
+        self._send_broken = True
+        try:
+            sock.sendall(payload)
+        except OSError as exc:
+            raise ConnectionLost(
+                f"lost the connection to llmd while sending {method}: "
+                f"{exc.strerror or exc}") from None
+        self._send_broken = False
+
+    def _receive(self, method: str, deadline: float | None) -> Any:  # noqa: ANN401
+        while True:
+            line = self._take_line()
+            if line is not None:
+                if not line.strip():
+                    continue
+                try:
+                    return json.loads(line)
+                except ValueError as exc:
+                    raise ProtocolError(
+                        f"llmd sent a line that is not JSON while answering {method}: "
+                        f"{exc}") from None
+            self._fill(method, deadline)
+
+    def _take_line(self) -> bytes | None:
+        end = self._buffer.find(b"\n", self._scan_from)
+        if end < 0:
+            self._scan_from = len(self._buffer)
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end + 1]
+        self._scan_from = 0
+        return line
+
+    def _fill(self, method: str, deadline: float | None) -> None:
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLost(f"the connection to llmd closed while waiting for {method}")
+        if deadline is None:
+            sock.settimeout(None)
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CallTimeout(f"llmd did not answer {method} in time")
+            sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(CHUNK_SIZE)
+        except TimeoutError:
+            raise CallTimeout(f"llmd did not answer {method} in time") from None
+        except OSError as exc:
+            raise ConnectionLost(
+                f"lost the connection to llmd while waiting for {method}: "
+                f"{exc.strerror or exc}") from None
+        if not chunk:
+            partial = " in the middle of a message" if self._buffer else ""
+            raise ConnectionLost(
+                f"llmd closed the connection{partial} before answering {method} "
+                "(did the daemon stop or restart?)")
+        if len(self._buffer) + len(chunk) > self._max_message:
+            raise ProtocolError(
+                f"llmd sent a message larger than {self._max_message} bytes "
+                f"while answering {method}")
+        self._buffer += chunk
+
+    def _dispatch(self, incoming: dict[str, Any], on_notification: NotificationHandler | None,
+                  method: str) -> None:
+        name = incoming.get("method")
+        if not isinstance(name, str):
+            raise ProtocolError(f"llmd sent a message with a non-string method during {method}")
+        if incoming.get("id") is not None:
+            # A request from the daemon: this client serves no methods, and JSON-RPC wants an
+            # answer so the daemon does not wait for one.
+            self._send({"jsonrpc": "2.0", "id": incoming["id"],
+                        "error": {"code": -32601, "message": f"llmc serves no method {name}"}},
+                       method)
+            return
+        if on_notification is not None:
+            on_notification(name, incoming.get("params"))
+
+    @staticmethod
+    def _result(reply: dict[str, Any], method: str) -> Any:  # noqa: ANN401
+        if "error" in reply:
+            error = reply["error"]
+            if not isinstance(error, dict):
+                raise ProtocolError(f"llmd sent a malformed error object for {method}")
+            code = error.get("code")
+            message = error.get("message")
+            data = error.get("data")
+            error_code = code if isinstance(code, int) else -32603
+            text = message if isinstance(message, str) else "unknown error"
+            raise RpcError(error_code, text, data if isinstance(data, dict) else {}, method)
+        if "result" not in reply:
+            raise ProtocolError(f"llmd sent a reply with neither result nor error for {method}")
+        return reply["result"]

@@ -1,0 +1,66 @@
+"""llmc's exit statuses and their mapping from llmd's JSON-RPC error codes.
+
+Invariants:
+- Each status means one thing, so scripts can branch on it; the table below is the single
+  source for the ``--help`` epilog (the ``llmc.cli`` docstring repeats it for readers).
+- Imports nothing: it is loaded on every start.
+"""
+
+from __future__ import annotations
+
+OK = 0
+FAILED = 1
+USAGE = 2
+UNREACHABLE = 3
+TIMED_OUT = 4
+RATE_LIMITED = 5
+BUSY = 6
+NOT_FOUND = 7
+BAD_CONFIG = 8
+NO_JSON = 9
+INTERRUPTED = 130
+
+TABLE: tuple[tuple[int, str], ...] = (
+    (OK, "success"),
+    (FAILED, "the CLI failed (-32005), or another llmd error"),
+    (USAGE, "usage error: bad arguments, invalid params (-32602), unsupported method (-32601)"),
+    (UNREACHABLE, "llmd is not reachable, or it dropped the connection"),
+    (TIMED_OUT, "timed out (-32003)"),
+    (RATE_LIMITED, "rate limited (-32004)"),
+    (BUSY, "busy: llmd's queue is full (-32006)"),
+    (NOT_FOUND, "unknown blueprint (-32001) or its executable is missing (-32002)"),
+    (BAD_CONFIG, "invalid configuration (-32008)"),
+    (NO_JSON, "run --json: the answer held no JSON value"),
+    (INTERRUPTED, "interrupted (Ctrl-C); a run in flight is cancelled first"),
+)
+
+_BY_RPC_CODE: dict[int, int] = {
+    -32005: FAILED,
+    -32602: USAGE,
+    -32601: USAGE,
+    -32003: TIMED_OUT,
+    -32004: RATE_LIMITED,
+    -32006: BUSY,
+    -32001: NOT_FOUND,
+    -32002: NOT_FOUND,
+    -32008: BAD_CONFIG,
+}
+
+
+def exit_code_for(rpc_code: int) -> int:
+    """Map a JSON-RPC error code to llmc's exit status.
+
+    Args:
+        rpc_code: The ``code`` of an error reply.
+
+    Returns:
+        The exit status; codes without their own status give :data:`FAILED`.
+    """
+    return _BY_RPC_CODE.get(rpc_code, FAILED)
+
+
+def epilog() -> str:
+    """Return the exit-status table as text for ``--help``."""
+    lines = ["exit status:"]
+    lines.extend(f"  {code:>3}  {meaning}" for code, meaning in TABLE)
+    return "\n".join(lines)

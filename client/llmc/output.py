@@ -1,0 +1,159 @@
+"""Writing llmc's output: exact text, one-line errors, tables and ``key: value`` lines.
+
+Invariants:
+- Text goes out as UTF-8 bytes when the stream has a binary buffer, so an answer is printed
+  exactly whatever the locale's encoding; characters that cannot be encoded are replaced rather
+  than turned into a traceback.
+- Every error line starts with ``llmc: `` and is one line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any, TextIO
+
+PREFIX = "llmc: "
+
+
+def write(text: str, stream: TextIO | None = None) -> None:
+    """Write ``text`` to ``stream`` (stdout by default) and flush it.
+
+    Args:
+        text: The text, written as is.
+        stream: The destination; its binary ``buffer`` is used when it has one.
+    """
+    target = sys.stdout if stream is None else stream
+    buffer = getattr(target, "buffer", None)
+    if buffer is None:
+        target.write(text)
+        target.flush()
+        return
+    # Text already written through the text layer must come out first.
+    target.flush()
+    buffer.write(text.encode("utf-8", "replace"))
+    buffer.flush()
+
+
+def one_line(text: str) -> str:
+    """Collapse every run of whitespace (newlines included) into one space."""
+    return " ".join(text.split())
+
+
+def error(message: str) -> None:
+    """Print ``llmc: MESSAGE`` as one line on stderr."""
+    write(PREFIX + one_line(message) + "\n", sys.stderr)
+
+
+def indented(text: str, prefix: str = "  ", max_lines: int = 40) -> str:
+    """Indent the last ``max_lines`` non-blank-trailing lines of ``text``.
+
+    Args:
+        text: Multi-line text such as a CLI's stderr tail.
+        prefix: What each line starts with.
+        max_lines: How many lines to keep, counted from the end.
+
+    Returns:
+        The indented lines, each ending in a newline ("" for blank text).
+    """
+    lines = text.rstrip().splitlines()[-max_lines:]
+    return "".join(f"{prefix}{line.rstrip()}\n" for line in lines)
+
+
+def is_tty(stream: TextIO | None) -> bool:
+    """Whether ``stream`` is an open terminal."""
+    if stream is None:
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def terminal_width(stream: TextIO | None = None) -> int | None:
+    """The width to fit tables into, or None when output is not a terminal.
+
+    ``$COLUMNS`` wins when set, as with other tools; a pipe gets whole lines so that ``grep``
+    sees everything.
+    """
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    target = sys.stdout if stream is None else stream
+    if not is_tty(target):
+        return None
+    try:
+        return os.get_terminal_size(target.fileno()).columns
+    except (OSError, ValueError):
+        return None
+
+
+def truncate(text: str, width: int) -> str:
+    """Shorten ``text`` to ``width`` characters, marking the cut with ``...``."""
+    if len(text) <= width:
+        return text
+    if width <= 3:
+        return text[:max(width, 0)]
+    return text[:width - 3] + "..."
+
+
+def format_value(value: object) -> str:
+    """Render one JSON value for human output."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, list):
+        return ", ".join(format_value(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{key}={format_value(item)}" for key, item in value.items())
+    return one_line(str(value))
+
+
+def key_values(mapping: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Flatten a JSON object into ``key: value`` lines, nested keys joined with dots.
+
+    Args:
+        mapping: The object.
+        prefix: Prepended to every key (used for nesting).
+
+    Returns:
+        One line per leaf value, without newlines.
+    """
+    lines: list[str] = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            lines.extend(key_values(value, prefix=f"{name}."))
+        else:
+            lines.append(f"{name}: {format_value(value)}")
+    return lines
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int | None) -> str:
+    """Lay out rows in aligned columns; the last column is cut to fit ``width``.
+
+    Args:
+        headers: Column titles.
+        rows: Cells, already rendered as text.
+        width: The line width to fit, or None for no limit.
+
+    Returns:
+        The table, each line ending in a newline.
+    """
+    all_rows = [list(headers)] + [[one_line(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in all_rows) for i in range(len(headers) - 1)]
+    out: list[str] = []
+    for row in all_rows:
+        head = "".join(f"{cell:<{widths[i]}}  " for i, cell in enumerate(row[:-1]))
+        last = row[-1]
+        if width is not None:
+            last = truncate(last, max(width - len(head), 0))
+        out.append((head + last).rstrip() + "\n")
+    return "".join(out)

@@ -1,0 +1,7 @@
+"""``python -m llmd``."""
+
+import sys
+
+from llmd.cli import main
+
+sys.exit(main())

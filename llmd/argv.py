@@ -1,0 +1,120 @@
+"""Turn a blueprint and a request into the exact argv, stdin and environment of a child.
+
+Invariants:
+- A placeholder is substituted only where a template element *is* that placeholder;
+  the prompt becomes exactly one element (or the stdin bytes), is never split, never
+  scanned for placeholders and never passed through a shell.
+- A prompt passed as an argument that would be read as an option is refused unless
+  the template ends options with ``--`` before it or the blueprint allows it.
+- The child's environment is the daemon's minus what must not leak (systemd's
+  activation variables, Claude Code's nesting markers, ``env_remove``), plus ``env``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from llmd.config import Blueprint
+from llmd.errors import InvalidParams
+
+# Linux refuses a single argv element longer than MAX_ARG_STRLEN (32 pages).
+MAX_ARG_BYTES = 131072 - 1
+
+_ALWAYS_REMOVED_PREFIXES = ("LISTEN_", "WATCHDOG_")
+_ALWAYS_REMOVED = frozenset({
+    "NOTIFY_SOCKET", "CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "LLMD_SOCKET",
+})
+FORCED_ENV = {"NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What one attempt executes."""
+
+    argv: list[str]
+    stdin: bytes | None
+    """Bytes to write to the child's stdin and then close; ``None`` means /dev/null."""
+
+
+def render(bp: Blueprint, name: str, prompt: str, *, model: str | None = None,
+           session: str | None = None) -> Invocation:
+    """Render the argv (and stdin) for one run.
+
+    Args:
+        bp: The blueprint.
+        name: Its name, for messages.
+        prompt: The prompt, passed whole.
+        model: Optional model, rendered through ``model_args``.
+        session: Optional session to resume, rendered through ``resume_args``.
+
+    Returns:
+        The invocation.
+
+    Raises:
+        InvalidParams: The request cannot be rendered safely for this blueprint.
+    """
+    extra: list[str] = []
+    if model is not None:
+        if not bp.model_args:
+            raise InvalidParams(f"blueprint {name!r} does not take a model "
+                                "(it has no model_args)", {"blueprint": name})
+        _check_value("model", model, name)
+        extra += [model if e == "{model}" else e for e in bp.model_args]
+    if session is not None:
+        if not bp.resume_args:
+            raise InvalidParams(f"blueprint {name!r} cannot resume a session "
+                                "(it has no resume_args)", {"blueprint": name})
+        _check_value("session", session, name)
+        extra += [session if e == "{session}" else e for e in bp.resume_args]
+
+    if bp.prompt == "stdin":
+        return Invocation(argv=[*bp.command, *extra],
+                          stdin=prompt.encode("utf-8", "surrogatepass"))
+
+    if "\x00" in prompt:
+        raise InvalidParams(f"the prompt holds a NUL byte, which cannot be passed as an "
+                            f"argument to {name!r}", {"blueprint": name})
+    slot = bp.command.index("{prompt}")
+    if prompt.startswith("-") and not bp.allow_dash_prompt and "--" not in bp.command[:slot]:
+        raise InvalidParams(f"the prompt starts with '-' and {name!r} would read it as an "
+                            "option; send it on stdin or start it with another character",
+                            {"blueprint": name})
+    if len(prompt.encode("utf-8", "surrogatepass")) > MAX_ARG_BYTES:
+        raise InvalidParams(f"the prompt is longer than the {MAX_ARG_BYTES + 1} bytes the "
+                            f"kernel allows in one argument; {name!r} needs prompt = \"stdin\"",
+                            {"blueprint": name})
+    # Model and resume options go before the prompt, where option parsers expect them.
+    argv = [*bp.command[:slot], *extra, prompt, *bp.command[slot + 1:]]
+    return Invocation(argv=argv, stdin=None)
+
+
+def _check_value(key: str, value: str, name: str) -> None:
+    if not value or "\x00" in value or value.startswith("-"):
+        raise InvalidParams(f"invalid {key} {value!r} for {name!r}: it must be non-empty, "
+                            "hold no NUL byte and not start with '-'",
+                            {"blueprint": name, "param": key})
+
+
+def child_env(base: Mapping[str, str], bp: Blueprint) -> dict[str, str]:
+    """Build the child's environment.
+
+    Args:
+        base: The daemon's environment.
+        bp: The blueprint, for ``env_remove`` and ``env``.
+
+    Returns:
+        A new mapping; ``base`` is untouched.
+    """
+    removed = set(bp.env_remove)
+    env = {k: v for k, v in base.items()
+           if k not in _ALWAYS_REMOVED and k not in removed
+           and not k.startswith(_ALWAYS_REMOVED_PREFIXES)}
+    env.update(bp.env)
+    env.update(FORCED_ENV)
+    return env
+
+
+def search_path(env: Mapping[str, str]) -> Sequence[str]:
+    """The directories a bare program name is looked up in."""
+    return [p for p in env.get("PATH", "").split(":") if p]

@@ -1,0 +1,150 @@
+"""The daemon: wire the registry, job manager, dispatcher and socket together.
+
+Invariants:
+- Everything runs in one trio nursery; detached jobs live in it, not in a connection.
+- Shutdown (SIGINT/SIGTERM): stop accepting, cancel every unfinished job (their groups
+  are killed and their callers answered), then remove the socket and return.
+- A reload that fails validation leaves the registry in force untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from llmd import methods
+from llmd.config import Registry, load_file, parse_registry
+from llmd.jobs import JobManager
+from llmd.paths import PACKAGED_CONFIG, packaged_config, prepare_socket_dir
+from llmd.rpc import Dispatcher, encode_notification
+from llmd.sdnotify import Notifier
+from llmd.server import Listener, Server
+
+log = logging.getLogger("llmd")
+
+# Longest we wait for cancelled jobs' groups to die before leaving anyway.
+SHUTDOWN_LIMIT = 15.0
+
+
+def load_registry(source: str) -> Registry:
+    """Load the registry from a path, or the packaged default.
+
+    Raises:
+        ConfigError: It is invalid or unreadable.
+    """
+    if source == PACKAGED_CONFIG:
+        return parse_registry(packaged_config(), PACKAGED_CONFIG)
+    return load_file(source)
+
+
+class Daemon:
+    """One serving daemon.
+
+    Args:
+        registry: The validated registry.
+        socket_path: Where to listen.
+        default_socket: Whether the path is the default one (its directory is then secured).
+    """
+
+    def __init__(self, registry: Registry, socket_path: Path, *,
+                 default_socket: bool = False) -> None:
+        self.registry = registry
+        self.socket_path = socket_path
+        self.default_socket = default_socket
+        self.started = time.monotonic()
+        self.manager = JobManager(registry)
+        self.dispatcher = Dispatcher(methods.build(self), log=logging.getLogger("llmd.rpc"))
+        self.server = Server(self.dispatcher, registry.daemon.max_message_bytes)
+        self.listener = Listener(socket_path)
+        self.encode_notification = encode_notification
+        self._stop = trio.Event()
+        self.notifier = Notifier()
+
+    def reload(self) -> Registry:
+        """Re-read the registry from its source.
+
+        Raises:
+            ConfigError: The new file is invalid; the old registry stays.
+        """
+        registry = load_registry(self.registry.source)
+        self.registry = registry
+        self.manager.set_registry(registry)
+        self.server.max_message = registry.daemon.max_message_bytes
+        log.info("registry reloaded from %s: %d blueprints", registry.source,
+                 len(registry.blueprints))
+        return registry
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown."""
+        self._stop.set()
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind and serve until asked to stop.
+
+        Raises:
+            AlreadyRunning: Another daemon serves this socket.
+            PathError: The socket's directory is unsafe.
+        """
+        prepare_socket_dir(self.socket_path, default=self.default_socket)
+        sock = await self.listener.bind()
+        try:
+            async with trio.open_nursery() as nursery:
+                self.manager.nursery = nursery
+                accepting = trio.CancelScope()
+
+                async def accept(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                    with accepting:
+                        # Connections live in the outer nursery, so they outlast accepting.
+                        await trio.serve_listeners(self.server.handle,
+                                                   [trio.SocketListener(sock)],
+                                                   handler_nursery=nursery,
+                                                   task_status=task_status)
+
+                await nursery.start(accept)
+                nursery.start_soon(self._watch_signals)
+                log.info("llmd serving %s with %d blueprints from %s", self.socket_path,
+                         len(self.registry.blueprints), self.registry.source)
+                task_status.started(self)
+                self.notifier.send("READY=1", f"STATUS=serving {self.socket_path}",
+                                   f"MAINPID={os.getpid()}")
+                await self._stop.wait()
+                log.info("shutting down")
+                self.notifier.send("STOPPING=1", "STATUS=stopping")
+                # Stop accepting: new clients find no socket rather than a dead one.
+                accepting.cancel()
+                self.listener.release()
+                self.manager.shutting_down = True
+                self.manager.cancel_all("cancelled: llmd is shutting down")
+                with trio.move_on_after(SHUTDOWN_LIMIT):
+                    await self.manager.wait_all_finished()
+                    # Give the answers to the cancelled runs a moment to reach their clients.
+                    with trio.move_on_after(1.0):
+                        await self.server.wait_idle()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.listener.release()
+            self.notifier.close()
+        log.info("stopped")
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self._reload_logged()
+                else:
+                    log.info("received %s", signal.Signals(signum).name)
+                    self.request_stop()
+
+    def _reload_logged(self) -> None:
+        from llmd.errors import ConfigError  # noqa: PLC0415
+
+        try:
+            self.reload()
+        except ConfigError as exc:
+            log.error("reload failed, keeping the old registry: %s", exc.message)

@@ -1,0 +1,437 @@
+"""The job manager: queueing, the retry loop, deadlines and job bookkeeping.
+
+Invariants:
+- A run's deadline is fixed when the request arrives and bounds everything: the wait in
+  the queue, every attempt and every back-off sleep.
+- Slots are taken blueprint first, then global, both FIFO; a job waiting for its
+  blueprint never holds a global slot. Beyond ``max_queue`` waiting jobs, ``Busy``.
+- Only rate limits are retried; a job's final state is set exactly once.
+- Every state change is published to the job's listeners in order; a listener that
+  blocks slows that job alone (it is how back-pressure reaches the child's pipe).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import shutil
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import trio
+
+from llmd import argv as argv_mod
+from llmd.config import Blueprint, Registry
+from llmd.errors import (
+    Busy,
+    Cancelled,
+    CliFailed,
+    ExecutableMissing,
+    InternalError,
+    InvalidParams,
+    LlmdError,
+    NoSuchJob,
+    RateLimited,
+    TimedOut,
+    UnknownBlueprint,
+)
+from llmd.jsonextract import extract_json
+from llmd.parsers import Event, ParseResult, Signal, TextDelta, make_parser
+from llmd.ratelimit import Verdict, classify
+from llmd.records import FINAL_STATES, JobRecord, RunParams, RunResult, utc_now
+from llmd.retry import Backoff
+from llmd.supervisor import Attempt, Stream
+
+log = logging.getLogger("llmd.jobs")
+
+EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+KEEP_FINISHED = 1000
+
+
+def new_job_id() -> str:
+    """A job id that sorts by creation time."""
+    return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(3)}"
+
+
+class Job:
+    """One run, from request to final state."""
+
+    def __init__(self, job_id: str, params: RunParams, deadline: float) -> None:
+        self.id = job_id
+        self.params = params
+        self.blueprint = params.blueprint
+        self.deadline = deadline
+        self.state = "queued"
+        self.created_at = utc_now()
+        self.started_at: str | None = None
+        self.finished_at: str | None = None
+        self.attempts = 0
+        self.result: RunResult | None = None
+        self.error: LlmdError | None = None
+        self.scope = trio.CancelScope(deadline=deadline)
+        self.cancel_requested = False
+        self.cancel_reason = "cancelled by llm.cancel"
+        self.finished = trio.Event()
+        self.listeners: list[EventSink] = []
+        self.pids: list[int] = []
+        self.in_queue = True
+        self.seq = 0
+        self.streamed_stdout = False
+        self.attempt: Attempt | None = None
+
+    def record(self, *, with_text: bool = True) -> JobRecord:
+        """The job as ``jobs.get`` shows it."""
+        result = self.result
+        if result is not None and not with_text:
+            result = RunResult(**{**{f: getattr(result, f) for f in result.__struct_fields__},
+                                  "text": "", "output": ""})
+        return JobRecord(job=self.id, blueprint=self.blueprint, state=self.state,
+                         created_at=self.created_at, started_at=self.started_at,
+                         finished_at=self.finished_at, attempts=self.attempts, result=result,
+                         error=self.error.to_wire() if self.error is not None else None)
+
+
+class JobManager:
+    """Runs jobs under the registry's limits.
+
+    Args:
+        registry: The registry in force (replaced on reload with :meth:`set_registry`).
+        environ: The daemon's environment, the base of every child's.
+        rng: Source of back-off jitter (seed it in tests).
+        attempt_factory: Builds an :class:`~llmd.supervisor.Attempt` (tests swap it).
+    """
+
+    def __init__(self, registry: Registry, environ: Mapping[str, str] | None = None,
+                 rng: random.Random | None = None,
+                 attempt_factory: Callable[..., Attempt] = Attempt) -> None:
+        self.environ = dict(os.environ if environ is None else environ)
+        self.attempt_factory = attempt_factory
+        self.rng = rng or random.Random()
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self.queued = 0
+        self.running = 0
+        self.finished_count = 0
+        self.shutting_down = False
+        self.nursery: trio.Nursery | None = None
+        self._global = trio.CapacityLimiter(registry.daemon.max_jobs)
+        self._limiters: dict[str, trio.CapacityLimiter] = {}
+        self.registry = registry
+        self.set_registry(registry)
+
+    def set_registry(self, registry: Registry) -> None:
+        """Put a (re)loaded registry in force; running jobs keep their blueprint."""
+        self.registry = registry
+        self._global.total_tokens = registry.daemon.max_jobs
+        for name, bp in registry.blueprints.items():
+            limiter = self._limiters.get(name)
+            if limiter is None:
+                self._limiters[name] = trio.CapacityLimiter(bp.max_concurrency)
+            else:
+                limiter.total_tokens = bp.max_concurrency
+
+    # --- entry points ------------------------------------------------------
+
+    def submit(self, params: RunParams) -> Job:
+        """Validate a request and register its job (not started yet).
+
+        Raises:
+            LlmdError: Unknown blueprint, bad parameters, or a full queue.
+        """
+        bp = self.registry.blueprints.get(params.blueprint)
+        if bp is None:
+            known = ", ".join(sorted(self.registry.blueprints)) or "none"
+            raise UnknownBlueprint(f"unknown blueprint {params.blueprint!r} (known: {known})",
+                                   {"blueprint": params.blueprint})
+        try:
+            timeout = self.registry.timeout_for(bp, params.timeout)
+        except KeyError:
+            cats = ", ".join(sorted(self.registry.timeouts))
+            raise InvalidParams(f"unknown timeout category {params.timeout!r} "
+                                f"(known: {cats})", {"blueprint": params.blueprint}) from None
+        if timeout <= 0 or timeout != timeout:
+            raise InvalidParams("timeout must be a positive number of seconds",
+                                {"blueprint": params.blueprint})
+        if params.cwd is not None and (not os.path.isabs(params.cwd)
+                                       or "\x00" in params.cwd
+                                       or not os.path.isdir(params.cwd)):
+            raise InvalidParams(f"cwd must be the absolute path of an existing directory, "
+                                f"not {params.cwd!r}", {"blueprint": params.blueprint})
+        # Render now so a bad prompt is refused before anything is queued.
+        argv_mod.render(bp, params.blueprint, params.prompt, model=params.model,
+                        session=params.session)
+        limiter = self._limiters[params.blueprint]
+        if (self.queued >= self.registry.daemon.max_queue
+                and (limiter.available_tokens < 1 or self._global.available_tokens < 1
+                     or self.queued > 0)):
+            raise Busy(f"the queue is full ({self.queued} waiting); try again later",
+                       {"blueprint": params.blueprint})
+        job = Job(new_job_id(), params, trio.current_time() + timeout)
+        self.jobs[job.id] = job
+        self.queued += 1
+        return job
+
+    async def run(self, job: Job) -> RunResult:
+        """Run a submitted job to its end.
+
+        Returns:
+            The run result of a successful run.
+
+        Raises:
+            LlmdError: How the run failed (also recorded on the job).
+            trio.Cancelled: The caller was cancelled; the job is recorded cancelled.
+        """
+        try:
+            with job.scope:
+                result = await self._execute(job)
+                self._finish(job, "succeeded", result=result)
+                return result
+            if job.cancel_requested:
+                raise Cancelled(job.cancel_reason, self._error_data(job, None, job.attempt))
+            where = "waiting in the queue" if job.in_queue else "its process group was killed"
+            raise TimedOut(f"{job.blueprint!r} timed out after "
+                           f"{self._timeout_of(job):g} s; {where}",
+                           self._error_data(job, None, job.attempt))
+        except LlmdError as exc:
+            state = {Cancelled: "cancelled", TimedOut: "timed_out"}.get(type(exc), "failed")
+            if state == "cancelled" and self.shutting_down:
+                state = "interrupted"
+            self._finish(job, state, error=exc)
+            raise
+        except trio.Cancelled:
+            # From outside: the request was cancelled, its client left, or shutdown.
+            state = "interrupted" if self.shutting_down else "cancelled"
+            self._finish(job, state, error=Cancelled("cancelled", {"job": job.id}))
+            raise
+        except BaseException:
+            self._finish(job, "failed", error=InternalError("internal error"))
+            raise
+
+    def start_detached(self, job: Job) -> None:
+        """Run a job in the daemon's nursery, whatever happens to its client."""
+        assert self.nursery is not None, "the daemon has not started the job manager"
+        self.nursery.start_soon(self._run_quietly, job)
+
+    async def _run_quietly(self, job: Job) -> None:
+        try:
+            await self.run(job)
+        except LlmdError as exc:
+            log.info("job %s (%s) ended %s: %s", job.id, job.blueprint, job.state, exc.message)
+
+    def cancel(self, job_id: str, reason: str = "cancelled by llm.cancel") -> bool:
+        """Cancel a job; False when it had already finished.
+
+        Raises:
+            NoSuchJob: Unknown id.
+        """
+        job = self.get(job_id)
+        if job.state in FINAL_STATES:
+            return False
+        job.cancel_requested = True
+        job.cancel_reason = reason
+        job.scope.cancel()
+        return True
+
+    def cancel_all(self, reason: str) -> None:
+        """Cancel every job that has not finished (at shutdown)."""
+        for job in list(self.jobs.values()):
+            if job.state not in FINAL_STATES:
+                self.cancel(job.id, reason)
+
+    async def wait_all_finished(self) -> None:
+        """Return once no job is left unfinished."""
+        for job in list(self.jobs.values()):
+            await job.finished.wait()
+
+    def get(self, job_id: str) -> Job:
+        """Look a job up.
+
+        Raises:
+            NoSuchJob: Unknown id.
+        """
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NoSuchJob(f"no job {job_id!r}", {"job": job_id})
+        return job
+
+    # --- internals ---------------------------------------------------------
+
+    def _leave_queue(self, job: Job) -> None:
+        if job.in_queue:
+            job.in_queue = False
+            self.queued -= 1
+
+    def _timeout_of(self, job: Job) -> float:
+        bp = self.registry.blueprints.get(job.blueprint)
+        if bp is None:
+            return 0.0
+        return self.registry.timeout_for(bp, job.params.timeout)
+
+    async def _publish(self, job: Job, method: str, payload: dict[str, Any]) -> None:
+        for sink in list(job.listeners):
+            await sink(method, payload)
+
+    async def _set_state(self, job: Job, state: str, **extra: Any) -> None:
+        job.state = state
+        log.debug("job %s: %s", job.id, state)
+        await self._publish(job, "llm.state", {"job": job.id, "state": state,
+                                               "attempt": job.attempts, **extra})
+
+    def _finish(self, job: Job, state: str, *, result: RunResult | None = None,
+                error: LlmdError | None = None) -> None:
+        if job.state in FINAL_STATES:
+            return
+        self._leave_queue(job)
+        job.state = state
+        job.result = result
+        job.error = error
+        job.finished_at = utc_now()
+        self.finished_count += 1
+        job.finished.set()
+        if error is not None:
+            error.data.setdefault("job", job.id)
+            error.data.setdefault("state", state)
+        while len(self.jobs) > KEEP_FINISHED:
+            oldest = next(iter(self.jobs.values()))
+            if oldest.state not in FINAL_STATES:
+                break
+            del self.jobs[oldest.id]
+
+    def _error_data(self, job: Job, bp: Blueprint | None, attempt: Attempt | None = None,
+                    **extra: Any) -> dict[str, Any]:
+        data: dict[str, Any] = {"job": job.id, "blueprint": job.blueprint,
+                                "attempts": job.attempts}
+        if attempt is not None:
+            data.update(exit_code=attempt.exit_code, stderr=attempt.stderr_tail[-4000:],
+                        output=attempt.stdout[-4000:], duration_s=round(attempt.duration, 3))
+        data.update(extra)
+        return data
+
+    async def _execute(self, job: Job) -> RunResult:
+        bp = self.registry.blueprints[job.blueprint]
+        params = job.params
+        env = argv_mod.child_env(self.environ, bp)
+        program = shutil.which(bp.command[0], path=env.get("PATH", os.defpath))
+        if program is None:
+            raise ExecutableMissing(
+                f"{job.blueprint!r}: {bp.command[0]!r} was not found or is not executable "
+                f"(PATH searched: {env.get('PATH', '')})",
+                {"blueprint": job.blueprint, "executable": bp.command[0],
+                 "path": env.get("PATH", "")})
+        inv = argv_mod.render(bp, job.blueprint, params.prompt, model=params.model,
+                              session=params.session)
+        inv = argv_mod.Invocation([program, *inv.argv[1:]], inv.stdin)
+        limiter = self._limiters[job.blueprint]
+        await self._set_state(job, "queued")
+        async with limiter, self._global:
+            self._leave_queue(job)
+            self.running += 1
+            try:
+                return await self._attempts(job, bp, inv, env)
+            finally:
+                self.running -= 1
+
+    async def _attempts(self, job: Job, bp: Blueprint, inv: argv_mod.Invocation,
+                        env: dict[str, str]) -> RunResult:
+        backoff = Backoff(bp.retry.max_attempts, bp.retry.base_delay, bp.retry.max_delay)
+        patterns = self.registry.rate_limit_res[job.blueprint]
+        job.started_at = utc_now()
+        started = time.monotonic()
+        while True:
+            job.attempts += 1
+            await self._set_state(job, "running")
+            attempt, parsed, verdict = await self._one_attempt(job, bp, inv, env)
+            if verdict is None:
+                verdict = classify(attempt.exit_code, attempt.stdout[-65536:],
+                                   attempt.stderr_tail, patterns, parsed.error)
+            if verdict.kind == "ok":
+                return self._result(job, attempt, parsed, time.monotonic() - started)
+            if verdict.kind != "rate_limit":
+                what = verdict.reason or _exit_text(attempt.exit_code)
+                raise CliFailed(f"{job.blueprint!r} failed: {what}",
+                                self._error_data(job, bp, attempt, kind=verdict.kind))
+            remaining = job.deadline - trio.current_time()
+            delay = backoff.next_delay(job.attempts, remaining, self.rng, verdict.retry_after_s)
+            if delay is None:
+                data = self._error_data(job, bp, attempt)
+                if verdict.retry_after_s is not None:
+                    data["retry_after_s"] = verdict.retry_after_s
+                raise RateLimited(f"{job.blueprint!r} is rate limited "
+                                  f"({verdict.reason or 'rate limit'}); gave up after "
+                                  f"{job.attempts} attempt{'s' if job.attempts > 1 else ''}",
+                                  data)
+            log.info("job %s: %s rate limited, retry %d in %.1f s", job.id, job.blueprint,
+                     job.attempts + 1, delay)
+            # What the failed attempt streamed is not part of the answer any more.
+            restart = job.streamed_stdout
+            job.streamed_stdout = False
+            await self._set_state(job, "retrying", retry_in_s=round(delay, 3),
+                                  restart_output=restart)
+            await trio.sleep(delay)
+
+    async def _forward(self, job: Job, stream: Stream, events: list[Event],
+                       early: list[Verdict], scope: trio.CancelScope) -> None:
+        for event in events:
+            if isinstance(event, Signal):
+                if event.verdict.kind != "ok" and not early:
+                    # The CLI would retry internally for minutes; the retry policy is ours.
+                    early.append(event.verdict)
+                    scope.cancel()
+                continue
+            if job.listeners and event.text:
+                payload = {"job": job.id, "seq": job.seq, "stream": stream, "text": event.text}
+                job.seq += 1
+                if stream == "stdout":
+                    job.streamed_stdout = True
+                await self._publish(job, "llm.output", payload)
+
+    async def _one_attempt(self, job: Job, bp: Blueprint, inv: argv_mod.Invocation,
+                           env: dict[str, str]) -> tuple[Attempt, ParseResult, Verdict | None]:
+        parser = make_parser(bp.parser)
+        early: list[Verdict] = []
+        scope = trio.CancelScope()
+
+        async def on_output(stream: Stream, text: str) -> None:
+            events: list[Event] = parser.feed(text) if stream == "stdout" else [TextDelta(text)]
+            await self._forward(job, stream, events, early, scope)
+
+        attempt = self.attempt_factory(
+            inv, env=env, cwd=job.params.cwd, max_output_bytes=bp.max_output_bytes,
+            kill_grace=bp.kill_grace, on_output=on_output, on_spawn=job.pids.append)
+        job.attempt = attempt
+        with scope:
+            try:
+                await attempt.run()
+            except OSError as exc:
+                raise ExecutableMissing(
+                    f"{job.blueprint!r}: cannot run {inv.argv[0]!r}: {exc.strerror or exc}",
+                    {"blueprint": job.blueprint, "executable": inv.argv[0]}) from None
+        events, parsed = parser.finish()
+        if not early:
+            await self._forward(job, "stdout", events, early, scope)
+        return attempt, parsed, (early[0] if early else None)
+
+    def _result(self, job: Job, attempt: Attempt, parsed: ParseResult,
+                duration: float) -> RunResult:
+        text = parsed.text
+        value: Any = None
+        json_error: str | None = None
+        if job.params.json:
+            value, json_error = extract_json(text)
+        return RunResult(job=job.id, blueprint=job.blueprint, state="succeeded", text=text,
+                         output=attempt.stdout, stderr=attempt.stderr_tail,
+                         exit_code=attempt.exit_code, attempts=job.attempts,
+                         duration_s=round(duration, 6), truncated=attempt.truncated,
+                         json=value, json_error=json_error, session=parsed.session,
+                         usage=parsed.usage, cost_usd=parsed.cost_usd)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit status {code}"

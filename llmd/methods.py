@@ -1,0 +1,122 @@
+"""The JSON-RPC methods: thin adapters from wire params to the job manager.
+
+Invariants:
+- Parameters are typed structs; unknown parameters are refused (-32602), so a client
+  cannot smuggle options (environment, argv) into a run.
+- Handlers return structs or plain dicts that encode straight to the wire shape.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from llmd import __version__
+from llmd.errors import InvalidParams
+from llmd.records import FINAL_STATES, JobRecord, RunParams, RunResult
+from llmd.rpc import CallContext, Method
+
+if TYPE_CHECKING:
+    from llmd.daemon import Daemon
+
+
+class JobParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``llm.cancel`` parameters."""
+
+    job: str
+
+
+class GetParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.get`` parameters."""
+
+    job: str
+    wait: bool = False
+    timeout: float | None = None
+
+
+class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.list`` parameters."""
+
+    state: str | None = None
+    limit: int = 50
+
+
+def build(daemon: Daemon) -> list[Method]:
+    """The method table of a daemon."""
+    manager = daemon.manager
+
+    async def llm_run(params: RunParams, ctx: CallContext) -> RunResult | dict[str, Any]:
+        job = manager.submit(params)
+        if params.detach:
+            manager.start_detached(job)
+            return {"job": job.id, "state": job.state}
+        if params.stream:
+            session = ctx.session
+            request = ctx.request_id
+
+            async def forward(method: str, payload: dict[str, Any]) -> None:
+                sender = getattr(session, "send", None)
+                if sender is not None:
+                    await sender(daemon.encode_notification(method,
+                                                            {**payload, "request": request}))
+
+            job.listeners.append(forward)
+        return await manager.run(job)
+
+    async def llm_cancel(params: JobParams, ctx: CallContext) -> dict[str, Any]:
+        return {"job": params.job, "cancelled": manager.cancel(params.job)}
+
+    async def jobs_get(params: GetParams, ctx: CallContext) -> JobRecord:
+        job = manager.get(params.job)
+        if params.wait and job.state not in FINAL_STATES:
+            if params.timeout is not None and params.timeout < 0:
+                raise InvalidParams("timeout must not be negative")
+            import trio  # noqa: PLC0415 - the daemon has it loaded already
+
+            with trio.move_on_after(params.timeout if params.timeout is not None
+                                    else float("inf")):
+                await job.finished.wait()
+        return job.record()
+
+    async def jobs_list(params: ListParams, ctx: CallContext) -> dict[str, Any]:
+        if params.limit < 1:
+            raise InvalidParams("limit must be at least 1")
+        jobs = [j for j in reversed(manager.jobs.values())
+                if params.state is None or j.state == params.state]
+        return {"jobs": [j.record(with_text=False) for j in jobs[:params.limit]]}
+
+    async def blueprints_list(params: None, ctx: CallContext) -> dict[str, Any]:
+        reg = daemon.registry
+        return {"blueprints": [
+            {"name": name, "description": bp.description, "command": bp.command,
+             "prompt": bp.prompt, "parser": bp.parser,
+             "timeout_s": reg.timeout_for(bp, None), "max_concurrency": bp.max_concurrency,
+             "takes_model": bool(bp.model_args), "resumes_sessions": bool(bp.resume_args),
+             "fallbacks": bp.fallbacks}
+            for name, bp in reg.blueprints.items()]}
+
+    async def daemon_info(params: None, ctx: CallContext) -> dict[str, Any]:
+        return {"version": __version__, "pid": os.getpid(),
+                "uptime_s": round(time.monotonic() - daemon.started, 3),
+                "socket": str(daemon.socket_path), "config": daemon.registry.source,
+                "blueprints": len(daemon.registry.blueprints),
+                "jobs": {"queued": manager.queued, "running": manager.running,
+                         "finished": manager.finished_count},
+                "connections": len(daemon.server.connections)}
+
+    async def daemon_reload(params: None, ctx: CallContext) -> dict[str, Any]:
+        registry = daemon.reload()
+        return {"blueprints": sorted(registry.blueprints)}
+
+    return [
+        Method("llm.run", llm_run, RunParams),
+        Method("llm.cancel", llm_cancel, JobParams),
+        Method("jobs.get", jobs_get, GetParams),
+        Method("jobs.list", jobs_list, ListParams),
+        Method("blueprints.list", blueprints_list, None),
+        Method("daemon.info", daemon_info, None),
+        Method("daemon.reload", daemon_reload, None),
+    ]

@@ -1,0 +1,515 @@
+"""JSON-RPC 2.0 dispatch: the bytes of one message in, the bytes of its reply out.
+
+Invariants:
+- ``Dispatcher.handle`` answers every input, whatever its bytes, with ``None`` or one
+  serialised reply (an object, or an array for a batch); only ``trio.Cancelled`` from an
+  enclosing scope (and other ``BaseException``s such as ``KeyboardInterrupt``) escape it.
+- Notifications (no ``id`` member) never get a reply, not even an error; their handlers
+  still run, and their failures go to the log.
+- A failing handler reaches the wire as its ``LlmdError.to_wire()``, or as a bare -32603
+  without any exception text; the exception itself goes to the ``llmd.rpc`` log.
+- Ids are echoed as decoded: strings stay strings, integers (of any size) stay integers,
+  numbers with a fraction or exponent stay floats. An id that is not a string, number or
+  null, or a number beyond the range of a double (``1e400``), is answered -32600 with
+  id null.
+- Every request with an id runs in its own ``trio.CancelScope``, registered in
+  ``Session.inflight`` under ``request_key(id)`` while it runs. ``$/cancelRequest``
+  cancels it, and it is then answered -32800. If a second request reuses an id already
+  in flight on the session, it replaces the first in ``inflight`` (both still run and are
+  answered; only the later one can be cancelled by id).
+- Text that is not JSON is -32700: invalid UTF-8 anywhere, ``NaN``/``Infinity``, lone
+  surrogate escapes, trailing data, and nesting deeper than msgspec's limit (about
+  1000 levels; msgspec raises ``RecursionError``). Valid JSON that is not a request
+  object (wrong member types, ``params`` not structured, a scalar, an empty batch, a
+  batch over ``max_batch``) is -32600, answered even when it has no id. Extra members
+  are tolerated; of duplicate keys the last one counts.
+- The message is decoded once; ``params`` is kept raw and decoded straight into the
+  method's ``msgspec.Struct``, so JSON types are checked strictly (no str-to-int).
+  Params by position are matched to the struct's fields in order and checked the same
+  way; error paths then name the position (``$[1]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import msgspec
+import trio
+
+from llmd import errors
+from llmd.errors import LlmdError
+
+__all__ = [
+    "CANCEL_REQUEST",
+    "CallContext",
+    "Dispatcher",
+    "Method",
+    "MethodHandler",
+    "RequestId",
+    "RequestKey",
+    "Session",
+    "encode_notification",
+    "error_reply",
+    "request_key",
+    "result_reply",
+]
+
+RequestId: TypeAlias = int | float | str | None
+RequestKey: TypeAlias = tuple[type, RequestId]
+
+CANCEL_REQUEST = "$/cancelRequest"
+DEFAULT_MAX_BATCH = 10_000
+_NAME_SHOWN = 100  # characters of an unknown method name quoted back
+
+log = logging.getLogger("llmd.rpc")
+
+
+class Session:
+    """The state of one connection, shared by the requests that arrive on it.
+
+    Attributes:
+        inflight: The cancel scope of each running request, by ``request_key(id)``.
+        extra: Whatever the server wants to attach to the connection.
+    """
+
+    def __init__(self) -> None:
+        self.inflight: dict[RequestKey, trio.CancelScope] = {}
+        self.extra: dict[str, Any] = {}
+
+
+@dataclass
+class CallContext:
+    """What a handler knows about the call besides its params."""
+
+    request_id: RequestId
+    is_notification: bool
+    session: Session
+
+
+MethodHandler: TypeAlias = Callable[[Any, CallContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the table.
+
+    Attributes:
+        name: The JSON-RPC method name.
+        handler: ``await handler(params, ctx)`` gives the result (msgspec-encodable).
+        params: The struct the params are decoded into, by name or by position; None
+            when the method takes none (absent, ``{}`` and ``[]`` are then accepted).
+    """
+
+    name: str
+    handler: MethodHandler
+    params: type[msgspec.Struct] | None = None
+
+
+def request_key(request_id: RequestId) -> RequestKey:
+    """The ``Session.inflight`` key of a request id.
+
+    The JSON type is part of the key, so the ids ``1``, ``1.0`` and ``"1"`` name three
+    different requests (as their echoes differ too).
+    """
+    return (type(request_id), request_id)
+
+
+# --- wire shapes -----------------------------------------------------------------------
+
+_ABSENT = msgspec.Raw()
+
+
+class _Request(msgspec.Struct):
+    """A request as decoded on the hot path; members of a wrong type fail the decode."""
+
+    jsonrpc: str | msgspec.UnsetType = msgspec.UNSET
+    method: str | msgspec.UnsetType = msgspec.UNSET
+    params: msgspec.Raw = _ABSENT
+    id: int | float | str | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class _IdProbe(msgspec.Struct):
+    """Just the id of an invalid request, to echo it if it is valid on its own."""
+
+    id: msgspec.Raw = _ABSENT
+
+
+class _ResultReply(msgspec.Struct, gc=False):
+    jsonrpc: str
+    result: Any
+    id: RequestId
+
+
+class _ErrorReply(msgspec.Struct, gc=False):
+    jsonrpc: str
+    error: dict[str, Any]
+    id: RequestId
+
+
+class _Notification(msgspec.Struct, gc=False):
+    jsonrpc: str
+    method: str
+    params: Any
+
+
+class _CancelParams(msgspec.Struct):
+    id: int | float | str | None
+
+
+_encoder = msgspec.json.Encoder()
+_message_decoder = msgspec.json.Decoder(_Request | list[msgspec.Raw])
+_element_decoder = msgspec.json.Decoder(_Request)
+_probe_decoder = msgspec.json.Decoder(_IdProbe)
+_syntax_decoder = msgspec.json.Decoder(msgspec.Raw)
+_id_decoder = msgspec.json.Decoder(int | float | str | None)
+_structured_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw] | list[msgspec.Raw])
+_positional_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+
+# Failures of encoding a value: unsupported types, lone surrogates, cycles.
+_ENCODE_FAILURES = (TypeError, ValueError, RecursionError, msgspec.EncodeError)
+
+_AT_PATH = re.compile(r" - at `(\$[^`]*)`$")
+_NOT_OBJECT = re.compile(r"^Expected `object( \| array)?`, got (`\w+`)$")
+_FIELD_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]*)`")
+
+
+def encode_notification(method: str, params: object) -> bytes:
+    """Serialise a server-to-client notification (without framing).
+
+    Args:
+        method: The notification's method, such as ``llm.output``.
+        params: Its params, msgspec-encodable (an object, by the spec).
+
+    Returns:
+        ``{"jsonrpc":"2.0","method":...,"params":...}`` as bytes.
+    """
+    return _encoder.encode(_Notification("2.0", method, params))
+
+
+def error_reply(err: LlmdError, request_id: RequestId) -> bytes:
+    """Serialise the error response to a request.
+
+    Args:
+        err: The error; its ``to_wire()`` becomes the ``error`` member.
+        request_id: The request's id, or None when it could not be read.
+
+    Returns:
+        The reply as bytes; a bare -32603 if the error's ``data`` cannot be encoded
+        (which is logged).
+    """
+    return _error_bytes(err.to_wire(), request_id)
+
+
+def result_reply(result: object, request_id: RequestId) -> bytes:
+    """Serialise the success response to a request.
+
+    Args:
+        result: The result, msgspec-encodable.
+        request_id: The request's id.
+
+    Returns:
+        The reply as bytes.
+
+    Raises:
+        TypeError, ValueError, msgspec.EncodeError: ``result`` cannot be encoded.
+    """
+    return _encoder.encode(_ResultReply("2.0", result, request_id))
+
+
+def _error_bytes(error: dict[str, Any], request_id: RequestId) -> bytes:
+    try:
+        return _encoder.encode(_ErrorReply("2.0", error, request_id))
+    except _ENCODE_FAILURES:
+        log.exception("error reply %r could not be encoded", error.get("code"))
+        return _encoder.encode(_ErrorReply("2.0", _INTERNAL, request_id))
+
+
+_INTERNAL = errors.InternalError("internal error").to_wire()
+_CANCELLED = errors.Cancelled("request cancelled").to_wire()
+
+
+def _invalid(detail: str, request_id: RequestId = None) -> bytes:
+    return _error_bytes(errors.InvalidRequest(f"invalid request: {detail}").to_wire(),
+                        request_id)
+
+
+def _parse_error(detail: str) -> bytes:
+    return _error_bytes(errors.ParseError(f"parse error: {detail}").to_wire(), None)
+
+
+def _first_byte(raw: msgspec.Raw) -> int:
+    with memoryview(raw) as view:
+        return view[0] if view else 0
+
+
+def _validation_data(exc: msgspec.ValidationError) -> tuple[str, dict[str, Any]]:
+    """msgspec's message and the JSON path it points at, for an invalid-params reply."""
+    text = str(exc)
+    found = _AT_PATH.search(text)
+    path = found.group(1) if found else "$"
+    field = _FIELD_NAMED.match(text)
+    if field:
+        name = field.group(1)
+        path += f".{name}" if name.isidentifier() else f"[{_encoder.encode(name).decode()}]"
+    return text, {"path": path}
+
+
+# --- dispatch ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    method: Method
+    decoder: msgspec.json.Decoder[msgspec.Struct] | None
+    # The struct's fields as JSON-encoded names, for params given by position.
+    names: tuple[bytes, ...]
+    fields: tuple[str, ...]
+
+
+async def _cancel_request(params: _CancelParams, ctx: CallContext) -> None:
+    scope = ctx.session.inflight.get(request_key(params.id))
+    # Unknown ids (finished, never seen) are ignored, as LSP prescribes.
+    if scope is not None:
+        scope.cancel()
+
+
+class Dispatcher:
+    """Routes JSON-RPC 2.0 messages to async handlers.
+
+    Args:
+        methods: The method table; ``$/cancelRequest`` is built in.
+        log: Where handler failures are reported; ``llmd.rpc`` by default.
+        max_batch: The most requests one batch may hold; a longer batch is answered
+            with a single -32600.
+
+    Raises:
+        ValueError: Two methods share a name, or a params type is not a Struct.
+    """
+
+    def __init__(self, methods: Iterable[Method], *, log: logging.Logger | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        self.log = log if log is not None else logging.getLogger("llmd.rpc")
+        self.max_batch = max_batch
+        self._entries: dict[str, _Entry] = {}
+        for method in (Method(CANCEL_REQUEST, _cancel_request, _CancelParams), *methods):
+            if method.name in self._entries:
+                raise ValueError(f"method {method.name!r} is defined twice")
+            self._entries[method.name] = _compile(method)
+
+    async def handle(self, data: bytes, session: Session) -> bytes | None:
+        """Answer one message.
+
+        Args:
+            data: The message body, without framing.
+            session: The connection it arrived on.
+
+        Returns:
+            The serialised reply, or None when nothing is to be sent (a notification,
+            or a batch of notifications only).
+        """
+        try:
+            if not data.isascii():
+                # msgspec does not check UTF-8 inside skipped members; the spec wants
+                # the whole text valid.
+                data.decode("utf-8")
+            try:
+                message = _message_decoder.decode(data)
+            except msgspec.ValidationError as exc:
+                # msgspec stops at the first member of a wrong type, so the rest of the
+                # text is unchecked: it must be JSON for the answer to be -32600.
+                _syntax_decoder.decode(data)
+                return _invalid_from(data, exc)
+        except msgspec.DecodeError as exc:
+            return _parse_error(str(exc))
+        except UnicodeDecodeError as exc:
+            return _parse_error(f"invalid UTF-8 at byte {exc.start}")
+        except RecursionError:
+            return _parse_error("nesting too deep")
+        if isinstance(message, list):
+            return await self._batch(message, session)
+        return await self._request(message, session)
+
+    async def _batch(self, items: list[msgspec.Raw], session: Session) -> bytes | None:
+        if not items:
+            return _invalid("empty batch")
+        if len(items) > self.max_batch:
+            return _invalid(f"batch of {len(items)} requests; the limit is {self.max_batch}")
+        replies: list[bytes | None] = [None] * len(items)
+
+        async def run(index: int, request: _Request) -> None:
+            replies[index] = await self._request(request, session)
+
+        async with trio.open_nursery() as nursery:
+            for index, item in enumerate(items):
+                try:
+                    request = _element_decoder.decode(item)
+                except msgspec.ValidationError as exc:
+                    replies[index] = _invalid_from(item, exc)
+                else:
+                    nursery.start_soon(run, index, request)
+        parts = [reply for reply in replies if reply is not None]
+        return b"[" + b",".join(parts) + b"]" if parts else None
+
+    async def _request(self, request: _Request, session: Session) -> bytes | None:
+        request_id = request.id
+        is_notification = request_id is msgspec.UNSET
+        rid: RequestId = None if request_id is msgspec.UNSET else request_id
+        if request.jsonrpc != "2.0":
+            return _invalid('`jsonrpc` must be "2.0"', rid)
+        name = request.method
+        if name is msgspec.UNSET:
+            return _invalid("`method` is missing", rid)
+        entry = self._entries.get(name)
+        if entry is None:
+            if request.params is not _ABSENT and _first_byte(request.params) not in b"{[":
+                return _invalid("`params` must be an object or an array", rid)
+            if is_notification:
+                self.log.debug("notification for unknown method %.100r ignored", name)
+                return None
+            return _error_bytes(errors.MethodNotFound(
+                f"method not found: `{name[:_NAME_SHOWN]}`").to_wire(), rid)
+        try:
+            params = _decode_params(entry, request.params)
+        except errors.InvalidRequest as exc:
+            # Not a request object at all, so not a notification either: answered.
+            return _error_bytes(exc.to_wire(), rid)
+        except LlmdError as exc:
+            if is_notification:
+                self.log.debug("notification %s ignored: %s", name, exc.message)
+                return None
+            return _error_bytes(exc.to_wire(), rid)
+        ctx = CallContext(rid, is_notification, session)
+        if is_notification:
+            await self._notify(entry.method, params, ctx)
+            return None
+        return await self._call(entry.method, params, ctx)
+
+    async def _notify(self, method: Method, params: msgspec.Struct | None,
+                      ctx: CallContext) -> None:
+        try:
+            await method.handler(params, ctx)
+        except LlmdError as exc:
+            self.log.warning("notification %s failed: %s", method.name, exc.message)
+        except Exception:
+            self.log.exception("notification %s failed", method.name)
+
+    async def _call(self, method: Method, params: msgspec.Struct | None,
+                    ctx: CallContext) -> bytes:
+        rid = ctx.request_id
+        key = request_key(rid)
+        inflight = ctx.session.inflight
+        with trio.CancelScope() as scope:
+            inflight[key] = scope
+            try:
+                result = await method.handler(params, ctx)
+            except LlmdError as exc:
+                return _error_bytes(exc.to_wire(), rid)
+            except Exception:
+                self.log.exception("method %s failed (request id %r)", method.name, rid)
+                return _error_bytes(_INTERNAL, rid)
+            finally:
+                # A later request with the same id may have replaced this registration.
+                if inflight.get(key) is scope:
+                    del inflight[key]
+            try:
+                return result_reply(result, rid)
+            except _ENCODE_FAILURES:
+                self.log.exception("result of %s could not be encoded (request id %r)",
+                                   method.name, rid)
+                return _error_bytes(_INTERNAL, rid)
+        # Reached only when this request's own scope caught the cancellation.
+        return _error_bytes(_CANCELLED, rid)
+
+
+def _compile(method: Method) -> _Entry:
+    struct = method.params
+    if struct is None:
+        return _Entry(method, None, (), ())
+    if not (isinstance(struct, type) and issubclass(struct, msgspec.Struct)):
+        raise ValueError(f"params of {method.name!r} must be a msgspec.Struct type")
+    fields = tuple(field.encode_name for field in msgspec.structs.fields(struct))
+    names = tuple(_encoder.encode(name) for name in fields)
+    return _Entry(method, msgspec.json.Decoder(struct), names, fields)
+
+
+def _decode_params(entry: _Entry, raw: msgspec.Raw) -> msgspec.Struct | None:
+    """Decode ``params`` for a method.
+
+    Raises:
+        InvalidRequest: ``params`` is neither an object nor an array.
+        InvalidParams: It does not fit the method.
+    """
+    decoder = entry.decoder
+    if decoder is None:
+        if raw is _ABSENT:
+            return None
+        try:
+            given = _structured_decoder.decode(raw)
+        except msgspec.ValidationError:
+            raise errors.InvalidRequest(
+                "invalid request: `params` must be an object or an array") from None
+        if given:
+            raise errors.InvalidParams(
+                f"invalid params: `{entry.method.name}` takes no params", {"path": "$"})
+        return None
+    try:
+        return decoder.decode(b"{}" if raw is _ABSENT else raw)
+    except msgspec.ValidationError as exc:
+        first = ord("{") if raw is _ABSENT else _first_byte(raw)
+        if first == ord("["):
+            return _decode_positional(entry, decoder, raw)
+        if first != ord("{"):
+            raise errors.InvalidRequest(
+                "invalid request: `params` must be an object or an array") from None
+        text, data = _validation_data(exc)
+        raise errors.InvalidParams(f"invalid params: {text}", data) from None
+
+
+def _decode_positional(entry: _Entry, decoder: msgspec.json.Decoder[msgspec.Struct],
+                       raw: msgspec.Raw) -> msgspec.Struct:
+    """Map params given by position onto the struct's fields, in their order."""
+    items = _positional_decoder.decode(raw)
+    if len(items) > len(entry.names):
+        raise errors.InvalidParams(
+            f"invalid params: `{entry.method.name}` takes at most {len(entry.names)} "
+            f"params by position, got {len(items)}", {"path": f"$[{len(entry.names)}]"})
+    # Rebuilt as an object, the params get exactly the checks of params given by name.
+    pairs = zip(entry.names, items, strict=False)
+    members = b",".join(name + b":" + bytes(item) for name, item in pairs)
+    try:
+        return decoder.decode(b"{" + members + b"}")
+    except msgspec.ValidationError as exc:
+        text, data = _validation_data(exc)
+        text, data["path"] = _by_position(entry, text, data["path"])
+        raise errors.InvalidParams(f"invalid params: {text}", data) from None
+
+
+def _by_position(entry: _Entry, text: str, path: str) -> tuple[str, str]:
+    """Point a path at the position the client used (``$.prompt`` -> ``$[0]``)."""
+    for index, field in enumerate(entry.fields):
+        prefix = f"$.{field}"
+        if path == prefix or path.startswith((prefix + ".", prefix + "[")):
+            moved = f"$[{index}]{path[len(prefix):]}"
+            return text.replace(f"`{path}`", f"`{moved}`"), moved
+    return text, path
+
+
+def _invalid_from(data: bytes | msgspec.Raw, exc: msgspec.ValidationError) -> bytes:
+    """The -32600 reply to valid JSON that is no request, echoing its id when valid."""
+    request_id: RequestId = None
+    try:
+        raw_id = _probe_decoder.decode(data).id
+        if raw_id is not _ABSENT:
+            request_id = _id_decoder.decode(raw_id)
+    except msgspec.ValidationError:
+        pass  # Not an object, or an unusable id: the reply's id is null.
+    text = str(exc)
+    shape = _NOT_OBJECT.match(text)
+    if shape:
+        wanted = "a request object or a batch array" if shape.group(1) else "a request object"
+        text = f"expected {wanted}, got {shape.group(2)}"
+    return _invalid(text, request_id)

@@ -1,0 +1,210 @@
+"""Run one attempt of a CLI as its own process group, and always clean it up.
+
+Invariants:
+- Every child starts in a new session, so its pid is the pgid of everything it spawns
+  (unless a descendant deliberately starts yet another session).
+- The group leader is waited for through a pidfd *without* reaping it, so while the
+  group is signalled the zombie leader keeps the pgid from being reused.
+- When the leader exits, whatever is left of its group is killed at once: a
+  grandchild holding the pipes can never keep an attempt alive.
+- On cancellation (timeout, cancel, disconnect, shutdown) the group gets SIGTERM,
+  then SIGKILL after the blueprint's grace; the cleanup is shielded and bounded.
+- Output is read in chunks and decoded incrementally; stdout is kept up to a cap
+  (the rest is drained and dropped so the child never blocks on a full pipe), stderr
+  keeps its tail. A slow consumer of ``on_output`` slows the reader, and so the child.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Literal
+
+import trio
+
+from llmd.argv import Invocation
+
+log = logging.getLogger("llmd.supervisor")
+
+READ_CHUNK = 65536
+STDERR_TAIL_CHARS = 16384
+# After the group is killed, how long pipes may stay open before the holder is deemed
+# to have escaped the group (a daemonised grandchild in a session of its own).
+DRAIN_AFTER_KILL = 0.5
+
+Stream = Literal["stdout", "stderr"]
+OutputSink = Callable[[Stream, str], Awaitable[None]]
+_HAS_PIDFD = hasattr(os, "pidfd_open")
+
+
+class Attempt:
+    """One supervised child process (and its group).
+
+    Attributes are readable after :meth:`run` returns *or raises*, so a timed-out or
+    cancelled run can still report partial output.
+
+    Args:
+        invocation: argv and stdin.
+        env: The child's whole environment.
+        cwd: Working directory (already validated).
+        max_output_bytes: How much stdout to keep.
+        kill_grace: Seconds between SIGTERM and SIGKILL.
+        on_output: Awaited with each decoded chunk kept (stdout up to the cap, and stderr).
+        on_spawn: Called with the pid once the child exists.
+    """
+
+    def __init__(self, invocation: Invocation, *, env: Mapping[str, str], cwd: str | None,
+                 max_output_bytes: int, kill_grace: float,
+                 on_output: OutputSink | None = None,
+                 on_spawn: Callable[[int], None] | None = None) -> None:
+        self.invocation = invocation
+        self.env = dict(env)
+        self.cwd = cwd
+        self.max_output_bytes = max_output_bytes
+        self.kill_grace = kill_grace
+        self.on_output = on_output
+        self.on_spawn = on_spawn
+        self.pid: int | None = None
+        self.exit_code: int | None = None
+        self.stdout_parts: list[str] = []
+        self.stdout_bytes = 0
+        self.truncated = False
+        self.stderr_tail = ""
+        self.escaped = False
+        self.killed = False
+        self.started = 0.0
+        self.duration = 0.0
+
+    @property
+    def stdout(self) -> str:
+        """All stdout kept so far."""
+        if len(self.stdout_parts) > 1:
+            self.stdout_parts[:] = ["".join(self.stdout_parts)]
+        return self.stdout_parts[0] if self.stdout_parts else ""
+
+    async def run(self) -> int:
+        """Run the child to completion and return its exit code (negative: signal).
+
+        Raises:
+            OSError: The program could not be started.
+            trio.Cancelled: Propagated after the whole group is dead.
+        """
+        stdin = subprocess.PIPE if self.invocation.stdin is not None else subprocess.DEVNULL
+        self.started = time.monotonic()
+        proc = await trio.lowlevel.open_process(
+            self.invocation.argv, stdin=stdin, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, start_new_session=True)
+        self.pid = proc.pid
+        pidfd = os.pidfd_open(proc.pid) if _HAS_PIDFD else -1
+        if self.on_spawn is not None:
+            self.on_spawn(proc.pid)
+        try:
+            async with trio.open_nursery() as nursery:
+                assert proc.stdout is not None and proc.stderr is not None
+                out_done, err_done = trio.Event(), trio.Event()
+                nursery.start_soon(self._pump, proc.stdout, "stdout", out_done)
+                nursery.start_soon(self._pump, proc.stderr, "stderr", err_done)
+                if proc.stdin is not None and self.invocation.stdin is not None:
+                    nursery.start_soon(self._feed, proc.stdin, self.invocation.stdin)
+                await self._leader_exited(proc, pidfd)
+                # Whatever the leader left behind would otherwise hold our pipes open.
+                self._signal_group(signal.SIGKILL)
+                with trio.move_on_after(DRAIN_AFTER_KILL):
+                    await out_done.wait()
+                    await err_done.wait()
+                if not (out_done.is_set() and err_done.is_set()):
+                    self.escaped = True
+                    log.warning("pid %d: a process outside its group still holds its output "
+                                "pipes; it escaped the process group", proc.pid)
+                    nursery.cancel_scope.cancel()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._terminate(proc, pidfd)
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                self.exit_code = await proc.wait()
+                await _close_streams(proc)
+            if pidfd >= 0:
+                os.close(pidfd)
+            self.duration = time.monotonic() - self.started
+        return self.exit_code if self.exit_code is not None else -1
+
+    async def _leader_exited(self, proc: trio.Process, pidfd: int) -> None:
+        if pidfd >= 0:
+            await trio.lowlevel.wait_readable(pidfd)
+        else:  # pragma: no cover - kernels without pidfd: reaping first is racy but rare
+            await proc.wait()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    async def _terminate(self, proc: trio.Process, pidfd: int) -> None:
+        """SIGTERM the group, give it the grace period, then SIGKILL it."""
+        self.killed = True
+        self._signal_group(signal.SIGTERM)
+        with trio.move_on_after(self.kill_grace):
+            await self._leader_exited(proc, pidfd)
+        self._signal_group(signal.SIGKILL)
+        with trio.move_on_after(self.kill_grace + 1.0):
+            await self._leader_exited(proc, pidfd)
+
+    async def _feed(self, stream: trio.abc.SendStream, data: bytes) -> None:
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the child exited or closed stdin without reading it all: its choice
+        finally:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.aclose()
+
+    async def _pump(self, stream: trio.abc.ReceiveStream, name: Stream,
+                    done: trio.Event) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            while True:
+                try:
+                    chunk = await stream.receive_some(READ_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    chunk = b""
+                if not chunk:
+                    await self._emit(name, decoder.decode(b"", final=True))
+                    return
+                if name == "stdout":
+                    room = self.max_output_bytes - self.stdout_bytes
+                    if room <= 0:
+                        self.truncated = True
+                        continue
+                    if len(chunk) > room:
+                        chunk = chunk[:room]
+                        self.truncated = True
+                    self.stdout_bytes += len(chunk)
+                await self._emit(name, decoder.decode(chunk))
+        finally:
+            done.set()
+
+    async def _emit(self, name: Stream, text: str) -> None:
+        if not text:
+            return
+        if name == "stdout":
+            self.stdout_parts.append(text)
+        else:
+            self.stderr_tail = (self.stderr_tail + text)[-STDERR_TAIL_CHARS:]
+        if self.on_output is not None:
+            await self.on_output(name, text)
+
+
+async def _close_streams(proc: trio.Process) -> None:
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.aclose()

@@ -1,0 +1,599 @@
+"""llmc without a daemon: path rules, arguments, exit statuses, and the Connection class
+against a fake NDJSON server running in a thread.
+
+Every blocking step is bounded: server sockets time out after a few seconds and threads are
+joined with a timeout, so a broken client fails a test instead of hanging the run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    import llmc  # noqa: F401
+except ImportError:  # the project is not installed: use the source tree
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
+
+from llmc import __version__, cli, commands, exitcodes, output
+from llmc.connection import (
+    CallTimeout,
+    Connection,
+    ConnectionLost,
+    DaemonUnavailable,
+    ProtocolError,
+    RpcError,
+    socket_path,
+)
+
+from tests.client_fake import TIMEOUT, FakeServer, Peer, Script, answer, failing
+
+# -- helpers -----------------------------------------------------------------------------------
+
+class Hang(BaseException):
+    """A test ran past its limit (a BaseException, so no client code can swallow it)."""
+
+
+@pytest.fixture(autouse=True)
+def time_limit() -> Iterator[None]:
+    # Socket timeouts bound the waits; this also bounds a client stuck in a busy loop.
+    def expire(signum: int, frame: object) -> None:
+        raise Hang("the test took longer than 20 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 20.0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Script], FakeServer]]:
+    servers: list[FakeServer] = []
+
+    def start(script: Script) -> FakeServer:
+        server = FakeServer(script)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    status = cli.main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+RESULT = {"job": "j1", "blueprint": "bp", "state": "succeeded", "text": "hello",
+          "output": "hello", "stderr": "", "exit_code": 0, "attempts": 1, "duration_s": 0.1,
+          "truncated": False, "json": None, "json_error": None, "session": None,
+          "usage": None, "cost_usd": None}
+
+
+# -- socket path --------------------------------------------------------------------------------
+
+def test_socket_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMD_SOCKET", "/env/llmd.sock")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/42")
+    assert socket_path("/flag.sock") == "/flag.sock"
+    assert socket_path(None) == "/env/llmd.sock"
+    monkeypatch.delenv("LLMD_SOCKET")
+    assert socket_path(None) == "/run/user/42/llmd/llmd.sock"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "")
+    assert socket_path(None) == f"/tmp/llmd-{os.getuid()}/llmd.sock"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setenv("LLMD_SOCKET", "")
+    assert socket_path(None) == f"/tmp/llmd-{os.getuid()}/llmd.sock"
+
+
+def test_relative_socket_path_is_made_absolute(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert socket_path("s.sock") == str(tmp_path / "s.sock")
+
+
+# -- arguments and usage errors ------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    [], ["run"], ["nosuch"], ["run", "bp", "x", "--timeout", "0"],
+    ["run", "bp", "x", "--timeout", "-5"], ["run", "bp", "x", "--timeout", "nan"],
+    ["run", "bp", "x", "--timeout", "inf"],
+    ["run", "bp", "x", "--timeout", "two words"], ["run", "bp", "x", "--bogus"],
+    ["run", "bp", "x", "--cwd", "/no/such/dir"], ["run", "bp", "x", "--detach", "--stream"],
+    ["jobs", "--limit", "0"], ["job"], ["job", "j1", "--timeout", "soon"],
+])
+def test_usage_errors_exit_2_with_one_line(argv: list[str], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # A socket that does not exist: reaching the connect step would give 3, not 2.
+    status, out, err = run_main(["--socket", str(tmp_path / "none"), *argv], capsys)
+    assert status == exitcodes.USAGE
+    assert out == ""
+    assert err.startswith("llmc: ")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["run", "bp"], "run"), (["--socket", "run", "info"], "info"), (["--socket=x", "jobs"], "jobs"),
+    (["--help", "run"], None), (["nosuch"], None), ([], None), (["--socket"], None),
+])
+def test_command_in(argv: list[str], command: str | None) -> None:
+    assert cli.command_in(argv) == command
+
+
+def test_socket_after_the_command_wins(serve: Any, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(answer({"version": "1"}))
+    status, out, _ = run_main(["--socket", str(tmp_path / "none"), "info", "--socket",
+                               server.path], capsys)
+    assert (status, out) == (0, "version: 1\n")
+    server = serve(answer({"version": "2"}))
+    status, out, _ = run_main(["--socket", server.path, "info"], capsys)
+    assert (status, out) == (0, "version: 2\n")
+
+
+def test_parse_timeout() -> None:
+    assert cli.parse_timeout("30") == 30
+    assert isinstance(cli.parse_timeout("30"), int)
+    assert cli.parse_timeout("2.5") == 2.5
+    assert cli.parse_timeout("quick") == "quick"
+    assert cli.parse_timeout("very-long_2") == "very-long_2"
+
+
+def test_help_documents_every_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_main(["--help"], capsys)
+    assert status == 0
+    assert cli.__doc__ is not None
+    for code, meaning in exitcodes.TABLE:
+        assert f"{code:>3}  {meaning}" in out
+        assert meaning in cli.__doc__
+    assert len({code for code, _ in exitcodes.TABLE}) == len(exitcodes.TABLE)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_main(["--version"], capsys)
+    assert status == 0
+    assert out.strip() == f"llmc {__version__}"
+
+
+def test_prompt_from_a_terminal_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    status, _, err = run_main(["run", "bp", "--socket", str(tmp_path / "none")], capsys)
+    assert status == exitcodes.USAGE
+    assert "llmc run NAME 'PROMPT'" in err
+
+
+def test_prompt_must_be_utf8(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ok \xff")))
+    status, _, err = run_main(["run", "bp", "-", "--socket", str(tmp_path / "s")], capsys)
+    assert status == exitcodes.USAGE
+    assert "not valid UTF-8 (byte 0xff at offset 3)" in err
+
+
+# -- exit statuses -------------------------------------------------------------------------------
+
+EXIT_BY_CODE = [(-32005, 1), (-32603, 1), (-32007, 1), (-32800, 1), (-32602, 2), (-32601, 2),
+                (-32003, 4), (-32004, 5), (-32006, 6), (-32001, 7), (-32002, 7), (-32008, 8)]
+
+
+@pytest.mark.parametrize(("code", "status"), EXIT_BY_CODE)
+def test_exit_status_for_each_error(code: int, status: int, serve: Any,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert exitcodes.exit_code_for(code) == status
+    server = serve(failing(code, "it went wrong"))
+    got, out, err = run_main(["run", "bp", "hi", "--socket", server.path], capsys)
+    assert got == status
+    assert out == ""
+    first = err.splitlines()[0]
+    if code == -32601:
+        assert first == "llmc: this llmd does not support llm.run yet"
+    else:
+        assert first == "llmc: it went wrong"
+
+
+def test_cli_failure_shows_stderr_tail(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(failing(-32005, "claude exited with status 1",
+                           {"stderr": "first line\nError: auth\n", "exit_code": 1}))
+    status, _, err = run_main(["run", "bp", "hi", "--socket", server.path], capsys)
+    assert status == exitcodes.FAILED
+    assert err == "llmc: claude exited with status 1\n  first line\n  Error: auth\n"
+
+
+def test_rate_limit_shows_retry_after(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(failing(-32004, "rate limited", {"retry_after_s": 30}))
+    status, _, err = run_main(["run", "bp", "hi", "--socket", server.path], capsys)
+    assert status == exitcodes.RATE_LIMITED
+    assert err == "llmc: rate limited (retry after 30 s)\n"
+
+
+def test_raw_error_is_also_json_on_stdout(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(failing(-32003, "timed out after 5 s", {"job": "j9"}))
+    status, out, _ = run_main(["run", "bp", "hi", "--raw", "--socket", server.path], capsys)
+    assert status == exitcodes.TIMED_OUT
+    assert json.loads(out) == {"error": {"code": -32003, "message": "timed out after 5 s",
+                                         "data": {"job": "j9"}}}
+
+
+def test_missing_socket_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "llmd.sock")
+    status, out, err = run_main(["info", "--socket", path], capsys)
+    assert status == exitcodes.UNREACHABLE
+    assert out == ""
+    assert err == (f"llmc: llmd is not running (no socket at {path}); start it with: llmd serve "
+                   "(or: systemctl --user start llmd.socket)\n")
+
+
+def test_unavailable_reasons(tmp_path: Path) -> None:
+    short = tempfile.mkdtemp(prefix="llmc-", dir="/tmp")
+    try:
+        stale = os.path.join(short, "stale.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.bind(stale)  # bound, never listening: what a killed daemon leaves
+        with pytest.raises(DaemonUnavailable) as info:
+            Connection.connect(stale, timeout=TIMEOUT)
+        assert info.value.reason == "refused"
+        assert info.value.path == stale
+        assert "llmd serve" in str(info.value)
+    finally:
+        shutil.rmtree(short)
+    plain = tmp_path / "file"
+    plain.write_text("")
+    with pytest.raises(DaemonUnavailable, match="is not a socket"):
+        Connection.connect(str(plain))
+    with pytest.raises(DaemonUnavailable) as info:
+        Connection.connect(str(plain / "below.sock"))
+    assert info.value.reason == "missing"
+
+
+# -- Connection against the fake server ----------------------------------------------------------
+
+def test_call_ids_and_notifications(serve: Any) -> None:
+    def script(peer: Peer) -> None:
+        first = peer.read()
+        peer.send({"jsonrpc": "2.0", "method": "llm.state", "params": {"state": "running"}})
+        peer.send({"jsonrpc": "2.0", "method": "llm.output", "params": {"text": "a"}})
+        peer.reply(first, {"n": 1})
+        second = peer.read()
+        peer.reply(second, [1, 2])
+        peer.read()  # the notification
+
+    server = serve(script)
+    seen: list[tuple[str, Any]] = []
+    with Connection.connect(server.path, timeout=TIMEOUT) as conn:
+        result = conn.call("a.b", {"x": 1}, on_notification=lambda m, p: seen.append((m, p)),
+                           timeout=TIMEOUT)
+        assert result == {"n": 1}
+        assert conn.pending_id is None
+        assert conn.call("c.d", timeout=TIMEOUT) == [1, 2]
+        conn.notify("e.f", {"y": 2})
+    server.stop()
+    assert seen == [("llm.state", {"state": "running"}), ("llm.output", {"text": "a"})]
+    assert server.received == [
+        {"jsonrpc": "2.0", "id": 1, "method": "a.b", "params": {"x": 1}},
+        {"jsonrpc": "2.0", "id": 2, "method": "c.d"},
+        {"jsonrpc": "2.0", "method": "e.f", "params": {"y": 2}},
+    ]
+    assert conn.closed
+
+
+def test_reply_larger_than_one_mib(serve: Any) -> None:
+    text = "é" * 700_000 + "\u2603" * 200_000  # about 2 MiB of UTF-8
+    server = serve(answer({"text": text}))
+    with Connection.connect(server.path, timeout=TIMEOUT) as conn:
+        assert conn.call("llm.run", {}, timeout=TIMEOUT) == {"text": text}
+
+
+def test_reply_in_small_pieces_splitting_characters(serve: Any) -> None:
+    def script(peer: Peer) -> None:
+        request = peer.read()
+        line = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": "añb☃"},
+                          ensure_ascii=False).encode() + b"\n"
+        for i in range(0, len(line), 3):
+            peer.sock.sendall(line[i:i + 3])
+
+    server = serve(script)
+    with Connection.connect(server.path, timeout=TIMEOUT) as conn:
+        assert conn.call("x", timeout=TIMEOUT) == "añb☃"
+
+
+def test_stale_replies_and_server_requests(serve: Any) -> None:
+    def script(peer: Peer) -> None:
+        request = peer.read()
+        peer.send({"jsonrpc": "2.0", "id": 99, "result": "stale"})
+        peer.send({"jsonrpc": "2.0", "id": "srv", "method": "client.ping"})
+        assert peer.read()["error"]["code"] == -32601
+        peer.sock.sendall(b"\n")
+        peer.reply(request, "fresh")
+
+    server = serve(script)
+    with Connection.connect(server.path, timeout=TIMEOUT) as conn:
+        assert conn.call("x", timeout=TIMEOUT) == "fresh"
+
+
+def test_error_reply_raises_rpc_error(serve: Any) -> None:
+    server = serve(failing(-32001, "unknown blueprint 'nope'", {"blueprint": "nope"}))
+    with Connection.connect(server.path, timeout=TIMEOUT) as conn, \
+            pytest.raises(RpcError) as info:
+        conn.call("llm.run", {"blueprint": "nope"}, timeout=TIMEOUT)
+    assert (info.value.code, info.value.message) == (-32001, "unknown blueprint 'nope'")
+    assert info.value.data == {"blueprint": "nope"}
+    assert info.value.method == "llm.run"
+
+
+def test_null_id_error_belongs_to_the_call(serve: Any) -> None:
+    def script(peer: Peer) -> None:
+        peer.read()
+        peer.send({"jsonrpc": "2.0", "id": None,
+                   "error": {"code": -32700, "message": "parse error"}})
+
+    server = serve(script)
+    with Connection.connect(server.path, timeout=TIMEOUT) as conn, \
+            pytest.raises(RpcError, match="parse error"):
+        conn.call("x", timeout=TIMEOUT)
+
+
+def test_server_closes_mid_reply(serve: Any) -> None:
+    def script(peer: Peer) -> None:
+        peer.read()
+        peer.sock.sendall(b'{"jsonrpc": "2.0", "id": 1, "res')
+
+    server = serve(script)
+    with Connection.connect(server.path, timeout=TIMEOUT) as conn, \
+            pytest.raises(ConnectionLost, match="in the middle of a message before answering x"):
+        conn.call("x", timeout=TIMEOUT)
+
+
+def test_cli_reports_a_dropped_connection(serve: Any,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(lambda peer: peer.read() and None)
+    status, _, err = run_main(["run", "bp", "hi", "--socket", server.path], capsys)
+    assert status == exitcodes.UNREACHABLE
+    assert err.startswith("llmc: llmd closed the connection before answering llm.run")
+    assert err.count("\n") == 1
+
+
+def test_garbage_line_is_a_protocol_error(serve: Any) -> None:
+    def script(peer: Peer) -> None:
+        peer.read()
+        peer.sock.sendall(b"this is not json\n")
+
+    server = serve(script)
+    with Connection.connect(server.path, timeout=TIMEOUT) as conn, \
+            pytest.raises(ProtocolError, match="not JSON"):
+        conn.call("x", timeout=TIMEOUT)
+
+
+def test_message_limit(serve: Any) -> None:
+    server = serve(answer("x" * 4096))
+    with Connection.connect(server.path, timeout=TIMEOUT) as conn:
+        conn._max_message = 1024
+        with pytest.raises(ProtocolError, match="larger than 1024 bytes"):
+            conn.call("x", timeout=TIMEOUT)
+
+
+def test_call_timeout_then_cancel_pending(serve: Any) -> None:
+    def script(peer: Peer) -> None:
+        peer.read()
+        peer.read()  # the $/cancelRequest
+
+    server = serve(script)
+    with Connection.connect(server.path, timeout=TIMEOUT) as conn:
+        with pytest.raises(CallTimeout):
+            conn.call("slow", timeout=0.2)
+        assert conn.pending_id == 1
+        assert conn.cancel_pending()
+    server.stop()
+    assert server.received[-1] == {"jsonrpc": "2.0", "method": "$/cancelRequest",
+                                   "params": {"id": 1}}
+
+
+def test_closed_connection_refuses_calls() -> None:
+    left, right = socket.socketpair()
+    right.close()
+    conn = Connection(left)
+    conn.close()
+    with pytest.raises(ConnectionLost, match="closed"):
+        conn.call("x")
+    assert not conn.cancel_pending()
+
+
+# -- commands against the fake server ------------------------------------------------------------
+
+def test_run_prints_text_exactly(serve: Any, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(answer(RESULT))
+    status, out, err = run_main(["run", "bp", "hi", "--socket", server.path, "--timeout",
+                                 "quick", "--model", "m", "--session", "s", "--cwd",
+                                 str(tmp_path)], capsys)
+    assert (status, out, err) == (0, "hello", "")
+    server.stop()
+    assert server.received[0]["params"] == {
+        "blueprint": "bp", "prompt": "hi", "cwd": str(tmp_path), "timeout": "quick",
+        "model": "m", "session": "s"}
+
+
+def test_run_reads_stdin_and_defaults_cwd(serve: Any, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("línea 1\n".encode())))
+    server = serve(answer({**RESULT, "truncated": True}))
+    status, out, err = run_main(["run", "bp", "--socket", server.path], capsys)
+    assert (status, out) == (0, "hello")
+    assert "truncated" in err
+    server.stop()
+    params = server.received[0]["params"]
+    assert params["prompt"] == "línea 1\n"
+    assert params["cwd"] == os.getcwd()
+
+
+def test_run_json(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(answer({**RESULT, "json": {"a": [1, 2]}}))
+    status, out, _ = run_main(["run", "bp", "hi", "--json", "--socket", server.path], capsys)
+    assert status == 0
+    assert json.loads(out) == {"a": [1, 2]}
+    assert out == json.dumps({"a": [1, 2]}, indent=2) + "\n"
+    server.stop()
+    assert server.received[0]["params"]["json"] is True
+
+
+def test_run_json_missing(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(answer({**RESULT, "json_error": "no JSON value in the text"}))
+    status, out, err = run_main(["run", "bp", "hi", "--json", "--socket", server.path], capsys)
+    assert (status, out) == (exitcodes.NO_JSON, "")
+    assert err == "llmc: no JSON in the answer: no JSON value in the text\n"
+
+
+def test_run_raw_and_detach(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(answer(RESULT))
+    status, out, _ = run_main(["run", "bp", "hi", "--raw", "--socket", server.path], capsys)
+    assert (status, json.loads(out)) == (0, RESULT)
+    server = serve(answer({"job": "j7", "state": "queued"}))
+    status, out, _ = run_main(["run", "bp", "hi", "--detach", "--socket", server.path], capsys)
+    assert (status, out) == (0, "j7\n")
+    server.stop()
+    assert server.received[0]["params"]["detach"] is True
+
+
+def _stream_notes(parts: list[tuple[str, str]]) -> list[Any]:
+    notes: list[Any] = [{"jsonrpc": "2.0", "method": "llm.state",
+                         "params": {"job": "j1", "request": 1, "state": "running"}}]
+    for seq, (stream, text) in enumerate(parts):
+        notes.append({"jsonrpc": "2.0", "method": "llm.output", "params": {
+            "job": "j1", "request": 1, "seq": seq, "stream": stream, "text": text}})
+    return notes
+
+
+@pytest.mark.parametrize("parts", [
+    [("stdout", "hel"), ("stderr", "warn\n"), ("stdout", "lo")],
+    [("stdout", "hel"), ("stderr", "warn\n")],  # the tail never came: print only the rest
+])
+def test_run_stream_prints_once(parts: list[tuple[str, str]], serve: Any,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(answer(RESULT, before=_stream_notes(parts)))
+    status, out, err = run_main(["run", "bp", "hi", "--stream", "--socket", server.path], capsys)
+    assert (status, out, err) == (0, "hello", "warn\n")
+    server.stop()
+    assert server.received[0]["params"]["stream"] is True
+
+
+def test_run_stream_with_json_keeps_stdout_clean(serve: Any,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    notes = _stream_notes([("stdout", '{"a": 1}')])
+    server = serve(answer({**RESULT, "text": '{"a": 1}', "json": {"a": 1}}, before=notes))
+    status, out, err = run_main(["run", "bp", "hi", "--stream", "--json", "--socket",
+                                 server.path], capsys)
+    assert (status, json.loads(out), err) == (0, {"a": 1}, '{"a": 1}')
+
+
+def test_ctrl_c_cancels_the_request(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler here")
+    main_thread = threading.main_thread().ident
+    assert main_thread is not None
+
+    def script(peer: Peer) -> None:
+        peer.read()
+        signal.pthread_kill(main_thread, signal.SIGINT)
+        peer.read()
+
+    server = serve(script)
+    status, out, err = run_main(["run", "bp", "hi", "--socket", server.path], capsys)
+    assert (status, out, err) == (exitcodes.INTERRUPTED, "", "llmc: interrupted\n")
+    server.stop()
+    assert server.received[1] == {"jsonrpc": "2.0", "method": "$/cancelRequest",
+                                  "params": {"id": 1}}
+
+
+def test_blueprints_table(serve: Any, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("COLUMNS", "50")
+    listing = {"blueprints": [
+        {"name": "claude", "parser": "claude-stream-json", "timeout_s": 300,
+         "max_concurrency": 4, "description": "Claude Code in print mode, " * 3},
+        {"name": "echo", "parser": "text", "timeout_s": 60.5, "max_concurrency": 1,
+         "description": "says it back"}]}
+    server = serve(answer(listing))
+    status, out, _ = run_main(["blueprints", "--socket", server.path], capsys)
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "PARSER", "TIMEOUT", "MAX", "DESCR..."]
+    assert lines[1] == "claude  claude-stream-json  300s     4    Claud..."
+    assert max(len(line) for line in lines) <= 50
+    assert lines[2].split()[:4] == ["echo", "text", "60.5s", "1"]
+    server = serve(answer(listing))
+    status, out, _ = run_main(["blueprints", "--json", "--socket", server.path], capsys)
+    assert (status, json.loads(out)) == (0, listing)
+
+
+def test_info_key_values(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(answer({"version": "0.1.0", "pid": 12, "uptime_s": 3.14159,
+                           "jobs": {"queued": 0, "running": 2}}))
+    status, out, _ = run_main(["info", "--socket", server.path], capsys)
+    assert status == 0
+    assert out == "version: 0.1.0\npid: 12\nuptime_s: 3.142\njobs.queued: 0\njobs.running: 2\n"
+
+
+def test_unsupported_method(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(failing(-32601, "method not found"))
+    status, out, err = run_main(["jobs", "--socket", server.path], capsys)
+    assert (status, out) == (exitcodes.USAGE, "")
+    assert err == "llmc: this llmd does not support jobs.list yet\n"
+
+
+def test_job_wait_status_follows_the_job(serve: Any,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    record = {"job": "j3", "blueprint": "bp", "state": "timed_out", "attempts": 1,
+              "result": None, "error": {"code": -32003, "message": "timed out after 60 s"}}
+    server = serve(answer(record))
+    status, out, _ = run_main(["job", "j3", "--wait", "--timeout", "9", "--socket",
+                               server.path], capsys)
+    assert status == exitcodes.TIMED_OUT
+    assert "state: timed_out\n" in out
+    assert "error: timed out after 60 s (-32003)\n" in out
+    server.stop()
+    assert server.received[0]["params"] == {"job": "j3", "wait": True, "timeout": 9.0}
+
+
+def test_cancel_and_status(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(answer({"job": "j4", "cancelled": False}))
+    status, out, _ = run_main(["cancel", "j4", "--socket", server.path], capsys)
+    assert (status, out) == (0, "j4 had already finished; nothing to cancel\n")
+    health = {"blueprints": {"echo": {"state": "healthy", "latency_s": 0.012, "version": "1.0",
+                                      "detail": None, "cooldown_until": None}}}
+    server = serve(answer(health))
+    status, out, _ = run_main(["status", "--check", "--socket", server.path], capsys)
+    assert status == 0
+    assert out.splitlines()[1].split() == ["echo", "healthy", "0.012s", "1.0"]
+    server.stop()
+    assert server.received[0]["method"] == "health.check"
+
+
+def test_table_truncates_only_the_last_column() -> None:
+    text = output.table(["A", "B"], [["x", "0123456789"]], width=8)
+    assert text == "A  B\nx  01...\n"
+    assert output.table(["A", "B"], [["x", "0123456789"]], width=None).endswith("0123456789\n")
+
+
+def test_read_prompt_argument_wins() -> None:
+    assert commands.read_prompt("given") == "given"

@@ -1,0 +1,218 @@
+"""The job manager's retry loop, deadlines and queues, on trio's virtual clock.
+
+Attempts are scripted stand-ins for the supervisor (no processes), so back-off and
+timeouts of minutes run in no time with ``autojump_clock``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from llmd.config import parse_registry
+from llmd.errors import Busy, Cancelled, CliFailed, RateLimited, TimedOut
+from llmd.jobs import JobManager
+from llmd.records import RunParams
+
+
+@dataclass
+class Step:
+    exit_code: int = 0
+    stdout: str = ""
+    stderr: str = ""
+    seconds: float = 0.0
+
+
+class Script:
+    """Hands out scripted attempts in order and records what ran when."""
+
+    def __init__(self, *steps: Step) -> None:
+        self.steps = deque(steps)
+        self.started: list[tuple[float, str]] = []
+        self.cancelled = 0
+
+    def factory(self) -> Callable[..., Any]:
+        script = self
+
+        class ScriptedAttempt:
+            def __init__(self, invocation: Any, *, on_output: Any, on_spawn: Any,
+                         **_: Any) -> None:
+                self.invocation = invocation
+                self.on_output = on_output
+                self.exit_code: int | None = None
+                self.stdout = ""
+                self.stderr_tail = ""
+                self.truncated = False
+                self.duration = 0.0
+
+            async def run(self) -> int:
+                step = script.steps.popleft() if script.steps else Step(seconds=float("inf"))
+                script.started.append((trio.current_time(), self.invocation.argv[-1]))
+                try:
+                    await trio.sleep(step.seconds)
+                except trio.Cancelled:
+                    script.cancelled += 1
+                    raise
+                if step.stdout:
+                    self.stdout = step.stdout
+                    await self.on_output("stdout", step.stdout)
+                if step.stderr:
+                    self.stderr_tail = step.stderr
+                    await self.on_output("stderr", step.stderr)
+                self.exit_code = step.exit_code
+                return step.exit_code
+
+        return ScriptedAttempt
+
+
+def manager(script: Script, toml: str = "") -> JobManager:
+    registry = parse_registry(f"""
+[daemon]
+max_jobs = 4
+max_queue = 2
+[blueprints.cli]
+command = ["/bin/sh", "{{prompt}}"]
+max_concurrency = 1
+[blueprints.cli.retry]
+max_attempts = 3
+base_delay = 2.0
+max_delay = 30.0
+{toml}
+""")
+    return JobManager(registry, environ={"PATH": "/bin:/usr/bin"}, rng=random.Random(7),
+                      attempt_factory=script.factory())
+
+
+RATE = Step(exit_code=1, stderr="Error: 429 Too Many Requests\n")
+
+
+async def test_two_rate_limits_then_success_takes_three_attempts(autojump_clock: Any) -> None:
+    script = Script(RATE, RATE, Step(stdout="fine"))
+    jm = manager(script)
+    states: list[tuple[str, dict[str, Any]]] = []
+
+    async def listen(method: str, payload: dict[str, Any]) -> None:
+        states.append((method, payload))
+
+    job = jm.submit(RunParams(blueprint="cli", prompt="p", timeout=600))
+    job.listeners.append(listen)
+    result = await jm.run(job)
+    assert result.attempts == 3
+    assert result.text == "fine"
+    assert job.state == "succeeded"
+    gaps = [b[0] - a[0] for a, b in zip(script.started, script.started[1:])]
+    # Exponential with jitter, never below base_delay or above the cap of that step.
+    assert gaps[0] == pytest.approx(2.0)  # first cap is base_delay itself
+    assert 2.0 <= gaps[1] <= 4.0
+    kinds = [p["state"] for m, p in states if m == "llm.state"]
+    assert kinds == ["queued", "running", "retrying", "running", "retrying", "running"]
+    retry_in = [p["retry_in_s"] for m, p in states if p.get("state") == "retrying"]
+    assert all(r >= 2.0 for r in retry_in)
+
+
+async def test_exhausted_retries_give_rate_limited(autojump_clock: Any) -> None:
+    script = Script(RATE, RATE, Step(exit_code=1, stderr="rate limit hit, retry after 7s"))
+    jm = manager(script)
+    job = jm.submit(RunParams(blueprint="cli", prompt="p", timeout=600))
+    with pytest.raises(RateLimited) as info:
+        await jm.run(job)
+    assert info.value.code == -32004
+    assert info.value.data["attempts"] == 3
+    assert info.value.data["retry_after_s"] == 7.0
+    assert job.state == "failed"
+
+
+async def test_back_off_never_sleeps_past_the_deadline(autojump_clock: Any) -> None:
+    script = Script(RATE, RATE, RATE)
+    jm = manager(script)
+    job = jm.submit(RunParams(blueprint="cli", prompt="p", timeout=3))
+    start = trio.current_time()
+    with pytest.raises(RateLimited):
+        await jm.run(job)
+    # One attempt, then a 2-4 s back-off would cross the 3 s deadline: give up at once.
+    assert trio.current_time() - start < 3
+    assert len(script.started) in (1, 2)
+
+
+async def test_timeout_cancels_the_attempt_at_the_deadline(autojump_clock: Any) -> None:
+    script = Script(Step(seconds=10_000))
+    jm = manager(script)
+    job = jm.submit(RunParams(blueprint="cli", prompt="p", timeout="quick"))
+    start = trio.current_time()
+    with pytest.raises(TimedOut) as info:
+        await jm.run(job)
+    assert trio.current_time() - start == pytest.approx(60.0)
+    assert script.cancelled == 1
+    assert info.value.code == -32003
+    assert job.state == "timed_out"
+
+
+async def test_other_failures_are_not_retried(autojump_clock: Any) -> None:
+    script = Script(Step(exit_code=2, stderr="usage: cli [-h]\n"), Step(stdout="never"))
+    jm = manager(script)
+    job = jm.submit(RunParams(blueprint="cli", prompt="p"))
+    with pytest.raises(CliFailed) as info:
+        await jm.run(job)
+    assert info.value.data["attempts"] == 1
+    assert info.value.data["exit_code"] == 2
+    assert "usage" in info.value.data["stderr"]
+    assert len(script.steps) == 1
+
+
+async def test_blueprint_slots_are_fifo_and_queue_is_bounded(autojump_clock: Any) -> None:
+    script = Script(Step(seconds=5, stdout="a"), Step(seconds=5, stdout="b"),
+                    Step(seconds=5, stdout="c"))
+    jm = manager(script)
+    async with trio.open_nursery() as nursery:
+        for name in ("first", "second", "third"):
+            nursery.start_soon(jm.run, jm.submit(RunParams(blueprint="cli", prompt=name,
+                                                           timeout=600)))
+            await trio.testing.wait_all_tasks_blocked()
+        # max_concurrency 1 and max_queue 2: one runs, two wait, the next is refused.
+        assert (jm.running, jm.queued) == (1, 2)
+        with pytest.raises(Busy) as info:
+            jm.submit(RunParams(blueprint="cli", prompt="fourth"))
+        assert info.value.code == -32006
+    assert [name for _t, name in script.started] == ["first", "second", "third"]
+    assert [t for t, _n in script.started] == pytest.approx([0.0, 5.0, 10.0], abs=1e-6)
+
+
+async def test_queue_wait_counts_against_the_timeout(autojump_clock: Any) -> None:
+    script = Script(Step(seconds=50, stdout="a"), Step(seconds=1, stdout="b"))
+    jm = manager(script)
+    first = jm.submit(RunParams(blueprint="cli", prompt="first", timeout=600))
+    second = jm.submit(RunParams(blueprint="cli", prompt="second", timeout=30))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(jm.run, first)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(TimedOut) as info:
+            await jm.run(second)
+    assert "queue" in info.value.message
+    assert second.state == "timed_out"
+    assert jm.queued == 0
+
+
+async def test_cancel_ends_a_running_job(autojump_clock: Any) -> None:
+    script = Script(Step(seconds=1000))
+    jm = manager(script)
+    job = jm.submit(RunParams(blueprint="cli", prompt="p"))
+    async with trio.open_nursery() as nursery:
+
+        async def cancel_soon() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            assert jm.cancel(job.id) is True
+
+        nursery.start_soon(cancel_soon)
+        with pytest.raises(Cancelled) as info:
+            await jm.run(job)
+    assert info.value.code == -32800
+    assert job.state == "cancelled"
+    assert jm.cancel(job.id) is False
+    assert jm.running == 0 and jm.queued == 0
