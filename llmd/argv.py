@@ -55,6 +55,7 @@ def render(bp: Blueprint, name: str, prompt: str, *, model: str | None = None,
         InvalidParams: The request cannot be rendered safely for this blueprint.
     """
     extra: list[str] = []
+    model = model if model is not None else bp.default_model
     if model is not None:
         if not bp.model_args:
             raise InvalidParams(f"blueprint {name!r} does not take a model "
@@ -69,7 +70,7 @@ def render(bp: Blueprint, name: str, prompt: str, *, model: str | None = None,
         extra += [session if e == "{session}" else e for e in bp.resume_args]
 
     if bp.prompt == "stdin":
-        return Invocation(argv=[*bp.command, *extra],
+        return Invocation(argv=_place(bp.command, extra, None),
                           stdin=prompt.encode("utf-8", "surrogatepass"))
 
     if "\x00" in prompt:
@@ -84,9 +85,28 @@ def render(bp: Blueprint, name: str, prompt: str, *, model: str | None = None,
         raise InvalidParams(f"the prompt is longer than the {MAX_ARG_BYTES + 1} bytes the "
                             f"kernel allows in one argument; {name!r} needs prompt = \"stdin\"",
                             {"blueprint": name})
-    # Model and resume options go before the prompt, where option parsers expect them.
-    argv = [*bp.command[:slot], *extra, prompt, *bp.command[slot + 1:]]
-    return Invocation(argv=argv, stdin=None)
+    return Invocation(argv=_place(bp.command, extra, prompt), stdin=None)
+
+
+def _place(command: list[str], extra: list[str], prompt: str | None) -> list[str]:
+    """Substitute the template: options where ``{args}`` stands, else before the prompt
+    (where option parsers expect them), else at the end."""
+    argv: list[str] = []
+    placed = False
+    for element in command:
+        if element == "{args}":
+            argv += extra
+            placed = True
+        elif element == "{prompt}":
+            if not placed and "{args}" not in command:
+                argv += extra
+                placed = True
+            argv.append(prompt if prompt is not None else element)
+        else:
+            argv.append(element)
+    if not placed:
+        argv += extra
+    return argv
 
 
 def _check_value(key: str, value: str, name: str) -> None:

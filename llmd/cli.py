@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import ClassVar
 
 from llmd import __version__
 from llmd.errors import ConfigError
@@ -19,8 +20,9 @@ from llmd.paths import config_path, socket_path
 class _JournalFormatter(logging.Formatter):
     """syslog priority prefixes so ``journalctl -p`` can filter; the journal adds time."""
 
-    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-                logging.CRITICAL: 2}
+    PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+        logging.CRITICAL: 2}
 
     def format(self, record: logging.LogRecord) -> str:
         prio = self.PRIORITY.get(record.levelno, 6)

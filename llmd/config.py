@@ -31,7 +31,7 @@ Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
-PLACEHOLDERS = ("{prompt}", "{model}", "{session}")
+PLACEHOLDERS = ("{prompt}", "{model}", "{session}", "{args}")
 KNOWN_PARSERS = frozenset({
     "text", "claude-stream-json", "claude-json", "codex-jsonl", "gemini-stream-json",
     "gemini-json",
@@ -97,6 +97,7 @@ class Blueprint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rate_limit_patterns: list[str] = msgspec.field(
         default_factory=lambda: list(DEFAULT_RATE_LIMIT_PATTERNS))
     model_args: list[str] = msgspec.field(default_factory=list)
+    default_model: str | None = None
     resume_args: list[str] = msgspec.field(default_factory=list)
     allow_dash_prompt: bool = False
     max_output_bytes: Annotated[int, msgspec.Meta(ge=1)] = 16 * 1024 * 1024
@@ -264,17 +265,23 @@ def _check_blueprint(name: str, bp: Blueprint, reg: RegistryFile, problems: list
                         "(at most 64, starting with a letter or digit)")
     if not bp.command or not bp.command[0]:
         problems.append(f"{path}.command: must name a program as its first element")
-    for key, template, allowed in (("command", bp.command, "{prompt}"),
-                                   ("model_args", bp.model_args, "{model}"),
-                                   ("resume_args", bp.resume_args, "{session}")):
+    for key, template, allowed in (("command", bp.command, ("{prompt}", "{args}")),
+                                   ("model_args", bp.model_args, ("{model}",)),
+                                   ("resume_args", bp.resume_args, ("{session}",))):
         for i, element in enumerate(template):
             for ph in PLACEHOLDERS:
                 if ph in element and element != ph:
                     problems.append(f"{path}.{key}[{i}]: placeholder {ph} must be a whole "
                                     f"element, not part of {element!r}")
-                elif element == ph and ph != allowed:
+                elif element == ph and ph not in allowed:
                     problems.append(f"{path}.{key}[{i}]: {ph} is not allowed here "
-                                    f"(only {allowed})")
+                                    f"(only {' and '.join(allowed)})")
+    if bp.command.count("{args}") > 1:
+        problems.append(f"{path}.command: \"{{args}}\" may appear at most once")
+    if bp.command[:1] == ["{args}"] or bp.command[:1] == ["{prompt}"]:
+        problems.append(f"{path}.command: the first element must be the program")
+    if bp.default_model is not None and not bp.model_args:
+        problems.append(f"{path}.default_model: needs model_args to pass it")
     prompt_slots = bp.command.count("{prompt}")
     if bp.prompt == "arg" and prompt_slots != 1:
         problems.append(f"{path}.command: with prompt = \"arg\" it must hold exactly one "

@@ -72,7 +72,11 @@ class Daemon:
         Raises:
             ConfigError: The new file is invalid; the old registry stays.
         """
-        registry = load_registry(self.registry.source)
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            registry = load_registry(self.registry.source)
+        finally:
+            self.notifier.send("READY=1")
         self.registry = registry
         self.manager.set_registry(registry)
         self.server.max_message = registry.daemon.max_message_bytes

@@ -110,7 +110,7 @@ class JobManager:
                  attempt_factory: Callable[..., Attempt] = Attempt) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.attempt_factory = attempt_factory
-        self.rng = rng or random.Random()
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.queued = 0
         self.running = 0
@@ -152,7 +152,7 @@ class JobManager:
             cats = ", ".join(sorted(self.registry.timeouts))
             raise InvalidParams(f"unknown timeout category {params.timeout!r} "
                                 f"(known: {cats})", {"blueprint": params.blueprint}) from None
-        if timeout <= 0 or timeout != timeout:
+        if not timeout > 0:  # also refuses NaN
             raise InvalidParams("timeout must be a positive number of seconds",
                                 {"blueprint": params.blueprint})
         if params.cwd is not None and (not os.path.isabs(params.cwd)
@@ -291,6 +291,10 @@ class JobManager:
         job.finished_at = utc_now()
         self.finished_count += 1
         job.finished.set()
+        # The prompt, argv and environment stay out of the log: they may hold secrets.
+        log.info("job %s %s: %s after %d attempt%s%s", job.id, job.blueprint, state,
+                 job.attempts, "" if job.attempts == 1 else "s",
+                 f" ({error.message})" if error is not None and state == "failed" else "")
         if error is not None:
             error.data.setdefault("job", job.id)
             error.data.setdefault("state", state)

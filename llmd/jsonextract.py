@@ -6,37 +6,37 @@ Invariants:
 - Order: the first fenced block (```` ```json ```` or a bare ```` ``` ````, also ``~~~``)
   whose body parses to an object or array; else the first position in the text where a
   complete object or array starts.
-- Strict JSON: ``NaN``/``Infinity`` are refused, so the value always re-encodes as JSON.
-- Bounded work: finding the fences is one linear pass; the scan tries ``{``/``[``
-  positions left to right, and each failed try is charged the characters it examined
-  (its error position; the rest of the text when the failure carries no position, such as
-  nesting deeper than the interpreter's recursion limit). Once the charges pass
-  ``SCAN_BUDGET_FACTOR * len(text) + SCAN_BUDGET_SLACK`` the scan stops and says so.
-  Text such as 10 MB of ``{{{{`` costs one character per try, so it is linear; only
-  adversarial text (long valid prefixes that never close) exhausts the budget.
+- Strict JSON (msgspec): ``NaN``/``Infinity`` are refused, so the value always
+  re-encodes as JSON.
+- Bounded work: finding the fences is one linear pass. The scan tries, left to right on
+  the UTF-8 bytes, only the positions where an object or array can start (``{`` before
+  ``"`` or ``}``, ``[`` before a value or ``]``; so 10 MB of ``{{{{`` has no candidate),
+  each on a zero-copy view. Each failed try is charged ``max(TRY_COST, bytes it
+  examined)`` (the rest of the text when the error gives no position: truncated input,
+  nesting past the recursion limit); once the charges pass ``SCAN_BUDGET_FACTOR * len +
+  SCAN_BUDGET_SLACK`` the scan stops and says so. The work is thus O(len) bytes decoded
+  and at most ``(4 * len + 64 KiB) / 64`` tries; only adversarial text (thousands of
+  near-valid candidates) exhausts the budget, never a normal answer.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from typing import NoReturn
+
+import msgspec
 
 NO_JSON = "no JSON object or array found in the answer"
 SCAN_BUDGET_FACTOR = 4
 SCAN_BUDGET_SLACK = 1 << 16
+TRY_COST = 64
 
 # A fence line: up to three spaces, then ``` or ~~~ (three or more), then an info string.
 _FENCE_RE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})[ \t]*([^\n`]*?)[ \t]*$", re.MULTILINE)
 _JSONISH_INFO = re.compile(r"(?i)^(?:json[a-z0-9]*|)$")
-_START_RE = re.compile(r"[{\[]")
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+# Where a JSON object or array can start: "{" before a key or "}", "[" before a value or "]".
+_CANDIDATE_RE = re.compile(rb'\{\s*["}]|\[\s*[\[\]{"\-0-9tfn]')
+_BYTE_RE = re.compile(r"\(byte (\d+)\)")
+_DECODE_ERRORS = (msgspec.DecodeError, ValueError, RecursionError)
 
 
 def _fences(text: str) -> list[tuple[str, str]]:
@@ -61,32 +61,52 @@ def _fences(text: str) -> list[tuple[str, str]]:
 
 def _decode_whole(body: str) -> tuple[object | None, str | None]:
     try:
-        value = _DECODER.decode(body.strip())
+        value = msgspec.json.decode(body.strip().encode("utf-8", "replace"))
     except RecursionError:
         return None, "nested too deeply"
-    except ValueError as exc:
+    except _DECODE_ERRORS as exc:
         return None, str(exc)
     if isinstance(value, (dict, list)):
         return value, None
     return None, f"it holds a {type(value).__name__}, not an object or array"
 
 
+def _try(view: memoryview, start: int) -> tuple[object | None, int]:
+    """Decode the value at ``start``: ``(value, 0)``, or ``(None, bytes examined)``."""
+    try:
+        return msgspec.json.decode(view[start:]), 0
+    except RecursionError:
+        return None, len(view) - start
+    except _DECODE_ERRORS as exc:
+        message = str(exc)
+        where = _BYTE_RE.search(message)
+        if where is None:  # truncated input, or a number out of range
+            return None, len(view) - start
+        pos = int(where.group(1))
+        if "trailing characters" in message:
+            # A complete value followed by more text; msgspec reports the byte just past
+            # the first trailing one, so the value lies within the first pos - 1 bytes.
+            for end in (pos - 1, pos):
+                try:
+                    return msgspec.json.decode(view[start:start + end]), 0
+                except _DECODE_ERRORS:
+                    continue
+        return None, pos
+
+
 def _scan(text: str) -> tuple[object | None, str | None]:
-    budget = SCAN_BUDGET_FACTOR * len(text) + SCAN_BUDGET_SLACK
+    # Bytes, so that each try decodes a zero-copy view from its start to the end.
+    data = text.encode("utf-8", "replace")
+    view = memoryview(data)
+    budget = SCAN_BUDGET_FACTOR * len(data) + SCAN_BUDGET_SLACK
     spent = 0
-    for match in _START_RE.finditer(text):
-        start = match.start()
-        try:
-            value, _end = _DECODER.raw_decode(text, start)
-        except json.JSONDecodeError as exc:
-            spent += max(1, exc.pos - start)
-        except (ValueError, RecursionError):
-            # No position to charge by (huge integer, NaN, nesting): assume the worst.
-            spent += len(text) - start
-        else:
+    for match in _CANDIDATE_RE.finditer(data):
+        value, examined = _try(view, match.start())
+        if value is not None:
             return value, None
+        spent += max(TRY_COST, examined)
         if spent > budget:
-            return None, f"{NO_JSON} (search stopped after examining {spent} characters)"
+            return None, f"{NO_JSON} (search stopped after examining {spent} bytes)"
     return None, NO_JSON
 
 

@@ -72,6 +72,10 @@ OK = Verdict("ok")
 _NUMBER = r"\d+(?:\.\d+)?"
 _UNIT = (r"(?:ms|msecs?|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hrs?|hours?|d|days?)"
          r"(?![a-z])")
+# After the first number: units (Go-style "6m0s" included), or none, and then no
+# further digits or words ("in 3 attempts" is not a delay).
+_DURATION_TAIL = (r"(?:\s*" + _UNIT + r"(?:" + _NUMBER + _UNIT + r")*"
+                  r"|(?!\d|\.\d|[ \t]*[a-z]))")
 _RETRY_RE = re.compile(
     r"""(?ix)
     (?:
@@ -80,7 +84,7 @@ _RETRY_RE = re.compile(
       | (?:try\ again|retry(?:ing)?)\ in                          # try again in 1.5 seconds
     )
     ["']?\s*[:=]?\s*["']?
-    (?P<dur>""" + _NUMBER + r"(?:\s*" + _UNIT + r"(?:" + _NUMBER + _UNIT + r")*|(?![ \t]*[a-z])))",
+    (?P<dur>""" + _NUMBER + _DURATION_TAIL + ")",
 )
 _PART_RE = re.compile(r"(?i)(" + _NUMBER + r")\s*(" + _UNIT + r")?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -23,10 +23,11 @@ import socket as stdsocket
 import stat
 import struct
 from pathlib import Path
+
 import trio
 
 from llmd.errors import InvalidRequest, ParseError
-from llmd.framing import FramingError, Framer, Message, TooLarge
+from llmd.framing import Framer, FramingError, Message, TooLarge
 from llmd.rpc import Dispatcher, Session, error_reply
 
 log = logging.getLogger("llmd.server")

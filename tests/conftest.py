@@ -68,8 +68,8 @@ def registry_toml(fake_bin: Path, blueprints: dict[str, dict[str, Any]],
     if daemon:
         lines.append("[daemon]")
         lines += [f"{k} = {toml_value(v)}" for k, v in daemon.items()]
-    for name, spec in blueprints.items():
-        spec = dict(spec)
+    for name, given in blueprints.items():
+        spec = dict(given)
         retry = spec.pop("retry", None)
         spec["command"] = [str(fake_bin / "fakecli") if c == "@fakecli" else c
                            for c in spec["command"]]

@@ -107,7 +107,7 @@ async def test_two_rate_limits_then_success_takes_three_attempts(autojump_clock:
     assert result.attempts == 3
     assert result.text == "fine"
     assert job.state == "succeeded"
-    gaps = [b[0] - a[0] for a, b in zip(script.started, script.started[1:])]
+    gaps = [b[0] - a[0] for a, b in zip(script.started, script.started[1:], strict=False)]
     # Exponential with jitter, never below base_delay or above the cap of that step.
     assert gaps[0] == pytest.approx(2.0)  # first cap is base_delay itself
     assert 2.0 <= gaps[1] <= 4.0

@@ -27,6 +27,7 @@ from llmd.ratelimit import DEFAULT_PATTERNS, Verdict, classify
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real-clis"
 HELLO = "Hello from the mock LLM server."
+HELLO_LINE = HELLO + "\n"  # plain-text CLIs end the answer with a newline
 
 
 @dataclass
@@ -98,10 +99,6 @@ class Expect:
     signal_retry_after: float | None = None
 
 
-def hello_text() -> str:
-    return HELLO + "\n"
-
-
 EXPECTED: dict[str, Expect] = {
     # claude: stream-json puts the session in every event; errors come on stdout as a
     # result with is_error true (subtype still "success") and api_error_status.
@@ -128,7 +125,7 @@ EXPECTED: dict[str, Expect] = {
     "claude_stream_partial": Expect(
         "claude-stream-json", HELLO, "6f2567ee-063b-474f-a391-668fbfcdfd5f",
         {"input_tokens": 10, "output_tokens": 6}, 0.0002),
-    "claude_text": Expect("text", hello_text()),
+    "claude_text": Expect("text", HELLO_LINE),
     "claude_version": Expect("text", "2.1.197 (Claude Code)\n"),
     # codex: the session is thread.started's thread_id; errors are "error" events and a
     # final turn.failed; unreachable endpoint never ends (killed: 124 from timeout(1)).
@@ -145,7 +142,7 @@ EXPECTED: dict[str, Expect] = {
     "codex_json": Expect(
         "codex-jsonl", HELLO, "01a2195d-6d3d-7e31-9597-40f234cd1c3f",
         {"input_tokens": 10, "output_tokens": 6, "cached_input_tokens": 0}),
-    "codex_text": Expect("text", hello_text()),
+    "codex_text": Expect("text", HELLO_LINE),
     "codex_version": Expect("text", "codex-cli 0.171.0\n"),
     # gemini: init carries the session; the stream's result has status "error" and only
     # the message "Resource has been exhausted" (the 429 itself is on stderr).
@@ -168,7 +165,7 @@ EXPECTED: dict[str, Expect] = {
     "gemini_stream_m25": Expect(
         "gemini-stream-json", HELLO, "ed21b46b-fae7-4a92-af25-b1f2156e4fac",
         {"input_tokens": 10, "output_tokens": 6}),
-    "gemini_text": Expect("text", hello_text()),
+    "gemini_text": Expect("text", HELLO_LINE),
     "gemini_version": Expect("text", "0.61.0\n"),
     # llm: plain text; errors only on stderr.
     "llm_429": Expect("text", "", kind="rate_limit"),
@@ -176,8 +173,8 @@ EXPECTED: dict[str, Expect] = {
     "llm_echo": Expect("text", (FIXTURES / "llm_echo.out").read_text()),
     "llm_echo_raw": Expect("text", "exact reply text\n"),
     "llm_markov": Expect("text", (FIXTURES / "llm_markov.out").read_text()),
-    "llm_mock_chat": Expect("text", hello_text()),
-    "llm_mock_chat_nostream": Expect("text", hello_text()),
+    "llm_mock_chat": Expect("text", HELLO_LINE),
+    "llm_mock_chat_nostream": Expect("text", HELLO_LINE),
     "llm_version": Expect("text", "llm, version 0.36\n"),
 }
 
@@ -254,16 +251,18 @@ def test_gemini_stream_deltas_live() -> None:
 
 def test_claude_signal_comes_before_the_result() -> None:
     parser = make_parser("claude-stream-json")
-    lines = (FIXTURES / "claude_429_default_stream.out").read_text().splitlines(keepends=True)
-    events = parser.feed("".join(lines[:2]))  # init + the first api_retry
-    assert events == [Signal(Verdict("rate_limit", 1.0, events[0].verdict.reason))]  # type: ignore[union-attr]
-    assert "429" in events[0].verdict.reason  # type: ignore[union-attr]
+    recorded = (FIXTURES / "claude_429_default_stream.out").read_text().splitlines(True)
+    events = parser.feed("".join(recorded[:2]))  # init + the first api_retry
+    assert len(events) == 1 and isinstance(events[0], Signal)
+    verdict = events[0].verdict
+    assert (verdict.kind, verdict.retry_after_s) == ("rate_limit", 1.0)
+    assert "429" in verdict.reason
 
 
 def test_codex_reconnect_429_is_an_immediate_signal() -> None:
     parser = make_parser("codex-jsonl")
-    lines = (FIXTURES / "codex_429_default.out").read_text().splitlines(keepends=True)
-    events = parser.feed("".join(lines[:3]))
+    recorded = (FIXTURES / "codex_429_default.out").read_text().splitlines(True)
+    events = parser.feed("".join(recorded[:3]))
     assert [type(e) for e in events] == [Signal]
 
 

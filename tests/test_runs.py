@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -93,8 +95,6 @@ async def test_nul_byte_in_an_argument_prompt_is_invalid_params(
 
 
 async def test_a_300_kb_prompt_goes_through_stdin(daemon_factory: Any, fake_bin: Path) -> None:
-    import hashlib
-
     d = await daemon_factory(blueprints(fake_bin))
     prompt = ("0123456789abcdé\n" * 19000)[:300_000]
     data = prompt.encode()
@@ -351,8 +351,6 @@ async def test_shutdown_kills_running_groups_and_removes_the_socket(
 
 
 async def test_client_without_a_daemon_says_how_to_start_it(short_tmp: Path) -> None:
-    import sys
-
     sock = short_tmp / "none" / "llmd.sock"
     with trio.fail_after(20):
         proc = await trio.run_process(
@@ -362,3 +360,50 @@ async def test_client_without_a_daemon_says_how_to_start_it(short_tmp: Path) -> 
     err = proc.stderr.decode()
     assert str(sock) in err and "llmd serve" in err
     assert err.count("\n") <= 2
+
+
+async def test_prompts_and_environment_values_stay_out_of_the_log(
+        daemon_factory: Any, fake_bin: Path) -> None:
+    d = await daemon_factory(blueprints(fake_bin), env={"SECRET_TOKEN": "tok-9f8e7d"})
+    for name in ("argv", "stdin", "env", "fail"):
+        proc = await llmc(d, "run", name, "prompt-5a4b3c secret words")
+        assert proc.returncode in (0, 1)
+    log = d.log()
+    assert "job " in log  # it does log the runs
+    assert "prompt-5a4b3c" not in log
+    assert "tok-9f8e7d" not in log
+
+
+async def test_info_blueprints_and_reload(daemon_factory: Any, fake_bin: Path) -> None:
+    d = await daemon_factory(blueprints(fake_bin))
+    proc = await llmc(d, "info", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["pid"] == d.proc.pid
+    assert info["socket"] == str(d.socket)
+    assert info["config"] == str(d.config)
+    assert info["blueprints"] == 10
+    proc = await llmc(d, "blueprints")
+    assert proc.returncode == 0 and b"argv" in proc.stdout
+    client = await d.connect()
+    with trio.fail_after(20):
+        good = d.config.read_text() + (
+            '[blueprints.added]\ncommand = ["/bin/echo"]\nprompt = "stdin"\n')
+        d.config.write_text(good)
+        reply = await client.call("daemon.reload")
+        assert "added" in reply["result"]["blueprints"]
+        assert [(await d.next_notify())[:11] for _ in range(2)] == ["RELOADING=1", "READY=1"]
+        d.config.write_text(good + "[blueprints.broken]\n")
+        reply = await client.call("daemon.reload", id=2)
+        assert [(await d.next_notify())[:11] for _ in range(2)] == ["RELOADING=1", "READY=1"]
+        assert reply["error"]["code"] == -32008
+        assert "blueprints.broken.command: required key is missing" in reply["error"]["message"]
+        reply = await client.call("llm.run", {"blueprint": "added", "prompt": "x"}, id=3)
+        assert reply["result"]["exit_code"] == 0  # the old registry is still in force
+        # SIGHUP: same, with a good file again.
+        d.config.write_text(good.replace("[blueprints.added]", "[blueprints.hup]"))
+        d.proc.send_signal(signal.SIGHUP)
+        assert (await d.next_notify()).startswith("RELOADING=1")
+        assert await d.next_notify() == "READY=1"
+        listed = await client.call("blueprints.list", id=4)
+        assert "hup" in [b["name"] for b in listed["result"]["blueprints"]]

@@ -48,7 +48,7 @@ def _connect(args: argparse.Namespace) -> Connection:
 
 def _call(conn: Connection, method: str, params: dict[str, Any] | None = None,
           on_notification: NotificationHandler | None = None,
-          timeout: float | None = QUICK_CALL_TIMEOUT) -> Any:  # noqa: ANN401 - any JSON
+          timeout: float | None = QUICK_CALL_TIMEOUT) -> Any:
     try:
         return conn.call(method, params, on_notification=on_notification, timeout=timeout)
     except KeyboardInterrupt:

@@ -207,7 +207,7 @@ class Connection:
 
     def call(self, method: str, params: dict[str, Any] | list[Any] | None = None,
              on_notification: NotificationHandler | None = None,
-             timeout: float | None = None) -> Any:  # noqa: ANN401 - any JSON value
+             timeout: float | None = None) -> Any:
         """Send a request and wait for its reply.
 
         Args:
@@ -325,7 +325,7 @@ class Connection:
                 f"{exc.strerror or exc}") from None
         self._send_broken = False
 
-    def _receive(self, method: str, deadline: float | None) -> Any:  # noqa: ANN401
+    def _receive(self, method: str, deadline: float | None) -> Any:
         while True:
             line = self._take_line()
             if line is not None:
@@ -395,7 +395,7 @@ class Connection:
             on_notification(name, incoming.get("params"))
 
     @staticmethod
-    def _result(reply: dict[str, Any], method: str) -> Any:  # noqa: ANN401
+    def _result(reply: dict[str, Any], method: str) -> Any:
         if "error" in reply:
             error = reply["error"]
             if not isinstance(error, dict):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any, Protocol, TypeAlias
 
 import msgspec
 
@@ -39,7 +39,7 @@ class Signal:
     verdict: Verdict
 
 
-Event = Union[TextDelta, Signal]  # noqa: UP007 - a runtime alias must work on 3.10 too
+Event: TypeAlias = TextDelta | Signal
 
 
 @dataclass
