@@ -126,12 +126,16 @@ def bench_overhead(sock: str, n: int) -> dict[str, float]:
 
 
 def bench_client(sock: str, n: int) -> dict[str, float]:
+    # As installed for a user: bytecode cached (a session may turn caching off).
     env = {**os.environ, "LLMD_SOCKET": sock}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     llmc = shutil.which("llmc", path=str(Path(sys.executable).parent)) or "llmc"
     bare, cold = [], []
+    subprocess.run([llmc, "run", "echo", "warm-up"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
     for _ in range(n):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
         bare.append(time.perf_counter() - t)
         t = time.perf_counter()
         subprocess.run([llmc, "run", "echo", "hello"], env=env, check=True,

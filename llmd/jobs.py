@@ -17,6 +17,7 @@ import os
 import random
 import secrets
 import shutil
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,6 +46,9 @@ from llmd.ratelimit import Verdict, classify
 from llmd.records import FINAL_STATES, JobRecord, RunParams, RunResult, utc_now
 from llmd.retry import Backoff
 from llmd.supervisor import Attempt, Stream
+
+if sys.version_info < (3, 11):  # pragma: no cover - 3.10 only
+    from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger("llmd.jobs")
 
@@ -201,13 +205,13 @@ class JobManager:
                 state = "interrupted"
             self._finish(job, state, error=exc)
             raise
-        except trio.Cancelled:
-            # From outside: the request was cancelled, its client left, or shutdown.
-            state = "interrupted" if self.shutting_down else "cancelled"
-            self._finish(job, state, error=Cancelled("cancelled", {"job": job.id}))
-            raise
-        except BaseException:
-            self._finish(job, "failed", error=InternalError("internal error"))
+        except BaseException as exc:
+            if _only_cancelled(exc):
+                # From outside: the request was cancelled, its client left, or shutdown.
+                state = "interrupted" if self.shutting_down else "cancelled"
+                self._finish(job, state, error=Cancelled("cancelled", {"job": job.id}))
+            else:
+                self._finish(job, "failed", error=InternalError("internal error"))
             raise
 
     def start_detached(self, job: Job) -> None:
@@ -431,6 +435,15 @@ class JobManager:
                          duration_s=round(duration, 6), truncated=attempt.truncated,
                          json=value, json_error=json_error, session=parsed.session,
                          usage=parsed.usage, cost_usd=parsed.cost_usd)
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is trio's cancellation (nurseries may wrap it in a group)."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(e) for e in exc.exceptions)
+    return False
 
 
 def _exit_text(code: int | None) -> str:

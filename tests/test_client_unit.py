@@ -21,12 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-try:
-    import llmc  # noqa: F401
-except ImportError:  # the project is not installed: use the source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
-
 from llmc import __version__, cli, commands, exitcodes, output
 from llmc.connection import (
     CallTimeout,

@@ -307,6 +307,11 @@ async def test_cancel_request_kills_the_group(
     assert reply["id"] == "r1"
     assert reply["error"]["code"] == -32800
     await assert_all_die(_pids(pidfile))
+    with trio.fail_after(10):
+        listed = await client.call("jobs.list", {"limit": 1}, id=2)
+    [record] = listed["result"]["jobs"]
+    assert record["state"] == "cancelled"
+    assert record["error"]["code"] == -32800
 
 
 async def test_disconnect_cancels_the_clients_runs(

@@ -9,7 +9,7 @@ Exit status:
 
 ====  ==============================================================================
  0    success
- 1    the CLI failed (-32005), or another llmd error
+ 1    the CLI failed (-32005), another llmd error, or stdout was closed early
  2    usage error: bad arguments, invalid params (-32602), unsupported method (-32601)
  3    llmd is not reachable, or it dropped the connection
  4    timed out (-32003)
@@ -22,9 +22,11 @@ Exit status:
 ====  ==============================================================================
 
 Invariants:
-- Start-up is on every command's critical path: this module imports only ``argparse`` and the
-  import-free ``llmc.exitcodes``/``llmc.output``; the socket and JSON code is loaded after the
-  arguments are parsed, so ``--help`` and usage errors never pay for it.
+- Start-up is on every command's critical path: this module imports only ``argparse`` (besides
+  ``os``/``sys`` and the import-free ``llmc.exitcodes``/``llmc.output``); the socket and JSON
+  code is loaded after the arguments are parsed, so ``--help`` and usage errors never pay for
+  it. Only the subparser of the command being run is built, and help is sized without
+  ``shutil``.
 - Failures print one ``llmc: ...`` line on stderr and return a status from the table; no
   traceback reaches the user.
 """
