@@ -56,18 +56,16 @@ def render(bp: Blueprint, name: str, prompt: str, *, model: str | None = None,
     """
     extra: list[str] = []
     model = model if model is not None else bp.default_model
-    if model is not None:
-        if not bp.model_args:
-            raise InvalidParams(f"blueprint {name!r} does not take a model "
-                                "(it has no model_args)", {"blueprint": name})
-        _check_value("model", model, name)
-        extra += [model if e == "{model}" else e for e in bp.model_args]
-    if session is not None:
-        if not bp.resume_args:
-            raise InvalidParams(f"blueprint {name!r} cannot resume a session "
-                                "(it has no resume_args)", {"blueprint": name})
-        _check_value("session", session, name)
-        extra += [session if e == "{session}" else e for e in bp.resume_args]
+    for key, value, template, what in (
+            ("model", model, bp.model_args, "does not take a model (it has no model_args)"),
+            ("session", session, bp.resume_args,
+             "cannot resume a session (it has no resume_args)")):
+        if value is None:
+            continue
+        if not template:
+            raise InvalidParams(f"blueprint {name!r} {what}", {"blueprint": name})
+        _check_value(key, value, name)
+        extra += [value if e == f"{{{key}}}" else e for e in template]
 
     if bp.prompt == "stdin":
         return Invocation(argv=_place(bp.command, extra, None),
