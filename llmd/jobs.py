@@ -402,8 +402,12 @@ class JobManager:
         early: list[Verdict] = []
         scope = trio.CancelScope()
 
+        # Plain text needs no parsing, and its answer is the kept stdout itself.
+        plain = bp.parser == "text"
+
         async def on_output(stream: Stream, text: str) -> None:
-            events: list[Event] = parser.feed(text) if stream == "stdout" else [TextDelta(text)]
+            events: list[Event] = (
+                [TextDelta(text)] if stream == "stderr" or plain else parser.feed(text))
             await self._forward(job, stream, events, early, scope)
 
         attempt = self.attempt_factory(
@@ -418,6 +422,11 @@ class JobManager:
                     f"{job.blueprint!r}: cannot run {inv.argv[0]!r}: {exc.strerror or exc}",
                     {"blueprint": job.blueprint, "executable": inv.argv[0]}) from None
         events, parsed = parser.finish()
+        if plain:
+            parsed.text = attempt.stdout
+        elif len(parsed.text) > bp.max_output_bytes:
+            parsed.text = parsed.text[:bp.max_output_bytes]
+            attempt.truncated = True
         if not early:
             await self._forward(job, "stdout", events, early, scope)
         return attempt, parsed, (early[0] if early else None)

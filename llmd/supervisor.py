@@ -9,9 +9,9 @@ Invariants:
   grandchild holding the pipes can never keep an attempt alive.
 - On cancellation (timeout, cancel, disconnect, shutdown) the group gets SIGTERM,
   then SIGKILL after the blueprint's grace; the cleanup is shielded and bounded.
-- Output is read in chunks and decoded incrementally; stdout is kept up to a cap
-  (the rest is drained and dropped so the child never blocks on a full pipe), stderr
-  keeps its tail. A slow consumer of ``on_output`` slows the reader, and so the child.
+- Output is read in chunks and decoded incrementally. All of it goes to ``on_output``;
+  stdout is *kept* only up to a cap (then ``truncated``), stderr keeps its tail. A slow
+  consumer of ``on_output`` slows the reader, and so the child: memory stays bounded.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Attempt:
         cwd: Working directory (already validated).
         max_output_bytes: How much stdout to keep.
         kill_grace: Seconds between SIGTERM and SIGKILL.
-        on_output: Awaited with each decoded chunk kept (stdout up to the cap, and stderr).
+        on_output: Awaited with each decoded chunk of stdout and stderr.
         on_spawn: Called with the pid once the child exists.
     """
 
@@ -176,31 +176,38 @@ class Attempt:
                     chunk = await stream.receive_some(READ_CHUNK)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     chunk = b""
-                if not chunk:
-                    await self._emit(name, decoder.decode(b"", final=True))
+                final = not chunk
+                if name == "stdout" and chunk:
+                    self._keep(decoder, chunk)
+                text = decoder.decode(chunk, final=final)
+                if text:
+                    if name == "stdout":
+                        if self.stdout_bytes <= self.max_output_bytes and not self.truncated:
+                            self.stdout_parts.append(text)
+                    else:
+                        self.stderr_tail = (self.stderr_tail + text)[-STDERR_TAIL_CHARS:]
+                    if self.on_output is not None:
+                        await self.on_output(name, text)
+                if final:
                     return
-                if name == "stdout":
-                    room = self.max_output_bytes - self.stdout_bytes
-                    if room <= 0:
-                        self.truncated = True
-                        continue
-                    if len(chunk) > room:
-                        chunk = chunk[:room]
-                        self.truncated = True
-                    self.stdout_bytes += len(chunk)
-                await self._emit(name, decoder.decode(chunk))
         finally:
             done.set()
 
-    async def _emit(self, name: Stream, text: str) -> None:
-        if not text:
+    def _keep(self, decoder: codecs.IncrementalDecoder, chunk: bytes) -> None:
+        """Account for stdout kept; at the cap, keep exactly the bytes that fit."""
+        if self.truncated:
             return
-        if name == "stdout":
-            self.stdout_parts.append(text)
-        else:
-            self.stderr_tail = (self.stderr_tail + text)[-STDERR_TAIL_CHARS:]
-        if self.on_output is not None:
-            await self.on_output(name, text)
+        room = self.max_output_bytes - self.stdout_bytes
+        if len(chunk) <= room:
+            self.stdout_bytes += len(chunk)
+            return
+        # Decode the part that fits on a copy of the decoder's state, so the whole
+        # chunk still streams while the kept output ends exactly at the cap.
+        state = decoder.getstate()
+        self.stdout_parts.append(decoder.decode(chunk[:room]))
+        decoder.setstate(state)
+        self.stdout_bytes = self.max_output_bytes
+        self.truncated = True
 
 
 async def _close_streams(proc: trio.Process) -> None:

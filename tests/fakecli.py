@@ -15,6 +15,8 @@ Modes:
                     counted in FILE, then print "ok after N"
   fail CODE         print "boom" on stderr and exit CODE
   flood BYTES       write BYTES bytes of "x" (in 64 KiB lines) to stdout
+  lines N           print N numbered lines, flushing each
+  handshake PATH    print "before", wait until PATH exists, print "after"
   env               print the environment as JSON
   cwd               print the working directory
   version           print "fakecli 1.2.3"
@@ -104,6 +106,16 @@ def main() -> int:
             chunk = line[:left]
             sys.stdout.buffer.write(chunk)
             left -= len(chunk)
+    elif mode == "lines":
+        for i in range(int(rest[0])):
+            out.write(f"line {i}\n")
+            out.flush()
+    elif mode == "handshake":
+        out.write("before\n")
+        out.flush()
+        while not os.path.exists(rest[0]):
+            time.sleep(0.005)
+        out.write("after\n")
     elif mode == "env":
         out.write(json.dumps(dict(os.environ)))
     elif mode == "cwd":
