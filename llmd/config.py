@@ -81,6 +81,7 @@ class HealthSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout: Positive = 30.0
     prompt: str | None = None
     expect: str | None = None
+    cooldown: Positive = 60.0
 
 
 class Blueprint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -193,7 +193,7 @@ class Attempt:
         finally:
             done.set()
 
-    def _keep(self, decoder: codecs.IncrementalDecoder, chunk: bytes) -> None:
+    def _keep(self, decoder: codecs.IncrementalDecoder, chunk: bytes | bytearray) -> None:
         """Account for stdout kept; at the cap, keep exactly the bytes that fit."""
         if self.truncated:
             return

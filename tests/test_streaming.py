@@ -86,7 +86,7 @@ async def test_output_is_forwarded_as_it_arrives(
                 assert note["params"]["text"] == "before\n"
                 break
         flag.touch()
-        notes, reply = await collect(client, 1)
+        _notes, reply = await collect(client, 1)
     assert reply["result"]["text"] == "before\nafter\n"
 
 
@@ -159,7 +159,7 @@ async def test_cancel_from_another_connection(daemon_factory: Any, fake_bin: Pat
         job = first["params"]["job"]
         reply = await canceller.call("llm.cancel", {"job": job})
         assert reply["result"] == {"job": job, "cancelled": True}
-        notes, answer = await collect(runner, 1)
+        _notes, answer = await collect(runner, 1)
         assert answer["error"]["code"] == -32800
         assert answer["error"]["data"]["job"] == job
         reply = await canceller.call("llm.cancel", {"job": job}, id=2)
