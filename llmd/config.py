@@ -63,6 +63,7 @@ class DaemonSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 256
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    stop_grace: NonNegative = 10.0
 
 
 class RetrySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

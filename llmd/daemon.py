@@ -2,8 +2,10 @@
 
 Invariants:
 - Everything runs in one trio nursery; detached jobs live in it, not in a connection.
-- Shutdown (SIGINT/SIGTERM): stop accepting, cancel every unfinished job (their groups
-  are killed and their callers answered), then remove the socket and return.
+- Shutdown: stop accepting and remove the socket; on SIGTERM let running jobs finish
+  for ``daemon.stop_grace`` seconds (SIGINT or a second signal: no wait); then cancel
+  every unfinished job (groups killed, callers answered, detached ones recorded
+  ``interrupted``) and return.
 - A reload that fails validation leaves the registry in force untouched.
 """
 
@@ -64,6 +66,7 @@ class Daemon:
         self.listener = Listener(socket_path)
         self.encode_notification = encode_notification
         self._stop = trio.Event()
+        self._grace = trio.CancelScope()
         self.notifier = Notifier()
 
     def reload(self) -> Registry:
@@ -84,8 +87,15 @@ class Daemon:
                  len(registry.blueprints))
         return registry
 
-    def request_stop(self) -> None:
-        """Begin a graceful shutdown."""
+    def request_stop(self, *, graceful: bool = False) -> None:
+        """Begin shutting down.
+
+        Args:
+            graceful: Let running jobs finish for ``daemon.stop_grace`` seconds first.
+                A second request, or a non-graceful one, cuts the grace short.
+        """
+        if self._stop.is_set() or not graceful:
+            self._grace.cancel()
         self._stop.set()
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -123,6 +133,13 @@ class Daemon:
                 # Stop accepting: new clients find no socket rather than a dead one.
                 accepting.cancel()
                 self.listener.release()
+                self.manager.draining = True
+                grace = self.registry.daemon.stop_grace
+                if self.manager.running or self.manager.queued:
+                    log.info("letting running jobs finish for up to %g s", grace)
+                with self._grace:
+                    self._grace.deadline = trio.current_time() + grace
+                    await self.manager.wait_all_finished()
                 self.manager.shutting_down = True
                 self.manager.cancel_all("cancelled: llmd is shutting down")
                 with trio.move_on_after(SHUTDOWN_LIMIT):
@@ -143,7 +160,8 @@ class Daemon:
                     self._reload_logged()
                 else:
                     log.info("received %s", signal.Signals(signum).name)
-                    self.request_stop()
+                    # SIGTERM (systemd's stop) lets jobs finish; Ctrl-C does not wait.
+                    self.request_stop(graceful=signum == signal.SIGTERM)
 
     def _reload_logged(self) -> None:
         from llmd.errors import ConfigError  # noqa: PLC0415

@@ -129,6 +129,13 @@ class Framer:
             return b"Content-Length: %d\r\n\r\n%b" % (len(payload), payload)
         return payload + b"\n"
 
+    def frame_parts(self, size: int) -> tuple[bytes, bytes]:
+        """What goes before and after a payload of ``size`` bytes, for senders that
+        would rather not copy a large payload into :meth:`encode`'s result."""
+        if self._mode == "lsp":
+            return b"Content-Length: %d\r\n\r\n" % size, b""
+        return b"", b"\n"
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Take the next bytes received and return the frames they complete.
 

@@ -120,6 +120,7 @@ class JobManager:
         self.running = 0
         self.finished_count = 0
         self.shutting_down = False
+        self.draining = False
         self.nursery: trio.Nursery | None = None
         self._global = trio.CapacityLimiter(registry.daemon.max_jobs)
         self._limiters: dict[str, trio.CapacityLimiter] = {}
@@ -145,6 +146,9 @@ class JobManager:
         Raises:
             LlmdError: Unknown blueprint, bad parameters, or a full queue.
         """
+        if self.draining:
+            raise Busy("llmd is shutting down; not taking new runs",
+                       {"blueprint": params.blueprint})
         bp = self.registry.blueprints.get(params.blueprint)
         if bp is None:
             known = ", ".join(sorted(self.registry.blueprints)) or "none"

@@ -33,6 +33,8 @@ from llmd.rpc import Dispatcher, Session, error_reply
 log = logging.getLogger("llmd.server")
 
 MAX_INFLIGHT = 256
+LARGE_MESSAGE = 1 << 20
+SEND_BUFFER = 1 << 20
 READ_SIZE = 65536
 HALF_CLOSE_POLL = 0.2
 
@@ -56,10 +58,18 @@ class Connection(Session):
         """Send one framed message; a vanished peer is not an error here."""
         if self.closed:
             return
-        data = self.framer.encode(payload)
         async with self.send_lock:
             try:
-                await self.stream.send_all(data)
+                if len(payload) < LARGE_MESSAGE:
+                    await self.stream.send_all(self.framer.encode(payload))
+                else:
+                    # Frame around a large payload instead of copying it into the frame.
+                    head, tail = self.framer.frame_parts(len(payload))
+                    if head:
+                        await self.stream.send_all(head)
+                    await self.stream.send_all(payload)
+                    if tail:
+                        await self.stream.send_all(tail)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.closed = True
 
@@ -114,6 +124,9 @@ class Server:
             log.warning("connection %d: refused a peer with uid %d", number, uid)
             await stream.aclose()
             return
+        with contextlib.suppress(OSError):
+            # Room for a large chunk of streamed output per send: fewer round trips.
+            stream.socket.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, SEND_BUFFER)
         conn = Connection(stream, Framer(self.max_message), number)
         self.connections.add(conn)
         try:

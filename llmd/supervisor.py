@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -32,7 +33,9 @@ from llmd.argv import Invocation
 
 log = logging.getLogger("llmd.supervisor")
 
-READ_CHUNK = 65536
+# Reads of up to 1 MiB, from pipes made as large: a fast writer costs fewer wake-ups.
+READ_CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20
 STDERR_TAIL_CHARS = 16384
 # After the group is killed, how long pipes may stay open before the holder is deemed
 # to have escaped the group (a daemonised grandchild in a session of its own).
@@ -102,6 +105,10 @@ class Attempt:
             stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, start_new_session=True)
         self.pid = proc.pid
         pidfd = os.pidfd_open(proc.pid) if _HAS_PIDFD else -1
+        for pipe in (proc.stdout, proc.stderr):
+            if isinstance(pipe, trio.lowlevel.FdStream) and hasattr(fcntl, "F_SETPIPE_SZ"):
+                with contextlib.suppress(OSError):  # capped by fs.pipe-max-size
+                    fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         if self.on_spawn is not None:
             self.on_spawn(proc.pid)
         try:

@@ -399,3 +399,12 @@ def test_bytearray_input_is_not_modified() -> None:
     assert fresh.feed(chunk) == [Message(b"[1]")]
     assert chunk == bytearray(b"[1]\n[2")
     assert fresh.feed(bytearray(b"]\n")) == [Message(b"[2]")]
+
+
+@pytest.mark.parametrize("first", [b'{"a": 1}\n', b"Content-Length: 2\r\n\r\n{}"])
+def test_frame_parts_match_encode(first: bytes) -> None:
+    framer = Framer(1 << 20)
+    framer.feed(first)
+    payload = b'{"jsonrpc": "2.0"}'
+    head, tail = framer.frame_parts(len(payload))
+    assert head + payload + tail == framer.encode(payload)

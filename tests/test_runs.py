@@ -337,9 +337,9 @@ async def test_disconnect_cancels_the_clients_runs(
 async def test_shutdown_kills_running_groups_and_removes_the_socket(
         daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
     pidfile = short_tmp / "sd.pids"
-    d = await daemon_factory(blueprints(fake_bin, hang={
+    d = await daemon_factory(registry_toml(fake_bin, {"hang": {
         "command": ["@fakecli", "ignore-term"], "prompt": "stdin", "kill_grace": 0.5,
-        "env": {"FAKE_PIDFILE": str(pidfile)}}))
+        "env": {"FAKE_PIDFILE": str(pidfile)}}}, daemon={"stop_grace": 0.5}))
     client = await d.connect()
     with trio.fail_after(15):
         await client.send({"jsonrpc": "2.0", "id": 1, "method": "llm.run",
@@ -412,3 +412,34 @@ async def test_info_blueprints_and_reload(daemon_factory: Any, fake_bin: Path) -
         assert await d.next_notify() == "READY=1"
         listed = await client.call("blueprints.list", id=4)
         assert "hup" in [b["name"] for b in listed["result"]["blueprints"]]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_sigterm_lets_running_jobs_finish_sigint_does_not(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path, sig: int) -> None:
+    flag = short_tmp / f"go-{sig}"
+    d = await daemon_factory(registry_toml(fake_bin, {
+        "hand": {"command": ["@fakecli", "handshake", "{prompt}"]}},
+        daemon={"stop_grace": 30}))
+    client = await d.connect()
+    with trio.fail_after(20):
+        await client.send({"jsonrpc": "2.0", "id": 1, "method": "llm.run",
+                           "params": {"blueprint": "hand", "prompt": str(flag), "stream": True}})
+        while (await client.recv()).get("method") != "llm.output":
+            pass
+        d.proc.send_signal(sig)
+        if sig == signal.SIGTERM:
+            assert await d.next_notify() == "STOPPING=1\nSTATUS=stopping"
+            # Draining: no new runs, but the running one may finish.
+            refused = await client.call("llm.run", {"blueprint": "hand", "prompt": "x"}, id=2)
+            assert refused["error"]["code"] == -32006
+            assert not d.socket.exists()
+            flag.touch()
+        reply = await client.recv()
+        while "method" in reply:
+            reply = await client.recv()
+        assert await d.proc.wait() == 0
+    if sig == signal.SIGTERM:
+        assert reply["result"]["text"] == "before\nafter\n"
+    else:
+        assert reply["error"]["code"] == -32800
