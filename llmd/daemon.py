@@ -22,6 +22,7 @@ import trio
 
 from llmd import methods
 from llmd.config import Registry, load_file, parse_registry
+from llmd.health import HealthMonitor
 from llmd.jobs import JobManager
 from llmd.paths import PACKAGED_CONFIG, packaged_config, prepare_socket_dir
 from llmd.rpc import Dispatcher, encode_notification
@@ -60,7 +61,8 @@ class Daemon:
         self.socket_path = socket_path
         self.default_socket = default_socket
         self.started = time.monotonic()
-        self.manager = JobManager(registry)
+        self.health = HealthMonitor(registry, os.environ)
+        self.manager = JobManager(registry, health=self.health)
         self.dispatcher = Dispatcher(methods.build(self), log=logging.getLogger("llmd.rpc"))
         self.server = Server(self.dispatcher, registry.daemon.max_message_bytes)
         self.listener = Listener(socket_path)
@@ -82,6 +84,7 @@ class Daemon:
             self.notifier.send("READY=1")
         self.registry = registry
         self.manager.set_registry(registry)
+        self.health.set_registry(registry)
         self.server.max_message = registry.daemon.max_message_bytes
         log.info("registry reloaded from %s: %d blueprints", registry.source,
                  len(registry.blueprints))
@@ -121,6 +124,7 @@ class Daemon:
                                                    task_status=task_status)
 
                 await nursery.start(accept)
+                await nursery.start(self.health.run)
                 nursery.start_soon(self._watch_signals)
                 log.info("llmd serving %s with %d blueprints from %s", self.socket_path,
                          len(self.registry.blueprints), self.registry.source)

@@ -236,7 +236,8 @@ class HealthMonitor:
         self._wake.set()
 
     def route(self, name: str) -> Route:
-        """Decide where a new run for ``name`` goes, from the cache (no probe, no wait).
+        """Decide where a new run for ``name`` goes, from the cache (no probe, no wait;
+        only a cached ``missing`` costs a PATH lookup).
 
         Returns:
             The blueprint itself, or during its cooldown its first usable fallback.
@@ -354,7 +355,15 @@ class HealthMonitor:
         try:
             outcome: _Outcome | None = None
             with probe.scope:
-                outcome = await self._probe(name, probe.bp)
+                try:
+                    outcome = await self._probe(name, probe.bp)
+                except Exception:
+                    # A bug met while probing one blueprint must not end the scheduler,
+                    # and with it the daemon: it is logged in full and shown as the
+                    # blueprint's state, not swallowed. Cancellation is not an Exception.
+                    log.exception("health: probing %s failed", name)
+                    outcome = _Outcome("unhealthy",
+                                       detail="internal error while probing (see llmd's log)")
             if outcome is not None and not probe.superseded and self._entries.get(name) is entry:
                 self._record(name, entry, outcome)
         finally:
@@ -391,6 +400,8 @@ class HealthMonitor:
                 # `which` saw it, yet it cannot be executed (a bad interpreter line,
                 # permissions, removed meanwhile): -32002 says exactly that.
                 return _Outcome("missing", detail=f"cannot run {program}: {exc.strerror or exc}")
+            except ValueError as exc:  # a NUL byte in the argv or env: a configuration error
+                return _Outcome("unhealthy", detail=f"cannot run {program}: {exc}")
         latency = trio.current_time() - started
         said = _first_line(attempt.stderr_tail) or _first_line(attempt.stdout)
         if deadline.cancelled_caught:

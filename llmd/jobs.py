@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import msgspec
 import trio
 
 from llmd import argv as argv_mod
@@ -40,6 +41,7 @@ from llmd.errors import (
     TimedOut,
     UnknownBlueprint,
 )
+from llmd.health import HealthMonitor, Route
 from llmd.jsonextract import extract_json
 from llmd.parsers import Event, ParseResult, Signal, TextDelta, make_parser
 from llmd.ratelimit import Verdict, classify
@@ -83,6 +85,8 @@ class Job:
         self.listeners: list[EventSink] = []
         self.pids: list[int] = []
         self.in_queue = True
+        self.requested: str | None = None
+        self.fallback_reason: str | None = None
         self.seq = 0
         self.streamed_stdout = False
         self.attempt: Attempt | None = None
@@ -107,13 +111,17 @@ class JobManager:
         environ: The daemon's environment, the base of every child's.
         rng: Source of back-off jitter (seed it in tests).
         attempt_factory: Builds an :class:`~llmd.supervisor.Attempt` (tests swap it).
+        health: Routes runs around missing and cooling-down blueprints, and learns of
+            rate limits.
     """
 
     def __init__(self, registry: Registry, environ: Mapping[str, str] | None = None,
                  rng: random.Random | None = None,
-                 attempt_factory: Callable[..., Attempt] = Attempt) -> None:
+                 attempt_factory: Callable[..., Attempt] = Attempt,
+                 health: HealthMonitor | None = None) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.attempt_factory = attempt_factory
+        self.health = health
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.queued = 0
@@ -154,6 +162,10 @@ class JobManager:
             known = ", ".join(sorted(self.registry.blueprints)) or "none"
             raise UnknownBlueprint(f"unknown blueprint {params.blueprint!r} (known: {known})",
                                    {"blueprint": params.blueprint})
+        route = self._route(params)
+        if route is not None:
+            params = msgspec.structs.replace(params, blueprint=route.blueprint)
+            bp = self.registry.blueprints[route.blueprint]
         try:
             timeout = self.registry.timeout_for(bp, params.timeout)
         except KeyError:
@@ -178,6 +190,9 @@ class JobManager:
             raise Busy(f"the queue is full ({self.queued} waiting); try again later",
                        {"blueprint": params.blueprint})
         job = Job(new_job_id(), params, trio.current_time() + timeout)
+        if route is not None:
+            job.requested, job.fallback_reason = route.requested, route.reason
+            log.info("job %s: %s", job.id, route.reason)
         self.jobs[job.id] = job
         self.queued += 1
         return job
@@ -267,6 +282,28 @@ class JobManager:
 
     # --- internals ---------------------------------------------------------
 
+    def _route(self, params: RunParams) -> Route | None:
+        """Where the health view sends this run; None: where it asked.
+
+        Raises:
+            ExecutableMissing: The program is known to be missing (no spawn is tried).
+            RateLimited: The blueprint cools down and no fallback may take the run.
+        """
+        if self.health is None:
+            return None
+        route = self.health.route(params.blueprint)
+        if not route.swapped:
+            return None
+        if params.session is not None or params.model is not None:
+            # A session or a model name means nothing to another CLI.
+            status = self.health.status(params.blueprint)[params.blueprint]
+            raise RateLimited(f"{params.blueprint!r} is rate limited until "
+                              f"{status['cooldown_until']}; a run with a session or a model "
+                              "cannot move to a fallback",
+                              {"blueprint": params.blueprint,
+                               "cooldown_until": status["cooldown_until"]})
+        return route
+
     def _leave_queue(self, job: Job) -> None:
         if job.in_queue:
             job.in_queue = False
@@ -337,7 +374,9 @@ class JobManager:
                               session=params.session)
         inv = argv_mod.Invocation([program, *inv.argv[1:]], inv.stdin)
         limiter = self._limiters[job.blueprint]
-        await self._set_state(job, "queued")
+        moved = ({"requested_blueprint": job.requested, "fallback_reason": job.fallback_reason}
+                 if job.requested else {})
+        await self._set_state(job, "queued", blueprint=job.blueprint, **moved)
         async with limiter, self._global:
             self._leave_queue(job)
             self.running += 1
@@ -371,6 +410,9 @@ class JobManager:
                 data = self._error_data(job, bp, attempt)
                 if verdict.retry_after_s is not None:
                     data["retry_after_s"] = verdict.retry_after_s
+                if self.health is not None:
+                    # Later runs go to a fallback, or fail fast, until it cools down.
+                    self.health.note_rate_limited(job.blueprint, verdict.retry_after_s)
                 raise RateLimited(f"{job.blueprint!r} is rate limited "
                                   f"({verdict.reason or 'rate limit'}); gave up after "
                                   f"{job.attempts} attempt{'s' if job.attempts > 1 else ''}",
@@ -447,7 +489,9 @@ class JobManager:
                          exit_code=attempt.exit_code, attempts=job.attempts,
                          duration_s=round(duration, 6), truncated=attempt.truncated,
                          json=value, json_error=json_error, session=parsed.session,
-                         usage=parsed.usage, cost_usd=parsed.cost_usd)
+                         usage=parsed.usage, cost_usd=parsed.cost_usd,
+                         requested_blueprint=job.requested,
+                         fallback_reason=job.fallback_reason)
 
 
 def _only_cancelled(exc: BaseException) -> bool:

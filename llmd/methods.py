@@ -37,6 +37,12 @@ class GetParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     timeout: float | None = None
 
 
+class HealthParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``health.status`` and ``health.check`` parameters."""
+
+    blueprint: str | None = None
+
+
 class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``jobs.list`` parameters."""
 
@@ -107,6 +113,12 @@ def build(daemon: Daemon) -> list[Method]:
                          "finished": manager.finished_count},
                 "connections": len(daemon.server.connections)}
 
+    async def health_status(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
+        return {"blueprints": daemon.health.status(params.blueprint)}
+
+    async def health_check(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
+        return {"blueprints": await daemon.health.check(params.blueprint)}
+
     async def daemon_reload(params: None, ctx: CallContext) -> dict[str, Any]:
         registry = daemon.reload()
         return {"blueprints": sorted(registry.blueprints)}
@@ -119,4 +131,6 @@ def build(daemon: Daemon) -> list[Method]:
         Method("blueprints.list", blueprints_list, None),
         Method("daemon.info", daemon_info, None),
         Method("daemon.reload", daemon_reload, None),
+        Method("health.status", health_status, HealthParams),
+        Method("health.check", health_check, HealthParams),
     ]

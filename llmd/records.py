@@ -50,6 +50,9 @@ class RunResult(msgspec.Struct, omit_defaults=False):
     session: str | None = None
     usage: dict[str, int] | None = None
     cost_usd: float | None = None
+    requested_blueprint: str | None = None
+    """Set when a fallback served the run: the blueprint the request named."""
+    fallback_reason: str | None = None
 
 
 class JobRecord(msgspec.Struct):

@@ -51,6 +51,8 @@ def main() -> int:
         i = args.index("--")
         args, prompt = args[:i], args[i + 1:]
     mode, rest = args[0], args[1:]
+    if "--version" in args:  # how llmd's health probe asks, whatever the mode
+        mode = "version"
     out = sys.stdout
     if mode == "argv":
         out.write(json.dumps(prompt))

@@ -6,6 +6,7 @@ blueprint it stands in for; intervals of minutes run in no time with ``autojump_
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections import defaultdict, deque
@@ -31,6 +32,7 @@ class Step:
     stdout: str = "tool 1.2.3\n"
     stderr: str = ""
     seconds: float = 1.0
+    raises: Exception | None = None
 
 
 class Script:
@@ -73,6 +75,8 @@ class Script:
                     raise
                 finally:
                     script.running[self.name] -= 1
+                if step.raises is not None:
+                    raise step.raises
                 self.stdout, self.stderr_tail = step.stdout, step.stderr
                 self.exit_code = step.exit_code
                 return step.exit_code
@@ -108,7 +112,7 @@ async def test_probes_once_per_interval(autojump_clock: Any) -> None:
     times = script.times("a")
     assert len(times) == 10
     assert 0 <= times[0] <= 10
-    assert [b - a for a, b in zip(times, times[1:], strict=False)] == pytest.approx([300] * 9)
+    assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx([300] * 9)
     # The default probe is the blueprint's program with --version.
     assert script.started[0][2] == ["/bin/sh", "--version"]
     assert mon.status("a")["a"]["state"] == "healthy"
@@ -155,9 +159,9 @@ async def test_a_check_during_a_scheduled_probe_waits_for_it(autojump_clock: Any
         async def check() -> None:
             results.append(await mon.check("a"))
 
-        nursery.start_soon(check)
-        nursery.start_soon(check)
-        await check()
+        async with trio.open_nursery() as checks:
+            for _ in range(3):
+                checks.start_soon(check)
         nursery.cancel_scope.cancel()
     assert len(script.started) == 1
     assert script.most_at_once["a"] == 1
@@ -405,3 +409,19 @@ async def test_unknown_names_are_refused(autojump_clock: Any) -> None:
     mon.note_rate_limited("zz", 5)  # a run of a blueprint removed meanwhile: ignored
     assert mon.status() == {"a": {"state": "unknown", "checked_at": None, "latency_s": None,
                                   "version": None, "detail": None, "cooldown_until": None}}
+
+
+async def test_a_bug_while_probing_is_logged_and_the_scheduler_goes_on(
+        autojump_clock: Any, caplog: Any) -> None:
+    script = Script(a=[Step(raises=RuntimeError("oops"))])
+    mon = monitor(registry("a", a="[blueprints.a.health]\ninterval = 60"), script)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mon.run)
+        await trio.sleep(15)
+        entry = mon.status("a")["a"]
+        assert entry["state"] == "unhealthy"
+        assert "internal error" in entry["detail"]
+        assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert mon.status("a")["a"]["state"] == "healthy"

@@ -97,15 +97,17 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def _children(pid: int) -> list[int]:
+def _children(pid: int, word: str = "flood") -> list[int]:
+    """Children of ``pid`` whose command line holds ``word`` (not health probes)."""
     kids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and word.encode() in cmdline:
                 kids.append(int(entry.name))
     return kids
 
