@@ -1,7 +1,14 @@
-"""The ``llmd`` command: ``serve`` and ``check-config``.
+"""The ``llmd`` command: ``serve``, ``check-config`` and ``install-service``.
 
 Exit status: 0 success; 1 the daemon could not start (already running, unsafe path,
-invalid configuration) or the configuration is invalid; 2 usage error.
+invalid configuration, an unusable socket passed by systemd), the configuration is
+invalid, or the units could not be written; 2 usage error.
+
+Invariants:
+- ``serve`` reads (and removes) systemd's ``LISTEN_*`` variables before anything else can
+  copy the environment; a passed socket is served instead of the configured path.
+- Logs carry syslog priority prefixes and no timestamps of ours exactly when stderr is
+  the journal (``$JOURNAL_STREAM`` names stderr's device and inode).
 """
 
 from __future__ import annotations
@@ -10,15 +17,22 @@ import argparse
 import logging
 import os
 import sys
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import ClassVar, TextIO
 
 from llmd import __version__
 from llmd.errors import ConfigError
 from llmd.paths import config_path, socket_path
 
+log = logging.getLogger("llmd")
+
 
 class _JournalFormatter(logging.Formatter):
-    """syslog priority prefixes so ``journalctl -p`` can filter; the journal adds time."""
+    """syslog priority prefixes so ``journalctl -p`` can filter; the journal adds time.
+
+    The journal stores each line of a stream as its own entry, so every line of a
+    multi-line record (a traceback) carries the prefix, or it would be logged at info.
+    """
 
     PRIORITY: ClassVar[dict[int, int]] = {
         logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
@@ -26,13 +40,23 @@ class _JournalFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         prio = self.PRIORITY.get(record.levelno, 6)
-        return f"<{prio}>{super().format(record)}"
+        return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr, in the journal's format when stderr is the journal."""
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
+def setup_logging(level: str, *, stream: TextIO | None = None,
+                  env: Mapping[str, str] | None = None) -> None:
+    """Log to ``stream`` (stderr), in the journal's format when it is the journal.
+
+    Args:
+        level: A level name (``"info"``...).
+        stream: Where to write (default ``sys.stderr``).
+        env: Where to read ``JOURNAL_STREAM`` (default ``os.environ``).
+    """
+    from llmd.systemd import is_journal_stream  # noqa: PLC0415 - keeps check-config light
+
+    stream = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(stream)
+    if is_journal_stream(stream, env):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -56,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="default: the registry's daemon.log_level")
     check = sub.add_parser("check-config", help="validate a registry file and list it")
     check.add_argument("path", nargs="?", help="the file (default: the one serve would use)")
+    install = sub.add_parser(
+        "install-service", help="write systemd user units for this llmd",
+        description="Write llmd.socket and llmd.service to $XDG_CONFIG_HOME/systemd/user "
+        "(~/.config/systemd/user), running this llmd, and print the systemctl commands "
+        "that start it.")
+    install.add_argument("--print", action="store_true", dest="print_only",
+                         help="show the units and the commands; write nothing")
     return parser
 
 
@@ -64,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.path)
+    if args.command == "install-service":
+        return _install_service(print_only=args.print_only)
     return _serve(args)
 
 
@@ -88,13 +121,47 @@ def _check_config(path: str | None) -> int:
     return 0
 
 
+def _install_service(*, print_only: bool) -> int:
+    from llmd import systemd  # noqa: PLC0415
+
+    try:
+        units = systemd.render_units(systemd.llmd_command())
+    except (RuntimeError, ValueError) as exc:
+        print(f"llmd: cannot write the units: {exc}", file=sys.stderr)
+        return 1
+    directory = systemd.user_unit_dir()
+    steps = systemd.next_steps(os.environ.get("PATH"))
+    if print_only:
+        for name, text in units.items():
+            print(f"# {directory / name}\n{text}")
+        print(steps, end="")
+        return 0
+    try:
+        written = systemd.write_units(units, directory)
+    except OSError as exc:
+        print(f"llmd: cannot write the units to {directory}: {exc}", file=sys.stderr)
+        return 1
+    for path, changed in written:
+        print(f"{'wrote' if changed else 'unchanged'} {path}")
+    print()
+    print(steps, end="")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import trio  # noqa: PLC0415
 
+    from llmd import systemd  # noqa: PLC0415
     from llmd.daemon import Daemon, load_registry  # noqa: PLC0415
     from llmd.paths import PathError  # noqa: PLC0415
     from llmd.server import AlreadyRunning  # noqa: PLC0415
 
+    # First, before the environment is copied for any child.
+    try:
+        activated = systemd.listen_socket()
+    except systemd.ActivationError as exc:
+        print(f"llmd: socket activation: {exc}", file=sys.stderr)
+        return 1
     source = config_path(args.config)
     try:
         registry = load_registry(source)
@@ -106,7 +173,16 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or registry.daemon.log_level)
     explicit = args.socket or os.environ.get("LLMD_SOCKET")
     path = socket_path(args.socket)
-    daemon = Daemon(registry, path, default_socket=not explicit)
+    if activated is None:
+        daemon = Daemon(registry, path, default_socket=not explicit)
+    else:
+        passed = systemd.socket_path_of(activated)
+        if explicit and passed is not None and passed != path:
+            log.warning("serving %s, the socket systemd passed; %s is ignored", passed, path)
+        # systemd made the socket's directory; nothing of ours is created or secured.
+        daemon = Daemon(registry, passed or path, default_socket=False)
+        daemon.listener.adopt(activated)
+        log.info("socket-activated: serving %s passed by systemd", passed or "a socket")
     try:
         trio.run(daemon.serve)
     except AlreadyRunning as exc:

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from llmd import methods
+from llmd import methods, systemd
 from llmd.config import Registry, load_file, parse_registry
 from llmd.health import HealthMonitor
 from llmd.jobs import JobManager
@@ -70,6 +70,16 @@ class Daemon:
         self._stop = trio.Event()
         self._grace = trio.CancelScope()
         self.notifier = Notifier()
+        # STATUS= for `systemctl status`: looked at once a second and sent only when it
+        # changed (call self.status.update() where job counts change to send it sooner).
+        self.status = systemd.StatusReporter(self.notifier, self._status_text, poll=1.0)
+
+    def _status_text(self) -> str:
+        """The one line systemd shows for us."""
+        jobs = self.manager
+        state = "stopping" if self._stop.is_set() else f"serving {self.socket_path}"
+        return (f"{state}: {jobs.running} running, {jobs.queued} queued, "
+                f"{jobs.finished_count} finished")
 
     def reload(self) -> Registry:
         """Re-read the registry from its source.
@@ -108,7 +118,9 @@ class Daemon:
             AlreadyRunning: Another daemon serves this socket.
             PathError: The socket's directory is unsafe.
         """
-        prepare_socket_dir(self.socket_path, default=self.default_socket)
+        if not self.listener.activated:
+            # A socket systemd passed us lives in a directory systemd made.
+            prepare_socket_dir(self.socket_path, default=self.default_socket)
         sock = await self.listener.bind()
         try:
             async with trio.open_nursery() as nursery:
@@ -126,6 +138,9 @@ class Daemon:
                 await nursery.start(accept)
                 await nursery.start(self.health.run)
                 nursery.start_soon(self._watch_signals)
+                # Both return at once outside systemd (no NOTIFY_SOCKET, no WATCHDOG_USEC).
+                nursery.start_soon(systemd.watchdog, self.notifier, os.environ)
+                nursery.start_soon(self.status.run)
                 log.info("llmd serving %s with %d blueprints from %s", self.socket_path,
                          len(self.registry.blueprints), self.registry.source)
                 task_status.started(self)
@@ -134,7 +149,8 @@ class Daemon:
                 await self._stop.wait()
                 log.info("shutting down")
                 self.notifier.send("STOPPING=1", "STATUS=stopping")
-                # Stop accepting: new clients find no socket rather than a dead one.
+                # Stop accepting: new clients find no socket rather than a dead one (or,
+                # under socket activation, wait in systemd's for the next start).
                 accepting.cancel()
                 self.listener.release()
                 self.manager.draining = True

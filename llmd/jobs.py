@@ -56,6 +56,8 @@ log = logging.getLogger("llmd.jobs")
 
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 KEEP_FINISHED = 1000
+# How long a final llm.state may wait for a client that does not read.
+FINAL_NOTICE_LIMIT = 1.0
 
 
 def new_job_id() -> str:
@@ -232,6 +234,16 @@ class JobManager:
             else:
                 self._finish(job, "failed", error=InternalError("internal error"))
             raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._concluded(job)
+
+    async def _concluded(self, job: Job) -> None:
+        """Tell the job's listeners its final state (bounded: they may not read)."""
+        if job.listeners and job.state in FINAL_STATES:
+            extra = {"error": job.error.to_wire()} if job.error is not None else {}
+            with trio.move_on_after(FINAL_NOTICE_LIMIT):
+                await self._set_state(job, job.state, **extra)
 
     def start_detached(self, job: Job) -> None:
         """Run a job in the daemon's nursery, whatever happens to its client."""

@@ -16,7 +16,7 @@ import msgspec
 
 from llmd import __version__
 from llmd.errors import InvalidParams
-from llmd.records import FINAL_STATES, JobRecord, RunParams, RunResult
+from llmd.records import ALL_STATES, FINAL_STATES, JobRecord, RunParams, RunResult
 from llmd.rpc import CallContext, Method
 
 if TYPE_CHECKING:
@@ -90,6 +90,9 @@ def build(daemon: Daemon) -> list[Method]:
     async def jobs_list(params: ListParams, ctx: CallContext) -> dict[str, Any]:
         if params.limit < 1:
             raise InvalidParams("limit must be at least 1")
+        if params.state is not None and params.state not in ALL_STATES:
+            raise InvalidParams(f"unknown state {params.state!r} (states: "
+                                f"{', '.join(sorted(ALL_STATES))})")
         jobs = [j for j in reversed(manager.jobs.values())
                 if params.state is None or j.state == params.state]
         return {"jobs": [j.record(with_text=False) for j in jobs[:params.limit]]}

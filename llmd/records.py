@@ -16,6 +16,7 @@ JobState = Literal["queued", "running", "retrying", "succeeded", "failed", "time
                    "cancelled", "interrupted"]
 FINAL_STATES: frozenset[str] = frozenset(
     {"succeeded", "failed", "timed_out", "cancelled", "interrupted"})
+ALL_STATES: frozenset[str] = FINAL_STATES | {"queued", "running", "retrying"}
 
 
 class RunParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

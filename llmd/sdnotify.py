@@ -2,6 +2,11 @@
 
 Invariants:
 - Silent and free when ``$NOTIFY_SOCKET`` is unset; a failing send is logged, never fatal.
+- A send never blocks: it runs on the event loop, and a receiver that stopped reading
+  (its queue holds only ``net.unix.max_dgram_qlen`` datagrams, often 10) would otherwise
+  stall the whole daemon. Such a message is dropped; the next one says the current state.
+- A run of failures is logged once at WARNING (the watchdog alone would repeat it every
+  few seconds), then at DEBUG until a send succeeds again.
 - A leading ``@`` in the address means Linux's abstract namespace.
 """
 
@@ -31,6 +36,7 @@ class Notifier:
         elif addr.startswith("/"):
             self.address = addr
         self._sock: socket.socket | None = None
+        self._failing = False
 
     @property
     def enabled(self) -> bool:
@@ -43,10 +49,15 @@ class Notifier:
             return
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto("\n".join(fields).encode(), self.address)
         except OSError as exc:
-            log.warning("cannot notify systemd: %s", exc)
+            log.log(logging.DEBUG if self._failing else logging.WARNING,
+                    "cannot notify systemd: %s", exc)
+            self._failing = True
+        else:
+            self._failing = False
 
     def close(self) -> None:
         """Release the socket."""

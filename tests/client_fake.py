@@ -6,6 +6,7 @@ joins the thread with a timeout, so a broken client fails a test instead of hang
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -101,3 +102,10 @@ def failing(code: int, message: str, data: dict[str, Any] | None = None) -> Scri
     def script(peer: Peer) -> None:
         peer.fail(peer.read(), code, message, data)
     return script
+
+
+class Tty(io.StringIO):
+    """A text stream that says it is a terminal (without a file descriptor, so 80 wide)."""
+
+    def isatty(self) -> bool:
+        return True

@@ -7,12 +7,14 @@ joined with a timeout, so a broken client fails a test instead of hanging the ru
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llmc import __version__, cli, commands, exitcodes, output
+from llmc import __version__, cli, commands, exitcodes, output, run, status
 from llmc.connection import (
     CallTimeout,
     Connection,
@@ -32,7 +34,7 @@ from llmc.connection import (
     socket_path,
 )
 
-from tests.client_fake import TIMEOUT, FakeServer, Peer, Script, answer, failing
+from tests.client_fake import TIMEOUT, FakeServer, Peer, Script, Tty, answer, failing
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -47,12 +49,15 @@ def time_limit() -> Iterator[None]:
         raise Hang("the test took longer than 20 s")
 
     previous = signal.signal(signal.SIGALRM, expire)
+    # A handled Ctrl-C makes the next one end the process (os._exit); not pytest's.
+    interrupt = signal.getsignal(signal.SIGINT)
     signal.setitimer(signal.ITIMER_REAL, 20.0)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGINT, interrupt)
 
 
 @pytest.fixture
@@ -112,6 +117,7 @@ def test_relative_socket_path_is_made_absolute(monkeypatch: pytest.MonkeyPatch,
     ["run", "bp", "x", "--timeout", "two words"], ["run", "bp", "x", "--bogus"],
     ["run", "bp", "x", "--cwd", "/no/such/dir"], ["run", "bp", "x", "--detach", "--stream"],
     ["jobs", "--limit", "0"], ["job"], ["job", "j1", "--timeout", "soon"],
+    ["job", "j1", "--timeout", "5"], ["jobs", "--state", "bogus"],
 ])
 def test_usage_errors_exit_2_with_one_line(argv: list[str], tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -188,7 +194,7 @@ def test_prompt_must_be_utf8(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 
 # -- exit statuses -------------------------------------------------------------------------------
 
-EXIT_BY_CODE = [(-32005, 1), (-32603, 1), (-32007, 1), (-32800, 1), (-32602, 2), (-32601, 2),
+EXIT_BY_CODE = [(-32005, 1), (-32603, 1), (-32007, 1), (-32800, 10), (-32602, 2), (-32601, 2),
                 (-32003, 4), (-32004, 5), (-32006, 6), (-32001, 7), (-32002, 7), (-32008, 8)]
 
 
@@ -591,3 +597,255 @@ def test_table_truncates_only_the_last_column() -> None:
 
 def test_read_prompt_argument_wins() -> None:
     assert commands.read_prompt("given") == "given"
+
+
+def test_table_leaves_out_columns_then_narrows_the_flexible_one() -> None:
+    rows = [["1a2b3c", "a-long-blueprint", "running", "12:00:00", "3.0s", "1"]]
+    headers = ["JOB", "BLUEPRINT", "STATE", "CREATED", "DURATION", "ATTEMPTS"]
+    wide = output.table(headers, rows, width=None, flex=1, droppable=(5, 4, 3))
+    assert wide.splitlines()[1].split() == rows[0]
+    narrow = output.table(headers, rows, width=43, flex=1, droppable=(5, 4, 3))
+    assert narrow.splitlines() == ["JOB     BLUEPRINT         STATE    CREATED",
+                                   "1a2b3c  a-long-blueprint  running  12:00:00"]
+    narrower = output.table(headers, rows, width=40, flex=1, droppable=(5, 4, 3))
+    assert narrower.splitlines()[1] == "1a2b3c  a-long-blu...  running  12:00:00"
+    tight = output.table(headers, rows, width=27, flex=1, droppable=(5, 4, 3))
+    assert tight.splitlines() == ["JOB     BLUEPRINT   STATE", "1a2b3c  a-long-...  running"]
+
+
+# -- ticks, the status line and live output ------------------------------------------------------
+
+def test_on_tick_while_waiting(serve: Any) -> None:
+    ticked = threading.Event()
+    ticks: list[int] = []
+
+    def on_tick() -> None:
+        ticks.append(1)
+        if len(ticks) == 3:
+            ticked.set()
+
+    def script(peer: Peer) -> None:
+        request = peer.read()
+        # Notifications keep coming, so recv seldom times out: the ticks must come anyway.
+        while not ticked.wait(0.002):
+            peer.send({"jsonrpc": "2.0", "method": "llm.output", "params": {"text": "."}})
+        peer.reply(request, "done")
+
+    server = serve(script)
+    with Connection.connect(server.path, timeout=TIMEOUT) as conn:
+        assert conn.call("x", timeout=TIMEOUT, on_tick=on_tick, tick=0.01) == "done"
+    assert len(ticks) >= 3
+
+
+def _note(method: str, **params: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "method": method, "params": {"job": "j1", "request": 1, **params}}
+
+
+def test_status_line_follows_the_run() -> None:
+    terminal = Tty()
+    line = status.StatusLine(terminal)
+    streamer = run.Streamer("bp", live=True, status=line)
+    assert streamer.describe() == "bp waiting for llmd"
+    streamer("llm.state", {"job": "j1", "state": "queued", "attempt": 0})
+    assert streamer.describe(now=streamer.since + 0.5) == "bp queued"
+    assert terminal.getvalue() == ""  # nothing is drawn before the first tick
+    streamer("llm.state", {"job": "j1", "state": "running", "attempt": 1})
+    assert streamer.describe(now=streamer.since + 12.7) == "bp running for 12 s"
+    streamer.tick()
+    assert terminal.getvalue() == "\r\x1b[2Kllmc: bp running for 0 s"
+    streamer("llm.output", {"stream": "stdout", "text": "void"})
+    streamer("llm.state", {"job": "j1", "state": "retrying", "attempt": 1, "retry_in_s": 5,
+                           "restart_output": True})
+    assert streamer.streamed == ""
+    assert streamer.describe(now=streamer.since + 1.5) == "bp retrying in 4 s (attempt 2)"
+    # Shown, so redrawn at once; the note about the void text comes on a line of its own.
+    assert terminal.getvalue().endswith(
+        "\r\x1b[2Kllmc: retrying; the answer starts again\n"
+        "\r\x1b[2Kllmc: bp retrying in 5 s (attempt 2)")
+    streamer("llm.state", {"job": "j1", "state": "running", "attempt": 2})
+    assert streamer.describe(now=streamer.since + 2) == "bp running for 2 s (attempt 2)"
+    line.clear()
+    assert terminal.getvalue().endswith("\r\x1b[2K")
+    assert not line.visible
+    assert streamer.job == "j1"
+
+
+def test_status_line_waits_for_an_unfinished_line_and_fits_the_width() -> None:
+    terminal = Tty()
+    line = status.StatusLine(terminal, shares_stdout=True)
+    line.wrote("half a line", to_stdout=True)
+    line.show("waiting")
+    assert terminal.getvalue() == ""  # erasing would take the half line with it
+    line.end_line()
+    line.show("x" * 200)
+    assert terminal.getvalue() == "\n\r\x1b[2Kllmc: " + "x" * (status.FALLBACK_WIDTH - 7)
+    other = status.StatusLine(Tty(), shares_stdout=False)
+    other.wrote("half a line", to_stdout=True)  # another terminal's line: no matter
+    other.show("ok")
+    assert other.visible
+
+
+def test_run_streams_by_default_on_a_terminal(serve: Any, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    terminal = Tty()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    notes = [_note("llm.state", state="running", attempt=1),
+             _note("llm.output", seq=0, stream="stdout", text="hel"),
+             _note("llm.output", seq=1, stream="stdout", text="lo")]
+    server = serve(answer(RESULT, before=notes))
+    assert cli.main(["run", "bp", "hi", "--socket", server.path]) == 0
+    assert terminal.getvalue() == "hello\n"  # live, once, and the line ended on a terminal
+    assert capsys.readouterr().err == ""
+    server.stop()
+    assert server.received[0]["params"]["stream"] is True
+
+
+def test_terminal_stderr_asks_for_notifications_but_prints_the_answer_once(
+        serve: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    terminal = Tty()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    notes = [_note("llm.state", state="running", attempt=1),
+             _note("llm.output", seq=0, stream="stdout", text="hel"),
+             _note("llm.output", seq=1, stream="stderr", text="warn\n"),
+             _note("llm.output", seq=2, stream="stdout", text="lo")]
+    server = serve(answer(RESULT, before=notes))
+    assert cli.main(["run", "bp", "hi", "--socket", server.path]) == 0
+    assert capsys.readouterr().out == "hello"  # a pipe: not live, exact, no escapes
+    assert terminal.getvalue() == ""  # no tick came, and no output is live
+    server.stop()
+    assert server.received[0]["params"]["stream"] is True
+
+
+def test_ctrl_c_with_a_known_job_cancels_it_and_waits_for_its_end(
+        serve: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    class Interrupted(Tty):
+        def write(self, text: str) -> int:
+            raise KeyboardInterrupt  # Ctrl-C while the first output is printed
+
+    monkeypatch.setattr(sys, "stdout", Interrupted())
+
+    def script(peer: Peer) -> None:
+        peer.read()
+        peer.send(_note("llm.state", state="running", attempt=1))
+        peer.send(_note("llm.output", seq=0, stream="stdout", text="x"))
+        cancel = peer.read()
+        peer.reply(cancel, {"job": "j1", "cancelled": True})
+        wait = peer.read()
+        peer.reply(wait, {"job": "j1", "state": "cancelled"})
+
+    server = serve(script)
+    assert cli.main(["run", "bp", "hi", "--socket", server.path]) == exitcodes.INTERRUPTED
+    assert capsys.readouterr().err == "llmc: interrupted\n"
+    server.stop()
+    assert [(m["method"], m["params"]) for m in server.received[1:]] == [
+        ("llm.cancel", {"job": "j1"}), ("jobs.get", {"job": "j1", "wait": True,
+                                                     "timeout": pytest.approx(5.0, abs=1)})]
+
+
+def test_second_ctrl_c_exits_at_once(serve: Any) -> None:
+    cancel_seen = threading.Event()
+
+    def script(peer: Peer) -> None:
+        peer.read()
+        peer.send(_note("llm.state", state="running", attempt=1))
+        peer.send(_note("llm.output", seq=0, stream="stdout", text="x"))
+        cancel = peer.read()
+        assert (cancel["method"], cancel["params"]) == ("llm.cancel", {"job": "j1"})
+        cancel_seen.set()
+        with contextlib.suppress(EOFError, OSError):
+            peer.read()  # never answered: the client must not wait for it
+
+    server = serve(script)
+    proc = subprocess.Popen([sys.executable, "-m", "llmc", "run", "--stream", "bp", "hi",
+                             "--socket", server.path], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        # The output follows the state: once "x" is read, llmc knows the job id.
+        assert proc.stdout.read(1) == b"x"
+        proc.send_signal(signal.SIGINT)
+        assert cancel_seen.wait(TIMEOUT)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(TIMEOUT) == exitcodes.INTERRUPTED
+        assert proc.stderr.read() == b"llmc: interrupted\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+# -- jobs, job and cancel ----------------------------------------------------------------------
+
+def _record(**fields: Any) -> dict[str, Any]:
+    return {"job": "1a2b", "blueprint": "bp", "state": "succeeded",
+            "created_at": "2024-05-01T10:00:00.000Z", "started_at": "2024-05-01T10:00:00.000Z",
+            "finished_at": "2024-05-01T10:00:42.000Z", "attempts": 1, "result": None,
+            "error": None, **fields}
+
+
+def test_jobs_table(serve: Any, monkeypatch: pytest.MonkeyPatch,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    listing = {"jobs": [_record(state="queued", started_at=None, finished_at=None),
+                        _record(result={**RESULT, "text": "", "duration_s": 75.2}),
+                        _record(state="failed", attempts=3)]}
+    server = serve(answer(listing))
+    assert cli.main(["jobs", "--state", "queued", "--limit", "3", "--socket", server.path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["JOB", "BLUEPRINT", "STATE", "CREATED", "DURATION", "ATTEMPTS"]
+    created = commands.local_time("2024-05-01T10:00:00.000Z")
+    assert [line.split() for line in lines[1:]] == [
+        ["1a2b", "bp", "queued", *created.split(), "-", "1"],
+        ["1a2b", "bp", "succeeded", *created.split(), "1m15s", "1"],
+        ["1a2b", "bp", "failed", *created.split(), "42s", "3"]]
+    server.stop()
+    assert server.received[0]["params"] == {"state": "queued", "limit": 3}
+
+
+def test_time_and_duration_formats() -> None:
+    noon = 1714564800.0  # 2024-05-01T12:00:00Z
+    assert len(commands.local_time("2024-05-01T11:59:00Z", now=noon)) == len("11:59:00")
+    assert commands.local_time("2023-01-02T12:00:00Z", now=noon).startswith("2023-01-0")
+    assert commands.local_time("not a time") == "not a time"
+    assert [commands.format_duration(s) for s in (0.04, 9.96, 12.5, 185, 7500)] == [
+        "0.0s", "10.0s", "12s", "3m05s", "2h05m"]
+    running = _record(state="running", finished_at=None)
+    started = commands.job_duration(running, now=0.0)
+    assert started == 0.0  # never negative
+    assert commands.job_duration(_record(state="queued", started_at=None)) is None
+
+
+@pytest.mark.parametrize(("record", "status_", "shown"), [
+    (_record(result={**RESULT, "text": "the answer"}), 0, "\n\nthe answer"),
+    (_record(state="failed", error={"code": -32005, "message": "bp failed",
+                                    "data": {"stderr": "boom\n"}}), 1, "(-32005)\n"),
+    (_record(state="cancelled", error={"code": -32800, "message": "cancelled"}), 10, ""),
+    (_record(state="interrupted"), 10, "state: interrupted\n"),
+    (_record(state="running", finished_at=None), 0, "state: running\n"),
+])
+def test_job_status_follows_the_outcome(record: dict[str, Any], status_: int, shown: str,
+                                        serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(answer(record))
+    got, out, err = run_main(["job", "1a2b", "--socket", server.path], capsys)
+    assert got == status_
+    assert shown in out
+    assert ("  boom\n" in err) == (record["state"] == "failed")
+
+
+def test_job_wait_that_runs_out(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(answer(_record(state="running", finished_at=None)))
+    got, _, err = run_main(["job", "1a2b", "--wait", "--timeout", "2", "--socket", server.path],
+                           capsys)
+    assert got == exitcodes.TIMED_OUT
+    assert err == "llmc: job 1a2b is still running after waiting 2 s\n"
+
+
+def test_cancel_unknown_job(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(failing(-32007, "no job 'nope'", {"job": "nope"}))
+    assert run_main(["cancel", "nope", "--socket", server.path], capsys) == (
+        exitcodes.FAILED, "", "llmc: no job 'nope'\n")
+    server = serve(answer({"job": "j4", "cancelled": True}))
+    assert run_main(["cancel", "j4", "--socket", server.path], capsys) == (0, "cancelled j4\n", "")

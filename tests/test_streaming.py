@@ -55,7 +55,7 @@ async def test_stream_invariants(daemon_factory: Any, fake_bin: Path) -> None:
     text = "".join(o["text"] for o in outputs if o["stream"] == "stdout")
     assert text == result["text"] == "".join(f"line {i}\n" for i in range(300))
     states = [n["params"]["state"] for n in notes if n["method"] == "llm.state"]
-    assert states == ["queued", "running"]
+    assert states == ["queued", "running", "succeeded"]
 
 
 async def test_stderr_streams_too_and_failures_still_answer(

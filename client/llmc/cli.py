@@ -12,13 +12,14 @@ Exit status:
  1    the CLI failed (-32005), another llmd error, or stdout was closed early
  2    usage error: bad arguments, invalid params (-32602), unsupported method (-32601)
  3    llmd is not reachable, or it dropped the connection
- 4    timed out (-32003)
+ 4    timed out (-32003), or job --wait --timeout ran out before the job ended
  5    rate limited (-32004)
  6    busy: llmd's queue is full (-32006)
  7    unknown blueprint (-32001) or its executable is missing (-32002)
  8    invalid configuration (-32008)
  9    run --json: the answer held no JSON value
-130   interrupted (Ctrl-C); a run in flight is cancelled first
+10    the run or job was cancelled (-32800) or cut short by a daemon stop
+130   this llmc was interrupted (Ctrl-C); a run in flight is cancelled first
 ====  ==============================================================================
 
 Invariants:
@@ -28,7 +29,8 @@ Invariants:
   it. Only the subparser of the command being run is built, and help is sized without
   ``shutil``.
 - Failures print one ``llmc: ...`` line on stderr and return a status from the table; no
-  traceback reaches the user.
+  traceback reaches the user. After a first Ctrl-C, a second one ends the process at once
+  (``llmc.status.quit_on_next_interrupt``), so it cannot interrupt the cleanup either.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
 
     from llmc import connection
 
+# As llmd names them (API.md, "Job record").
+JOB_STATES = ("queued", "running", "retrying", "succeeded", "failed", "timed_out", "cancelled",
+              "interrupted")
 TIMEOUT_HELP = ("seconds (a positive number) or a category name such as quick, normal, long, "
                 "extended")
 
@@ -146,22 +151,25 @@ def _add_run(run: argparse.ArgumentParser) -> None:
                      help="working directory of the CLI (default: the current directory)")
     run.add_argument("--model", metavar="M", help="the model to ask the CLI for")
     run.add_argument("--session", metavar="ID", help="resume this CLI session")
-    run.add_argument("--stream", action=argparse.BooleanOptionalAction, default=False,
-                     help="print output as it arrives (to stderr with --json/--raw)")
+    run.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                     help="print the answer as it arrives (to stderr with --json/--raw); "
+                          "default: when stdout is a terminal and neither --json nor --raw "
+                          "is given")
     run.add_argument("--detach", action="store_true",
                      help="start the run as a background job and print its id at once")
 
 
 def _add_jobs(jobs: argparse.ArgumentParser) -> None:
-    jobs.add_argument("--state", help="only jobs in this state (e.g. running)")
+    jobs.add_argument("--state", choices=JOB_STATES, metavar="STATE",
+                      help=f"only jobs in this state: {', '.join(JOB_STATES)}")
     jobs.add_argument("--limit", type=_positive_int, default=50, help="at most this many (50)")
 
 
 def _add_job(job: argparse.ArgumentParser) -> None:
     job.add_argument("job", metavar="ID")
-    job.add_argument("--wait", action="store_true", help="wait until the job has finished")
+    job.add_argument("--wait", action="store_true", help="wait until the job has ended")
     job.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
-                     help="with --wait: give up after this long")
+                     help="with --wait: give up after this long (status 4)")
     job.add_argument("--text", action="store_true", help="print only the answer's text")
 
 
@@ -183,15 +191,22 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
     "run": ("run a blueprint on a prompt and print the answer",
             "Run blueprint NAME on PROMPT and print the answer's text.\n"
             "Without PROMPT, or with '-', the prompt is read from standard input (UTF-8).\n"
-            "A prompt that starts with '-' goes after '--': llmc run NAME -- '--prompt'.",
+            "A prompt that starts with '-' goes after '--': llmc run NAME -- '--prompt'.\n"
+            "On a terminal the answer is printed as it arrives, and a terminal stderr shows\n"
+            "the run's state on one line. Ctrl-C cancels the run (status 130); a second\n"
+            "Ctrl-C quits at once.",
             _add_run),
     "blueprints": ("list the configured blueprints", "", _add_nothing),
     "info": ("show the daemon's facts", "", _add_nothing),
     "jobs": ("list recent jobs, newest first", "", _add_jobs),
     "job": ("show one job",
-            "Show one job's record. Once the job has finished, the exit status follows its\n"
-            "outcome (the table below).", _add_job),
-    "cancel": ("cancel a job", "", _add_cancel),
+            "Show one job's record and, once it has succeeded, its answer.\n"
+            "The exit status follows the job's outcome: 0 succeeded (or not ended yet), the\n"
+            "error's status when it failed (as for run), 4 timed out, 10 cancelled or\n"
+            "interrupted by a daemon stop.", _add_job),
+    "cancel": ("cancel a job",
+               "Cancel a job: prints 'cancelled ID', or that it had already finished (also\n"
+               "status 0). An unknown ID is status 1.", _add_cancel),
     "status": ("show the blueprints' health (from llmd's cache)", "", _add_status),
 }
 
@@ -266,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:
+        # First, so that a second Ctrl-C during the rest cannot end in a traceback.
+        from llmc.status import quit_on_next_interrupt  # noqa: PLC0415
+
+        quit_on_next_interrupt()
         error("interrupted")
         return exitcodes.INTERRUPTED
     except BrokenPipeError:

@@ -1,24 +1,22 @@
 """The llmc commands: each takes the parsed arguments, talks to llmd and returns an exit status.
 
+``llmc run`` lives in :mod:`llmc.run`; the helpers that every command shares in
+:mod:`llmc.base`.
+
 Invariants:
-- Arguments are checked and the prompt is read before connecting, so a usage error never
-  depends on whether the daemon runs.
-- Every call goes through :func:`_call`: Ctrl-C while it waits sends ``$/cancelRequest`` for the
-  request in flight before the interrupt propagates (closing the connection then cancels a
-  non-detached run in any case).
-- Human output by default; ``--json`` / ``--raw`` print JSON documents and nothing else on
-  stdout.
+- Human output by default; ``--json`` prints the JSON document and nothing else on stdout.
+- The exit status of ``llmc job`` follows the job's outcome (:func:`job_status`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
+import time
 
 from llmc import exitcodes
-from llmc.connection import Connection, ProtocolError, socket_path
-from llmc.output import error, format_value, is_tty, key_values, table, terminal_width, write
+from llmc.base import QUICK_CALL_TIMEOUT, UsageError, as_object, call, connect, dump, print_answer
+from llmc.output import error, format_value, indented, key_values, table, terminal_width, write
+from llmc.run import cmd_run, read_prompt
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,216 +24,18 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from llmc.connection import NotificationHandler
+    from llmc.connection import Connection
 
-# Seconds to wait for answers that llmd gives from memory; runs and waits have no client limit
-# because the daemon enforces their deadlines.
-QUICK_CALL_TIMEOUT = 30.0
-CONNECT_TIMEOUT = 5.0
-# A job's final states that mean it did not succeed, with the status they map to when the
-# record carries no error code.
-_FAILED_STATES = {"failed": exitcodes.FAILED, "timed_out": exitcodes.TIMED_OUT,
-                  "cancelled": exitcodes.FAILED, "interrupted": exitcodes.FAILED}
+__all__ = ["HANDLERS", "UsageError", "job_status", "read_prompt"]
 
-
-class UsageError(Exception):
-    """The arguments cannot work; ``str()`` says why and how to fix it."""
+# The states in which a job has ended, with the status they map to when the record carries no
+# error code.
+_FINAL_STATES = {"succeeded": exitcodes.OK, "failed": exitcodes.FAILED,
+                 "timed_out": exitcodes.TIMED_OUT, "cancelled": exitcodes.CANCELLED,
+                 "interrupted": exitcodes.CANCELLED}
 
 
-def _connect(args: argparse.Namespace) -> Connection:
-    return Connection.connect(socket_path(getattr(args, "socket", None)), CONNECT_TIMEOUT)
-
-
-def _call(conn: Connection, method: str, params: dict[str, Any] | None = None,
-          on_notification: NotificationHandler | None = None,
-          timeout: float | None = QUICK_CALL_TIMEOUT) -> Any:
-    try:
-        return conn.call(method, params, on_notification=on_notification, timeout=timeout)
-    except KeyboardInterrupt:
-        conn.cancel_pending()
-        raise
-
-
-def _dump(value: object) -> None:
-    write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-
-
-def _object(value: object, method: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ProtocolError(f"llmd answered {method} with {type(value).__name__}, not an object")
-    return value
-
-
-# -- run ---------------------------------------------------------------------------------------
-
-def read_prompt(argument: str | None) -> str:
-    """Return the prompt: the argument, or standard input for None or ``-``.
-
-    Args:
-        argument: The PROMPT argument.
-
-    Returns:
-        The prompt text.
-
-    Raises:
-        UsageError: No prompt on a terminal, or standard input is not UTF-8.
-    """
-    if argument is not None and argument != "-":
-        return argument
-    stdin = sys.stdin
-    if stdin is None:
-        raise UsageError("no prompt given and there is no standard input")
-    # An explicit '-' on a terminal means the user wants to type the prompt (ended by Ctrl-D).
-    if argument is None and is_tty(stdin):
-        raise UsageError("no prompt given: pass it as an argument (llmc run NAME 'PROMPT') or "
-                         "on standard input (llmc run NAME < prompt.txt)")
-    buffer = getattr(stdin, "buffer", None)
-    data: bytes = buffer.read() if buffer is not None else stdin.read().encode("utf-8")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"the prompt on standard input is not valid UTF-8 (byte "
-                         f"{data[exc.start]:#04x} at offset {exc.start})") from None
-
-
-def _working_directory(given: str | None) -> str:
-    if given is None:
-        try:
-            return os.getcwd()
-        except FileNotFoundError:
-            raise UsageError("the current directory no longer exists; pass --cwd DIR") from None
-    path = os.path.abspath(given)
-    if not os.path.isdir(path):
-        raise UsageError(f"--cwd {given}: not a directory")
-    return path
-
-
-def run_params(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
-    """Build the ``llm.run`` parameters from ``llmc run``'s arguments.
-
-    Args:
-        args: The parsed arguments.
-        prompt: The prompt text.
-
-    Returns:
-        The params object; options that were not given are left out.
-
-    Raises:
-        UsageError: Options that contradict each other, or a bad ``--cwd``.
-    """
-    if args.detach and args.stream:
-        raise UsageError("--detach and --stream do not go together: a detached run answers "
-                         "at once (follow it with: llmc job ID --wait)")
-    params: dict[str, Any] = {"blueprint": args.name, "prompt": prompt,
-                              "cwd": _working_directory(args.cwd)}
-    if args.stream:
-        params["stream"] = True
-    if args.json:
-        params["json"] = True
-    if args.timeout is not None:
-        params["timeout"] = args.timeout
-    if args.model is not None:
-        params["model"] = args.model
-    if args.session is not None:
-        params["session"] = args.session
-    if args.detach:
-        params["detach"] = True
-    return params
-
-
-class Streamer:
-    """Handles a run's notifications: prints output as it arrives.
-
-    Args:
-        divert: Send the stdout stream to stderr, keeping stdout for a JSON document.
-    """
-
-    def __init__(self, divert: bool = False) -> None:
-        self.divert = divert
-        self.stdout_parts: list[str] = []
-        self.job: str | None = None
-
-    def __call__(self, method: str, params: object) -> None:
-        """Handle one notification (the ``on_notification`` callback)."""
-        if not isinstance(params, dict):
-            return
-        if method == "llm.output":
-            text = params.get("text")
-            if not isinstance(text, str):
-                return
-            if params.get("stream") == "stderr":
-                write(text, sys.stderr)
-                return
-            self.stdout_parts.append(text)
-            write(text, sys.stderr if self.divert else sys.stdout)
-        elif method == "llm.state":
-            job = params.get("job")
-            if isinstance(job, str):
-                self.job = job
-            delay = params.get("retry_in_s")
-            if params.get("state") == "retrying" and isinstance(delay, int | float):
-                error(f"attempt {format_value(params.get('attempt'))} failed; "
-                      f"retrying in {delay:g} s")
-
-    @property
-    def streamed(self) -> str:
-        """The stdout text printed so far."""
-        return "".join(self.stdout_parts)
-
-
-def print_answer(text: str, streamed: str | None = None) -> None:
-    """Print a run's text exactly, minus what streaming has already printed.
-
-    A newline is added only for a terminal, so that piped output stays byte-exact.
-
-    Args:
-        text: The result's ``text``.
-        streamed: The stdout text already printed, or None when nothing was streamed.
-    """
-    rest = text
-    if streamed:
-        # The streamed parts add up to the text; if they did not, printing the text again
-        # would show the answer twice, so only a missing tail is printed.
-        rest = text[len(streamed):] if text.startswith(streamed) else ""
-    if rest:
-        write(rest)
-    if text and not text.endswith("\n") and is_tty(sys.stdout):
-        write("\n")
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """``llmc run NAME [PROMPT]``."""
-    params = run_params(args, read_prompt(args.prompt))
-    machine = args.json or args.raw
-    streamer = Streamer(divert=machine) if args.stream else None
-    with _connect(args) as conn:
-        result = _object(_call(conn, "llm.run", params, on_notification=streamer,
-                               timeout=None), "llm.run")
-    if args.detach:
-        if args.raw:
-            _dump(result)
-        else:
-            write(f"{format_value(result.get('job'))}\n")
-        return exitcodes.OK
-    if args.raw:
-        _dump(result)
-    elif args.json:
-        value = result.get("json")
-        if value is not None:
-            _dump(value)
-    else:
-        print_answer(str(result.get("text") or ""),
-                     streamer.streamed if streamer is not None else None)
-    if result.get("truncated") is True:
-        error("note: the output was truncated by llmd (its output limit was reached)")
-    if args.json and result.get("json") is None:
-        reason = result.get("json_error") or "no JSON value found"
-        error(f"no JSON in the answer: {reason}")
-        return exitcodes.NO_JSON
-    return exitcodes.OK
-
-
-# -- the other commands ------------------------------------------------------------------------
+# -- the commands ----------------------------------------------------------------------------
 
 def _seconds(value: object) -> str:
     return f"{format_value(value)}s" if isinstance(value, int | float) else format_value(value)
@@ -243,10 +43,10 @@ def _seconds(value: object) -> str:
 
 def cmd_blueprints(args: argparse.Namespace) -> int:
     """``llmc blueprints``: name, parser, timeout, concurrency and description."""
-    with _connect(args) as conn:
-        result = _object(_call(conn, "blueprints.list"), "blueprints.list")
+    with connect(args) as conn:
+        result = as_object(call(conn, "blueprints.list"), "blueprints.list")
     if args.json:
-        _dump(result)
+        dump(result)
         return exitcodes.OK
     rows = [[format_value(bp.get("name")), format_value(bp.get("parser")),
              _seconds(bp.get("timeout_s")), format_value(bp.get("max_concurrency")),
@@ -261,86 +61,219 @@ def cmd_blueprints(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """``llmc info``: daemon.info as ``key: value`` lines."""
-    with _connect(args) as conn:
-        result = _object(_call(conn, "daemon.info"), "daemon.info")
+    with connect(args) as conn:
+        result = as_object(call(conn, "daemon.info"), "daemon.info")
     if args.json:
-        _dump(result)
+        dump(result)
     else:
         write("".join(line + "\n" for line in key_values(result)))
     return exitcodes.OK
 
 
+def local_time(stamp: object, now: float | None = None) -> str:
+    """An RFC 3339 timestamp in local time, as short as is clear (as given when unparsable).
+
+    ``HH:MM:SS`` today, ``MM-DD HH:MM`` this year, else ``YYYY-MM-DD``, as ``ls -l`` does.
+
+    Args:
+        stamp: The timestamp.
+        now: The current time as a Unix timestamp (for tests; default: now).
+    """
+    if not isinstance(stamp, str):
+        return format_value(stamp)
+    from datetime import datetime  # noqa: PLC0415 - only the commands that show times need it
+
+    try:
+        # fromisoformat() learnt the Z suffix only in Python 3.11.
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    if moment.tzinfo is None:
+        return stamp
+    moment = moment.astimezone()
+    today = datetime.fromtimestamp(time.time() if now is None else now).astimezone()
+    if moment.date() == today.date():
+        return moment.strftime("%H:%M:%S")
+    if moment.year == today.year:
+        return moment.strftime("%m-%d %H:%M")
+    return moment.strftime("%Y-%m-%d")
+
+
+def _epoch(stamp: object) -> float | None:
+    if not isinstance(stamp, str):
+        return None
+    from datetime import datetime  # noqa: PLC0415
+
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for a table cell: ``0.4s``, ``12s``, ``3m05s``, ``2h07m``."""
+    if seconds < 10:
+        return f"{max(seconds, 0.0):.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def job_duration(record: dict[str, Any], now: float | None = None) -> float | None:
+    """How long a job ran: the result's ``duration_s``, else from its timestamps.
+
+    A job still running counts up to ``now`` (the current time by default); one that never
+    started has no duration.
+    """
+    result = record.get("result")
+    if isinstance(result, dict) and isinstance(result.get("duration_s"), int | float):
+        return float(result["duration_s"])
+    started = _epoch(record.get("started_at"))
+    if started is None:
+        return None
+    finished = _epoch(record.get("finished_at"))
+    if finished is None:
+        if record.get("state") in _FINAL_STATES:
+            return None
+        finished = time.time() if now is None else now
+    return max(finished - started, 0.0)
+
+
+def _job_row(record: dict[str, Any]) -> list[str]:
+    duration = job_duration(record)
+    return [format_value(record.get("job")), format_value(record.get("blueprint")),
+            format_value(record.get("state")), local_time(record.get("created_at")),
+            "-" if duration is None else format_duration(duration),
+            format_value(record.get("attempts"))]
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
-    """``llmc jobs``: recent jobs, newest first."""
+    """``llmc jobs``: recent jobs, newest first, as a table that fits the terminal."""
     params: dict[str, Any] = {"limit": args.limit}
     if args.state:
         params["state"] = args.state
-    with _connect(args) as conn:
-        result = _object(_call(conn, "jobs.list", params), "jobs.list")
+    with connect(args) as conn:
+        result = as_object(call(conn, "jobs.list", params), "jobs.list")
     if args.json:
-        _dump(result)
+        dump(result)
         return exitcodes.OK
-    rows = [[format_value(j.get("job")), format_value(j.get("blueprint")),
-             format_value(j.get("state")), format_value(j.get("attempts")),
-             format_value(j.get("created_at"))]
-            for j in result.get("jobs") or [] if isinstance(j, dict)]
+    rows = [_job_row(j) for j in result.get("jobs") or [] if isinstance(j, dict)]
     if not rows:
-        write("no jobs\n")
+        write(f"no {args.state} jobs\n" if args.state else "no jobs\n")
         return exitcodes.OK
-    write(table(["JOB", "BLUEPRINT", "STATE", "ATTEMPTS", "CREATED"], rows, terminal_width()))
+    # The blueprint column gives way, and on a narrow terminal the attempts, the duration and
+    # the time go: ids and states are what one reads the list for.
+    write(table(["JOB", "BLUEPRINT", "STATE", "CREATED", "DURATION", "ATTEMPTS"], rows,
+                terminal_width(), flex=1, droppable=(5, 4, 3)))
     return exitcodes.OK
 
 
 def job_status(record: dict[str, Any]) -> int:
-    """The exit status that a job record stands for (OK while it has not finished)."""
+    """The exit status that a job record stands for.
+
+    Succeeded is 0; failed follows the error's code like ``llmc run`` (1 when it has none);
+    timed out is 4; cancelled or interrupted is 10 (not 130, which says that llmc itself was
+    interrupted). A job that has not ended is 0: its record was shown, nothing failed.
+    """
     state = record.get("state")
-    if not isinstance(state, str) or state not in _FAILED_STATES:
+    if not isinstance(state, str) or state not in _FINAL_STATES or state == "succeeded":
         return exitcodes.OK
     err = record.get("error")
     if isinstance(err, dict) and isinstance(err.get("code"), int):
         return exitcodes.exit_code_for(err["code"])
-    return _FAILED_STATES[state]
+    return _FINAL_STATES[state]
+
+
+def _wait_for_job(conn: Connection, args: argparse.Namespace,
+                  params: dict[str, Any]) -> dict[str, Any]:
+    from llmc.status import StatusLine  # noqa: PLC0415 - only waits draw a status line
+
+    status = StatusLine.for_stderr()
+    started = time.monotonic()
+
+    def tick() -> None:
+        if status is not None:
+            status.show(f"waiting for job {args.job} ({int(time.monotonic() - started)} s)")
+
+    call_timeout = None
+    if args.timeout is not None:
+        # Room for the daemon to notice its own timeout and answer.
+        call_timeout = args.timeout + QUICK_CALL_TIMEOUT
+    try:
+        return as_object(call(conn, "jobs.get", params, timeout=call_timeout,
+                              on_tick=tick if status is not None else None), "jobs.get")
+    finally:
+        if status is not None:
+            status.clear()
+
+
+def _show_record(record: dict[str, Any]) -> None:
+    shown = {key: value for key, value in record.items() if key not in ("result", "error")}
+    lines = key_values(shown)
+    duration = job_duration(record)
+    if duration is not None:
+        lines.append(f"duration: {format_duration(duration)}")
+    result = record.get("result")
+    if isinstance(result, dict):
+        lines.extend(f"{key}: {format_value(result[key])}"
+                     for key in ("exit_code", "session", "usage", "cost_usd")
+                     if result.get(key) is not None)
+    err = record.get("error")
+    if isinstance(err, dict):
+        lines.append(f"error: {format_value(err.get('message'))} "
+                     f"({format_value(err.get('code'))})")
+    write("".join(line + "\n" for line in lines))
+    data = err.get("data") if isinstance(err, dict) else None
+    tail = data.get("stderr") if isinstance(data, dict) else None
+    if isinstance(tail, str) and tail.strip():
+        # As llmc run shows a failed CLI's stderr: on stderr, indented.
+        write(indented(tail), sys.stderr)
+    if isinstance(result, dict) and result.get("text"):
+        write("\n")
+        print_answer(str(result["text"]))
+        if result.get("truncated") is True:
+            error("note: the output was truncated by llmd (its output limit was reached)")
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    """``llmc job ID``: one job's record; the status follows the job's outcome."""
+    """``llmc job ID``: one job's record and answer; the status follows the job's outcome."""
     params: dict[str, Any] = {"job": args.job}
-    call_timeout: float | None = QUICK_CALL_TIMEOUT
     if args.wait:
         params["wait"] = True
-        call_timeout = None
         if args.timeout is not None:
             params["timeout"] = args.timeout
-            # Room for the daemon to notice its own timeout and answer.
-            call_timeout = args.timeout + QUICK_CALL_TIMEOUT
-    with _connect(args) as conn:
-        record = _object(_call(conn, "jobs.get", params, timeout=call_timeout), "jobs.get")
+    elif args.timeout is not None:
+        raise UsageError("--timeout goes with --wait (llmc job ID --wait --timeout SECONDS)")
+    with connect(args) as conn:
+        if args.wait:
+            record = _wait_for_job(conn, args, params)
+        else:
+            record = as_object(call(conn, "jobs.get", params), "jobs.get")
     result = record.get("result")
     if args.json:
-        _dump(record)
+        dump(record)
     elif args.text:
         if isinstance(result, dict):
             print_answer(str(result.get("text") or ""))
     else:
-        shown = {key: value for key, value in record.items() if key not in ("result", "error")}
-        lines = key_values(shown)
-        err = record.get("error")
-        if isinstance(err, dict):
-            lines.append(f"error: {format_value(err.get('message'))} "
-                         f"({format_value(err.get('code'))})")
-        write("".join(line + "\n" for line in lines))
-        if isinstance(result, dict) and result.get("text"):
-            write("\n")
-            print_answer(str(result["text"]))
+        _show_record(record)
+    if args.wait and args.timeout is not None and record.get("state") not in _FINAL_STATES:
+        error(f"job {args.job} is still {format_value(record.get('state'))} after waiting "
+              f"{format_value(args.timeout)} s")
+        return exitcodes.TIMED_OUT
     return job_status(record)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """``llmc cancel ID``."""
-    with _connect(args) as conn:
-        result = _object(_call(conn, "llm.cancel", {"job": args.job}), "llm.cancel")
+    with connect(args) as conn:
+        result = as_object(call(conn, "llm.cancel", {"job": args.job}), "llm.cancel")
     if args.json:
-        _dump(result)
+        dump(result)
     elif result.get("cancelled"):
         write(f"cancelled {args.job}\n")
     else:
@@ -354,10 +287,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     params = {"blueprint": args.blueprint} if args.blueprint else None
     # A probe runs the CLIs, which can take a while; the cache answers at once.
     timeout = None if args.check else QUICK_CALL_TIMEOUT
-    with _connect(args) as conn:
-        result = _object(_call(conn, method, params, timeout=timeout), method)
+    with connect(args) as conn:
+        result = as_object(call(conn, method, params, timeout=timeout), method)
     if args.json:
-        _dump(result)
+        dump(result)
         return exitcodes.OK
     health = result.get("blueprints")
     rows: list[list[str]] = []

@@ -2,6 +2,8 @@
 
 Invariants:
 - Framing is newline-delimited JSON: one message per line, UTF-8, in both directions.
+- A call waits in ``recv`` with a socket timeout, never in a busy loop; the same timeout drives
+  the caller's ``on_tick`` callback, so a status line needs no thread and no signal.
 - Only one request is in flight per :class:`Connection`; replies for other ids (left over from a
   call that timed out) are skipped, notifications are handed to the caller's callback.
 - Every failure is one of the :class:`ClientError` subclasses with a message meant for a person;
@@ -27,11 +29,17 @@ if TYPE_CHECKING:
     from typing import Any
 
     NotificationHandler = Callable[[str, Any], None]
+    TickHandler = Callable[[], None]
 
 CHUNK_SIZE = 65536
+# How often ``on_tick`` is called while a call waits, in seconds: a status line that counts
+# seconds needs about one refresh per second.
+DEFAULT_TICK = 1.0
 # A run result carries the answer text and the raw output, so it can be far larger than any
 # request; past this the daemon is misbehaving and buffering more would only exhaust memory.
 DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024
+# The shortest socket timeout used; see _fill.
+MIN_WAIT = 0.001
 START_HINT = "start it with: llmd serve (or: systemctl --user start llmd.socket)"
 
 
@@ -205,9 +213,10 @@ class Connection:
         """Whether :meth:`close` has been called."""
         return self._sock is None
 
-    def call(self, method: str, params: dict[str, Any] | list[Any] | None = None,
+    def call(self, method: str, params: dict[str, Any] | list[Any] | None = None, *,
              on_notification: NotificationHandler | None = None,
-             timeout: float | None = None) -> Any:
+             timeout: float | None = None, on_tick: TickHandler | None = None,
+             tick: float = DEFAULT_TICK) -> Any:
         """Send a request and wait for its reply.
 
         Args:
@@ -217,6 +226,10 @@ class Connection:
                 notification that arrives before the reply (streamed output, state changes).
             timeout: Seconds to wait for the reply; None waits as long as it takes (the daemon
                 enforces the run's own deadline).
+            on_tick: Called about every ``tick`` seconds while the call waits, between
+                messages (never in the middle of handling one); the first call comes ``tick``
+                seconds after the request was sent. Its exceptions propagate.
+            tick: Seconds between ``on_tick`` calls (positive).
 
         Returns:
             The reply's ``result``.
@@ -241,8 +254,9 @@ class Connection:
             self._pending = None
             raise
         deadline = None if timeout is None else time.monotonic() + timeout
+        ticker = None if on_tick is None else _Ticker(on_tick, tick)
         while True:
-            incoming = self._receive(method, deadline)
+            incoming = self._receive(method, deadline, ticker)
             if not isinstance(incoming, dict):
                 # We never send batches, so an array is not an answer to us.
                 continue
@@ -325,8 +339,12 @@ class Connection:
                 f"{exc.strerror or exc}") from None
         self._send_broken = False
 
-    def _receive(self, method: str, deadline: float | None) -> Any:
+    def _receive(self, method: str, deadline: float | None, ticker: _Ticker | None) -> Any:
         while True:
+            # Checked per message too: a steady stream of notifications never lets recv time
+            # out, and the status line must still advance.
+            if ticker is not None:
+                ticker.fire_if_due()
             line = self._take_line()
             if line is not None:
                 if not line.strip():
@@ -337,7 +355,7 @@ class Connection:
                     raise ProtocolError(
                         f"llmd sent a line that is not JSON while answering {method}: "
                         f"{exc}") from None
-            self._fill(method, deadline)
+            self._fill(method, deadline, ticker)
 
     def _take_line(self) -> bytes | None:
         end = self._buffer.find(b"\n", self._scan_from)
@@ -349,21 +367,26 @@ class Connection:
         self._scan_from = 0
         return line
 
-    def _fill(self, method: str, deadline: float | None) -> None:
+    def _fill(self, method: str, deadline: float | None, ticker: _Ticker | None) -> None:
         sock = self._sock
         if sock is None:
             raise ConnectionLost(f"the connection to llmd closed while waiting for {method}")
-        if deadline is None:
-            sock.settimeout(None)
-        else:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        wait: float | None = None
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
                 raise CallTimeout(f"llmd did not answer {method} in time")
-            sock.settimeout(remaining)
+        if ticker is not None:
+            until_tick = ticker.remaining()
+            wait = until_tick if wait is None else min(wait, until_tick)
+        # A timeout of 0 would make the socket non-blocking (BlockingIOError, not TimeoutError).
+        sock.settimeout(None if wait is None else max(wait, MIN_WAIT))
         try:
             chunk = sock.recv(CHUNK_SIZE)
         except TimeoutError:
-            raise CallTimeout(f"llmd did not answer {method} in time") from None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise CallTimeout(f"llmd did not answer {method} in time") from None
+            return  # a tick is due: the caller's loop fires it and waits again
         except OSError as exc:
             raise ConnectionLost(
                 f"lost the connection to llmd while waiting for {method}: "
@@ -409,3 +432,24 @@ class Connection:
         if "result" not in reply:
             raise ProtocolError(f"llmd sent a reply with neither result nor error for {method}")
         return reply["result"]
+
+
+class _Ticker:
+    """Calls ``callback`` every ``interval`` seconds, when asked whether it is due."""
+
+    def __init__(self, callback: TickHandler, interval: float) -> None:
+        self.callback = callback
+        self.interval = interval
+        self.due = time.monotonic() + interval
+
+    def remaining(self) -> float:
+        """Seconds until the next call is due (negative when overdue)."""
+        return self.due - time.monotonic()
+
+    def fire_if_due(self) -> None:
+        """Call the callback when its time has come."""
+        now = time.monotonic()
+        if now >= self.due:
+            # From now, not from the old due time: a late tick does not cause a burst.
+            self.due = now + self.interval
+            self.callback()

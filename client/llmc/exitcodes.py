@@ -18,6 +18,9 @@ BUSY = 6
 NOT_FOUND = 7
 BAD_CONFIG = 8
 NO_JSON = 9
+# Not 130: that says this process got SIGINT, and a script waiting on a job that someone else
+# cancelled (llmc cancel, a daemon stop) must be able to tell the two apart.
+CANCELLED = 10
 INTERRUPTED = 130
 
 TABLE: tuple[tuple[int, str], ...] = (
@@ -25,13 +28,14 @@ TABLE: tuple[tuple[int, str], ...] = (
     (FAILED, "the CLI failed (-32005), another llmd error, or stdout was closed early"),
     (USAGE, "usage error: bad arguments, invalid params (-32602), unsupported method (-32601)"),
     (UNREACHABLE, "llmd is not reachable, or it dropped the connection"),
-    (TIMED_OUT, "timed out (-32003)"),
+    (TIMED_OUT, "timed out (-32003), or job --wait --timeout ran out before the job ended"),
     (RATE_LIMITED, "rate limited (-32004)"),
     (BUSY, "busy: llmd's queue is full (-32006)"),
     (NOT_FOUND, "unknown blueprint (-32001) or its executable is missing (-32002)"),
     (BAD_CONFIG, "invalid configuration (-32008)"),
     (NO_JSON, "run --json: the answer held no JSON value"),
-    (INTERRUPTED, "interrupted (Ctrl-C); a run in flight is cancelled first"),
+    (CANCELLED, "the run or job was cancelled (-32800) or cut short by a daemon stop"),
+    (INTERRUPTED, "this llmc was interrupted (Ctrl-C); a run in flight is cancelled first"),
 )
 
 _BY_RPC_CODE: dict[int, int] = {
@@ -44,6 +48,7 @@ _BY_RPC_CODE: dict[int, int] = {
     -32001: NOT_FOUND,
     -32002: NOT_FOUND,
     -32008: BAD_CONFIG,
+    -32800: CANCELLED,
 }
 
 

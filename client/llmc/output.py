@@ -136,24 +136,47 @@ def key_values(mapping: Mapping[str, Any], prefix: str = "") -> list[str]:
     return lines
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int | None) -> str:
-    """Lay out rows in aligned columns; the last column is cut to fit ``width``.
+# The narrowest a flexible column gets before droppable columns are left out instead.
+MIN_FLEX_WIDTH = 8
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int | None,
+          flex: int = -1, droppable: Sequence[int] = ()) -> str:
+    """Lay out rows in aligned columns that fit ``width``.
+
+    To fit, the columns in ``droppable`` are left out (in that order) while the table could
+    not fit even with the ``flex`` column narrowed to :data:`MIN_FLEX_WIDTH`; then the flex
+    column is narrowed, its cells cut with ``...``; lines still too wide are cut at ``width``.
 
     Args:
         headers: Column titles.
         rows: Cells, already rendered as text.
         width: The line width to fit, or None for no limit.
+        flex: The column that gives way; the last one by default.
+        droppable: Columns (not ``flex``) that may be left out, least wanted first.
 
     Returns:
         The table, each line ending in a newline.
     """
     all_rows = [list(headers)] + [[one_line(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in all_rows) for i in range(len(headers) - 1)]
+    count = len(headers)
+    flex %= count
+    widths = [max(len(row[i]) for row in all_rows) for i in range(count)]
+    keep = list(range(count))
+    if width is not None:
+        def needed() -> int:
+            return sum(widths[i] for i in keep) + 2 * (len(keep) - 1)
+
+        floor = min(widths[flex], MIN_FLEX_WIDTH)
+        for column in droppable:
+            if needed() - (widths[flex] - floor) <= width:
+                break
+            keep.remove(column % count)
+        widths[flex] = max(widths[flex] - max(needed() - width, 0), 0)
     out: list[str] = []
     for row in all_rows:
-        head = "".join(f"{cell:<{widths[i]}}  " for i, cell in enumerate(row[:-1]))
-        last = row[-1]
-        if width is not None:
-            last = truncate(last, max(width - len(head), 0))
-        out.append((head + last).rstrip() + "\n")
+        cells = [(truncate(row[i], widths[i]) if i == flex else row[i], widths[i])
+                 for i in keep]
+        line = "  ".join(f"{cell:<{size}}" for cell, size in cells).rstrip()
+        out.append((line if width is None else line[:width].rstrip()) + "\n")
     return "".join(out)
