@@ -38,6 +38,7 @@ SCHEMA_VERSION = 1
 LIVE_STATES = frozenset({"queued", "running", "retrying"})
 _CHECKPOINT_BYTES = 1 << 20
 _BACKSTOP_PAGES = 10_000
+_KNOWN_JOBS = 4096
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 assert frozenset({"succeeded", "failed", "timed_out", "cancelled", "interrupted"}) == FINAL_STATES
 
@@ -61,10 +62,11 @@ _SCHEMA = (
 _COLUMNS = ("id", "blueprint", "state", "created_at", "started_at", "finished_at",
             "updated_at", "attempts", "exit_code", "request", "result", "error", "history",
             "groups", "daemon_pid", "daemon_start", "daemon_boot")
-# Built from the constant names above, no data; a finished row is never overwritten by a live one.
+# Built from the constant names above, no data. A finished row is never overwritten by a live
+# one; the request never changes, so an update leaves it alone (see Database.known).
 _UPSERT = (f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"  # noqa: S608
            " ON CONFLICT (id) DO UPDATE SET "
-           + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
+           + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:] if c != "request")
            + " WHERE jobs.state IN ('queued', 'running', 'retrying')"
            " OR excluded.state NOT IN ('queued', 'running', 'retrying')")
 _UPSERT_OUTPUT = "INSERT OR REPLACE INTO outputs (id, text, output) VALUES (?, ?, ?)"
@@ -214,6 +216,9 @@ class Database:
         self.conn: sqlite3.Connection | None = None
         self.checkpointer: _Checkpointer | None = None
         self.unchecked = 0  # bytes written since the checkpointer was last woken
+        # Jobs whose row (request included) this connection wrote: a large prompt is then
+        # not encoded again at each state change.
+        self.known: dict[str, None] = {}
 
     def open(self) -> None:
         """Create or open the file, set WAL up and prove it writable.
@@ -292,8 +297,9 @@ class Database:
                 result_json = _json(meta)
             output = (row.job, text, out)
         me = self.me
+        request = "" if row.job in self.known else _json(row.request)
         params = (row.job, row.blueprint, row.state, row.created_at, row.started_at,
-                  row.finished_at, now, row.attempts, row.exit_code, _json(row.request),
+                  row.finished_at, now, row.attempts, row.exit_code, request,
                   result_json, None if row.error is None else _json(row.error),
                   _json(row.history), _json(row.groups),
                   me.pid if row.daemon_pid is None else row.daemon_pid,
@@ -328,6 +334,9 @@ class Database:
                     self.unchecked += len(output[1]) + len(output[2])
                 self.unchecked += sum(len(p) for p in params if isinstance(p, str))
                 kept[job] = True
+        self.known.update(dict.fromkeys(job for job, ok in kept.items() if ok))  # committed
+        while len(self.known) > _KNOWN_JOBS:
+            del self.known[next(iter(self.known))]
         if self.unchecked > _CHECKPOINT_BYTES and self.checkpointer is not None:
             self.unchecked = 0
             self.checkpointer.wake.set()

@@ -1,0 +1,418 @@
+"""The durable job store: every job record in one SQLite file, written at each state change.
+
+Invariants:
+- One thread per store owns its only writing connection; the trio thread never calls
+  SQLite. Work reaches the thread through a queue and is answered with
+  ``TrioToken.run_sync_soon``; the writes pending when the thread wakes are committed in
+  one transaction, and a read queued behind a write sees it.
+- ``save_soon`` is write-behind: its row stays on the trio side for ``write_behind_delay``
+  (so a job busy spawning its child wakes no thread, and a short job's states share one
+  transaction with its final row), then :meth:`JobStore.run` hands it to the thread;
+  anything awaited first carries it along. Rows are written in the order saved.
+  ``save_final`` returns after the COMMIT holding its row. WAL with
+  ``synchronous=NORMAL``: a committed row survives the daemon being killed (SIGKILL,
+  crash); an OS crash or power loss may lose the last commits, never the file's
+  consistency.
+- Once a store is unavailable (could not open, or a write failed for a reason other than
+  another daemon's lock) it stays so: every call returns at once, with no records and no
+  exception; one ERROR line says so and ``problem`` keeps the reason.
+- Nothing here logs a request or a result: log lines name paths, job ids and counts.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as _dt
+import logging
+import math
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import msgspec
+import trio
+
+from llmd import procs
+from llmd.records import JobRecord
+from llmd.storedb import (
+    Database,
+    Identity,
+    JobRow,
+    ProcGroup,
+    RecoveryReport,
+    Unusable,
+    describe,
+    is_busy,
+)
+
+__all__ = ["JobRow", "JobStore", "ProcGroup", "RecoveryReport", "default_path"]
+
+log = logging.getLogger("llmd.store")
+
+T = TypeVar("T")
+_PRUNE_CHUNK = 500
+_MAX_BATCH = 1000
+_LONGEST_WAIT = 3600.0
+
+
+def default_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_STATE_HOME/llmd/jobs.db``, by default ``~/.local/state/llmd/jobs.db``."""
+    env = os.environ if env is None else env
+    state = env.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):  # the XDG spec: a relative path is to be ignored
+        state = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "llmd" / "jobs.db"
+
+
+def _rfc3339(when: _dt.datetime) -> str:
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Waiter:
+    __slots__ = ("done", "value")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: object = None
+
+
+def _resolve(answers: list[tuple[_Waiter, object]]) -> None:
+    for waiter, value in answers:
+        waiter.value = value
+        waiter.done.set()
+
+
+_WRITE, _CALL, _STOP = "write", "call", "stop"
+_Item = tuple[str, Any, "_Waiter | None"]
+
+
+class JobStore:
+    """Job records in an SQLite file, written by a thread of their own.
+
+    Build it with :meth:`open`; run :meth:`run` in the daemon's nursery for pruning;
+    :meth:`aclose` it last (after the jobs have finished).
+
+    Attributes:
+        path: The database file.
+        available: Whether records are kept; False after open or a write failed.
+        problem: Why records are not kept, for ``daemon.info``; None while available.
+    """
+
+    def __init__(self, path: Path, *, output_cap: int, max_age_days: float, max_jobs: int,
+                 busy_timeout: float, prune_interval: float, write_behind_delay: float) -> None:
+        if output_cap < 0 or max_jobs < 1 or not max_age_days > 0:
+            raise ValueError("output_cap must be >= 0, max_jobs >= 1 and max_age_days > 0")
+        if not (0 <= busy_timeout <= _LONGEST_WAIT and 0 <= write_behind_delay <= _LONGEST_WAIT):
+            raise ValueError(f"busy_timeout and write_behind_delay must be within "
+                             f"0..{_LONGEST_WAIT} s")
+        self.path = path
+        self.output_cap = output_cap
+        self.max_age_days = max_age_days
+        self.max_jobs = max_jobs
+        self.prune_interval = prune_interval
+        self._linger = write_behind_delay
+        # Write-behind rows held on this side until the delay passes or something awaited
+        # carries them along: no thread wake-up while the job is busy spawning its child.
+        self._pending: builtins.list[JobRow] = []
+        self._pending_added = trio.Event()
+        self.available = False
+        self.problem: str | None = None
+        me = Identity(os.getpid(), procs.process_start_time(os.getpid()), procs.boot_id())
+        self._db = Database(path, output_cap, busy_timeout, me)
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._serve, name="llmd-store", daemon=True)
+        self._closed = True
+
+    @classmethod
+    async def open(cls, path: Path, *, output_cap: int = 1_048_576, max_age_days: float = 30,
+                   max_jobs: int = 10_000, busy_timeout: float = 10.0,
+                   prune_interval: float = 3600.0,
+                   write_behind_delay: float = 0.005) -> JobStore:
+        """Open (creating if need be) the store at ``path``.
+
+        Never raises for a file that cannot be used: the store comes back with
+        ``available`` False and ``problem`` set, and one ERROR line is logged.
+
+        Args:
+            path: The database file; its directory is created 0700, the file 0600.
+            output_cap: Most UTF-8 bytes kept of a result's text, output and stderr each.
+            max_age_days: Finished records older than this are pruned (``math.inf``: never).
+            max_jobs: At most this many records are kept (live ones are never pruned).
+            busy_timeout: Seconds to wait for another daemon's write lock on the file.
+            prune_interval: Seconds between prunings in :meth:`run`.
+            write_behind_delay: Seconds a :meth:`save_soon` row may wait to share a
+                transaction with later rows (a daemon killed meanwhile loses it); 0 hands
+                it to the thread at once.
+
+        Raises:
+            ValueError: A nonsensical limit.
+        """
+        store = cls(path, output_cap=output_cap, max_age_days=max_age_days, max_jobs=max_jobs,
+                    busy_timeout=busy_timeout, prune_interval=prune_interval,
+                    write_behind_delay=write_behind_delay)
+        store._closed = False
+        store._thread.start()
+        with trio.CancelScope(shield=True):  # a half-opened store would leak its thread
+            problem = cast("str | None", await store._ask(
+                _CALL, store._open_in_thread, "unexpected error (see the log)"))
+        if problem is None:
+            store.available = True
+        else:
+            store.problem = f"job records are not kept: cannot use {path}: {problem}"
+            log.error("%s; runs are still served", store.problem)
+            await store.aclose()
+        return store
+
+    @classmethod
+    def disabled(cls, path: Path, reason: str) -> JobStore:
+        """A store that keeps nothing (``available`` False), for a daemon run without one.
+
+        Args:
+            path: Where records would have been kept, for ``daemon.info``.
+            reason: Why not, e.g. ``"disabled by configuration"``.
+        """
+        store = cls(path, output_cap=0, max_age_days=math.inf, max_jobs=1, busy_timeout=0,
+                    prune_interval=math.inf, write_behind_delay=0)
+        store.problem = f"job records are not kept: {reason}"
+        return store
+
+    def _open_in_thread(self, db: Database) -> str | None:
+        try:
+            db.open()
+        except (sqlite3.Error, OSError, Unusable) as exc:
+            return describe(exc)
+        return None
+
+    async def __aenter__(self) -> JobStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def info(self) -> dict[str, Any]:
+        """The store's state for ``daemon.info``."""
+        return {"path": str(self.path), "available": self.available, "problem": self.problem}
+
+    # --- writes ------------------------------------------------------------
+
+    def save_soon(self, row: JobRow) -> None:
+        """Queue ``row`` to be written (write-behind; an intermediate state change).
+
+        With a ``write_behind_delay``, :meth:`run` hands the row over once the delay has
+        passed, unless an awaited call carries it along first.
+        """
+        if not self.available or self._closed:
+            return
+        if self._linger <= 0:
+            self._queue.put((_WRITE, [row], None))
+            return
+        self._pending.append(row)
+        self._pending_added.set()
+
+    def _hand_over(self, waiter: _Waiter | None = None, *rows: JobRow) -> None:
+        if self._pending:
+            rows = (*self._pending, *rows)
+            self._pending = []
+            self._pending_added = trio.Event()
+        if rows:
+            self._queue.put((_WRITE, rows, waiter))
+
+    async def save_final(self, row: JobRow) -> bool:
+        """Write ``row`` and return once it is committed.
+
+        The wait is shielded from cancellation: the write is queued either way, and a
+        cancelled job's record is thus on disk before its caller is answered.
+
+        Returns:
+            Whether the row is committed (False at once when the store is unavailable).
+        """
+        if not self.available or self._closed:
+            return False
+        waiter = _Waiter()
+        self._hand_over(waiter, row)
+        with trio.CancelScope(shield=True):
+            await waiter.done.wait()
+        return waiter.value is True
+
+    async def flush(self) -> None:
+        """Return once every row queued before the call is committed (or dropped)."""
+        await self._call(lambda db: None, None)
+
+    # --- reads -------------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The record of ``job_id`` with its full (capped) result, or None."""
+        return await self._call(lambda db: db.get(job_id), None)
+
+    async def list(self, state: str | None = None, limit: int = 50) -> list[JobRecord]:
+        """Records newest first, optionally of one state; results without text and output."""
+        if limit <= 0:
+            return []
+        return await self._call(lambda db: db.list(state, limit), [])
+
+    # --- maintenance -------------------------------------------------------
+
+    async def recover(self) -> RecoveryReport:
+        """Mark live rows of dead daemons interrupted and kill the process groups they left.
+
+        Call once at start, before the first job. Rows of a daemon still running (on another
+        socket, sharing the file) are left alone.
+        """
+        report = await self._call(lambda db: db.recover(), RecoveryReport())
+        if report.interrupted or report.other_daemon_jobs:
+            log.info("recovered job records: %d interrupted, %d orphan process groups killed "
+                     "(%d processes), %d already gone; %d jobs of another running daemon "
+                     "left alone", report.interrupted, report.groups_killed,
+                     report.processes_killed, report.groups_gone, report.other_daemon_jobs)
+        return report
+
+    async def prune(self) -> int:
+        """Delete finished records beyond the age and count limits; return how many."""
+        cutoff = ""  # sorts before every timestamp: no age limit
+        if math.isfinite(self.max_age_days):
+            try:
+                cutoff = _rfc3339(_dt.datetime.now(_dt.timezone.utc)
+                                  - _dt.timedelta(days=self.max_age_days))
+            except OverflowError:
+                cutoff = ""
+        total = 0
+        while True:
+            # In chunks, so job writes are not held up behind a large first pruning.
+            count = await self._call(
+                lambda db: db.prune_chunk(cutoff, self.max_jobs, _PRUNE_CHUNK), 0)
+            total += count
+            if count < _PRUNE_CHUNK:
+                break
+        if total:
+            log.info("pruned %d job records", total)
+        return total
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        """The store's upkeep, until cancelled; then it flushes and returns.
+
+        Hands write-behind rows to the thread once their delay has passed (without this
+        task, they wait for the next awaited call or :meth:`aclose`) and prunes now and
+        every ``prune_interval`` seconds.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_behind)
+                task_status.started()
+                while True:
+                    await self.prune()
+                    await trio.sleep(self.prune_interval)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.flush()
+
+    async def _write_behind(self) -> None:
+        while True:
+            await self._pending_added.wait()
+            await trio.sleep(self._linger)
+            self._hand_over()
+
+    async def aclose(self) -> None:
+        """Commit what is queued, close the connection and end the thread."""
+        if self._closed:
+            return
+        self._hand_over()
+        self._closed = True
+        waiter = _Waiter()
+        self._queue.put((_STOP, None, waiter))
+        with trio.CancelScope(shield=True):
+            await waiter.done.wait()
+            await trio.to_thread.run_sync(self._thread.join)
+
+    # --- the thread ----------------------------------------------------------
+
+    async def _call(self, fn: Callable[[Database], T], default: T) -> T:
+        if not self.available or self._closed:
+            return default
+        self._hand_over()  # what is read or flushed includes what was saved before
+        return cast(T, await self._ask(_CALL, fn, default))
+
+    async def _ask(self, kind: str, fn: Callable[[Database], Any], default: object) -> object:
+        waiter = _Waiter()
+        self._queue.put((kind, (fn, default), waiter))
+        await waiter.done.wait()
+        return waiter.value
+
+    def _fail(self, action: str, exc: BaseException) -> None:
+        if self.available:
+            self.problem = (f"job records are not kept any more: {action} {self.path} "
+                            f"failed: {describe(exc)}")
+            log.error("%s; runs are still served", self.problem)
+        self.available = False
+        self._db.close()
+
+    def _write(self, rows: builtins.list[JobRow]) -> builtins.list[bool]:
+        if not self.available:
+            return [False] * len(rows)
+        try:
+            return self._db.write(rows)
+        except sqlite3.Error as exc:
+            if is_busy(exc):
+                # Another daemon held the file past the busy timeout: this batch is lost,
+                # the store is not broken.
+                log.error("%d job records not kept: %s stayed locked by another process",
+                          len(rows), self.path)
+            else:
+                self._fail("writing", exc)
+            return [False] * len(rows)
+
+    def _run_call(self, fn: Callable[[Database], Any], default: object) -> object:
+        try:
+            return fn(self._db)
+        except sqlite3.Error as exc:
+            if is_busy(exc):
+                log.warning("%s is locked by another process: %s", self.path, exc)
+            else:
+                self._fail("using", exc)
+        except msgspec.DecodeError as exc:
+            log.error("%s holds a record this version cannot read: %s", self.path, exc)
+        except Exception:
+            log.exception("job store: unexpected error")
+        return default
+
+    def _serve(self) -> None:
+        stop = False
+        while not stop:
+            items = [self._queue.get()]
+            while len(items) < _MAX_BATCH:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            answers: list[tuple[_Waiter, object]] = []
+            rows = [row for kind, payload, _ in items if kind == _WRITE for row in payload]
+            if rows:
+                try:
+                    kept = iter(self._write(rows))
+                except Exception:
+                    log.exception("job store: unexpected error while writing")
+                    kept = iter([False] * len(rows))
+                for kind, payload, waiter in items:
+                    if kind == _WRITE:
+                        # An item's waiter is told about its last row (the awaited one).
+                        ok = [next(kept) for _ in payload][-1]
+                        if waiter is not None:
+                            answers.append((waiter, ok))
+            for kind, payload, waiter in items:
+                if kind == _CALL and waiter is not None:
+                    answers.append((waiter, self._run_call(*payload)))
+                elif kind == _STOP and waiter is not None:
+                    stop = True
+                    self._db.close()
+                    answers.append((waiter, None))
+            if answers:
+                try:
+                    self._token.run_sync_soon(_resolve, answers)
+                except trio.RunFinishedError:
+                    log.warning("job store: answers dropped, the trio run has ended")
+
