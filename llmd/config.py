@@ -66,6 +66,16 @@ class DaemonSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stop_grace: NonNegative = 10.0
 
 
+class StoreSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[store]``: the job records kept on disk."""
+
+    enabled: bool = True
+    path: str = ""            # default: $XDG_STATE_HOME/llmd/jobs.db
+    output_cap: Annotated[int, msgspec.Meta(ge=0)] = 1024 * 1024
+    max_age_days: Positive = 30.0
+    max_jobs: PositiveInt = 10_000
+
+
 class RetrySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[blueprints.NAME.retry]``: back-off after a rate limit."""
 
@@ -117,6 +127,7 @@ class RegistryFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole TOML document."""
 
     daemon: DaemonSection = msgspec.field(default_factory=DaemonSection)
+    store: StoreSection = msgspec.field(default_factory=StoreSection)
     timeouts: dict[str, Positive] = msgspec.field(default_factory=_default_timeouts)
     blueprints: dict[str, Blueprint] = msgspec.field(default_factory=dict)
 

@@ -27,6 +27,7 @@ from llmd.jobs import JobManager
 from llmd.paths import PACKAGED_CONFIG, packaged_config, prepare_socket_dir
 from llmd.rpc import Dispatcher, encode_notification
 from llmd.sdnotify import Notifier
+from llmd.store import JobStore, default_path
 from llmd.server import Listener, Server
 
 log = logging.getLogger("llmd")
@@ -62,6 +63,9 @@ class Daemon:
         self.default_socket = default_socket
         self.started = time.monotonic()
         self.health = HealthMonitor(registry, os.environ)
+        self.store_path = (Path(registry.doc.store.path).expanduser()
+                           if registry.doc.store.path else default_path())
+        self.store: JobStore  # opened in serve(), before any request can need it
         self.manager = JobManager(registry, health=self.health)
         self.dispatcher = Dispatcher(methods.build(self), log=logging.getLogger("llmd.rpc"))
         self.server = Server(self.dispatcher, registry.daemon.max_message_bytes)
@@ -100,6 +104,24 @@ class Daemon:
                  len(registry.blueprints))
         return registry
 
+    async def _open_store(self) -> None:
+        cfg = self.registry.doc.store
+        if cfg.enabled:
+            self.store = await JobStore.open(self.store_path, output_cap=cfg.output_cap,
+                                             max_age_days=cfg.max_age_days,
+                                             max_jobs=cfg.max_jobs)
+        else:
+            self.store = JobStore.disabled(self.store_path, "switched off in [store]")
+        self.manager.store = self.store
+        if not self.store.available:
+            if cfg.enabled:  # the store logged why it could not open
+                log.warning("%s", self.store.problem)
+            return
+        report = await self.store.recover()
+        if report.interrupted or report.processes_killed:
+            log.info("recovered the job store: %d job(s) marked interrupted, %d orphaned "
+                     "process(es) killed", report.interrupted, report.processes_killed)
+
     def request_stop(self, *, graceful: bool = False) -> None:
         """Begin shutting down.
 
@@ -123,8 +145,11 @@ class Daemon:
             prepare_socket_dir(self.socket_path, default=self.default_socket)
         sock = await self.listener.bind()
         try:
+            # Under the single-instance lock: recovery may kill what a crashed daemon left.
+            await self._open_store()
             async with trio.open_nursery() as nursery:
                 self.manager.nursery = nursery
+                await nursery.start(self.store.run)
                 accepting = trio.CancelScope()
 
                 async def accept(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -169,6 +194,9 @@ class Daemon:
                         await self.server.wait_idle()
                 nursery.cancel_scope.cancel()
         finally:
+            if hasattr(self, "store"):
+                with trio.CancelScope(shield=True):
+                    await self.store.aclose()
             self.listener.release()
             self.notifier.close()
         log.info("stopped")

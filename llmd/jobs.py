@@ -27,6 +27,7 @@ import msgspec
 import trio
 
 from llmd import argv as argv_mod
+from llmd import procs
 from llmd.config import Blueprint, Registry
 from llmd.errors import (
     Busy,
@@ -47,6 +48,7 @@ from llmd.parsers import Event, ParseResult, Signal, TextDelta, make_parser
 from llmd.ratelimit import Verdict, classify
 from llmd.records import FINAL_STATES, JobRecord, RunParams, RunResult, utc_now
 from llmd.retry import Backoff
+from llmd.store import JobRow, JobStore, ProcGroup
 from llmd.supervisor import Attempt, Stream
 
 if sys.version_info < (3, 11):  # pragma: no cover - 3.10 only
@@ -87,11 +89,25 @@ class Job:
         self.listeners: list[EventSink] = []
         self.pids: list[int] = []
         self.in_queue = True
+        self.history: list[tuple[str, str]] = [("queued", self.created_at)]
+        self.groups: list[ProcGroup] = []
         self.requested: str | None = None
         self.fallback_reason: str | None = None
         self.seq = 0
         self.streamed_stdout = False
         self.attempt: Attempt | None = None
+
+    def row(self) -> JobRow:
+        """A snapshot for the store (fresh tuples: the store may write it later)."""
+        error = self.error.to_wire() if self.error is not None else None
+        exit_code = (self.result.exit_code if self.result is not None
+                     else self.error.data.get("exit_code") if self.error is not None else None)
+        return JobRow(job=self.id, blueprint=self.blueprint, state=self.state,
+                      created_at=self.created_at, started_at=self.started_at,
+                      finished_at=self.finished_at, attempts=self.attempts,
+                      request=msgspec.structs.asdict(self.params), exit_code=exit_code,
+                      result=self.result, error=error, history=tuple(self.history),
+                      groups=tuple(self.groups))
 
     def record(self, *, with_text: bool = True) -> JobRecord:
         """The job as ``jobs.get`` shows it."""
@@ -115,15 +131,18 @@ class JobManager:
         attempt_factory: Builds an :class:`~llmd.supervisor.Attempt` (tests swap it).
         health: Routes runs around missing and cooling-down blueprints, and learns of
             rate limits.
+        store: Keeps every job's record on disk.
     """
 
     def __init__(self, registry: Registry, environ: Mapping[str, str] | None = None,
                  rng: random.Random | None = None,
                  attempt_factory: Callable[..., Attempt] = Attempt,
-                 health: HealthMonitor | None = None) -> None:
+                 health: HealthMonitor | None = None,
+                 store: JobStore | None = None) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.attempt_factory = attempt_factory
         self.health = health
+        self.store = store
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.queued = 0
@@ -239,7 +258,10 @@ class JobManager:
                 await self._concluded(job)
 
     async def _concluded(self, job: Job) -> None:
-        """Tell the job's listeners its final state (bounded: they may not read)."""
+        """Record the final state, then tell the job's listeners (bounded: they may not
+        read). The record is on disk before the caller's answer is sent."""
+        if self.store is not None and job.state in FINAL_STATES:
+            await self.store.save_final(job.row())
         if job.listeners and job.state in FINAL_STATES:
             extra = {"error": job.error.to_wire()} if job.error is not None else {}
             with trio.move_on_after(FINAL_NOTICE_LIMIT):
@@ -316,6 +338,15 @@ class JobManager:
                                "cooldown_until": status["cooldown_until"]})
         return route
 
+    def _spawned(self, job: Job, pid: int) -> None:
+        job.pids.append(pid)
+        started = procs.process_start_time(pid)
+        if started is not None:
+            # Recorded so that a restarted daemon can kill what a crashed one left.
+            job.groups.append(ProcGroup(pgid=pid, starttime=started))
+            if self.store is not None:
+                self.store.save_soon(job.row())
+
     def _leave_queue(self, job: Job) -> None:
         if job.in_queue:
             job.in_queue = False
@@ -332,8 +363,12 @@ class JobManager:
             await sink(method, payload)
 
     async def _set_state(self, job: Job, state: str, **extra: Any) -> None:
+        if job.state != state or state == "running":
+            job.history.append((state, utc_now()))
         job.state = state
         log.debug("job %s: %s", job.id, state)
+        if self.store is not None and state not in FINAL_STATES:
+            self.store.save_soon(job.row())
         await self._publish(job, "llm.state", {"job": job.id, "state": state,
                                                "attempt": job.attempts, **extra})
 
@@ -346,6 +381,7 @@ class JobManager:
         job.result = result
         job.error = error
         job.finished_at = utc_now()
+        job.history.append((state, job.finished_at))
         self.finished_count += 1
         job.finished.set()
         # The prompt, argv and environment stay out of the log: they may hold secrets.
@@ -470,7 +506,8 @@ class JobManager:
 
         attempt = self.attempt_factory(
             inv, env=env, cwd=job.params.cwd, max_output_bytes=bp.max_output_bytes,
-            kill_grace=bp.kill_grace, on_output=on_output, on_spawn=job.pids.append)
+            kill_grace=bp.kill_grace, on_output=on_output,
+            on_spawn=lambda pid: self._spawned(job, pid))
         job.attempt = attempt
         with scope:
             try:

@@ -13,9 +13,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import trio
 
 from llmd import __version__
-from llmd.errors import InvalidParams
+from llmd.errors import InvalidParams, NoSuchJob
 from llmd.records import ALL_STATES, FINAL_STATES, JobRecord, RunParams, RunResult
 from llmd.rpc import CallContext, Method
 
@@ -76,12 +77,16 @@ def build(daemon: Daemon) -> list[Method]:
         return {"job": params.job, "cancelled": manager.cancel(params.job)}
 
     async def jobs_get(params: GetParams, ctx: CallContext) -> JobRecord:
-        job = manager.get(params.job)
+        if params.timeout is not None and not params.timeout >= 0:
+            raise InvalidParams("timeout must be a number of seconds >= 0")
+        job = manager.jobs.get(params.job)
+        if job is None:
+            # Finished long ago, or before a restart: the store has it.
+            stored = await daemon.store.get(params.job)
+            if stored is None:
+                raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
+            return stored
         if params.wait and job.state not in FINAL_STATES:
-            if params.timeout is not None and params.timeout < 0:
-                raise InvalidParams("timeout must not be negative")
-            import trio  # noqa: PLC0415 - the daemon has it loaded already
-
             with trio.move_on_after(params.timeout if params.timeout is not None
                                     else float("inf")):
                 await job.finished.wait()
@@ -93,9 +98,20 @@ def build(daemon: Daemon) -> list[Method]:
         if params.state is not None and params.state not in ALL_STATES:
             raise InvalidParams(f"unknown state {params.state!r} (states: "
                                 f"{', '.join(sorted(ALL_STATES))})")
-        jobs = [j for j in reversed(manager.jobs.values())
-                if params.state is None or j.state == params.state]
-        return {"jobs": [j.record(with_text=False) for j in jobs[:params.limit]]}
+        # The store has every finished job (saved before its answer); memory is fresher
+        # for live ones. Without a store, memory is all there is.
+        kept = daemon.store.available
+        records = {r.job: r for r in await daemon.store.list(params.state, params.limit)}
+        for job in manager.jobs.values():
+            if kept and job.state in FINAL_STATES and job.id not in records:
+                continue
+            if params.state is None or job.state == params.state:
+                records[job.id] = job.record(with_text=False)
+            else:
+                records.pop(job.id, None)
+        # Job ids sort by creation time.
+        newest = sorted(records.values(), key=lambda r: r.job, reverse=True)
+        return {"jobs": newest[:params.limit]}
 
     async def blueprints_list(params: None, ctx: CallContext) -> dict[str, Any]:
         reg = daemon.registry
@@ -114,7 +130,8 @@ def build(daemon: Daemon) -> list[Method]:
                 "blueprints": len(daemon.registry.blueprints),
                 "jobs": {"queued": manager.queued, "running": manager.running,
                          "finished": manager.finished_count},
-                "connections": len(daemon.server.connections)}
+                "connections": len(daemon.server.connections),
+                "store": daemon.store.info()}
 
     async def health_status(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
         return {"blueprints": daemon.health.status(params.blueprint)}

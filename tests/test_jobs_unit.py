@@ -112,7 +112,8 @@ async def test_two_rate_limits_then_success_takes_three_attempts(autojump_clock:
     assert gaps[0] == pytest.approx(2.0)  # first cap is base_delay itself
     assert 2.0 <= gaps[1] <= 4.0
     kinds = [p["state"] for m, p in states if m == "llm.state"]
-    assert kinds == ["queued", "running", "retrying", "running", "retrying", "running"]
+    assert kinds == ["queued", "running", "retrying", "running", "retrying", "running",
+                     "succeeded"]
     retry_in = [p["retry_in_s"] for m, p in states if p.get("state") == "retrying"]
     assert all(r >= 2.0 for r in retry_in)
 

@@ -1,0 +1,135 @@
+"""The job store through the real daemon: restarts, crashes, a broken store, sharing."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.conftest import DaemonHandle, registry_toml
+
+pytestmark = pytest.mark.usefixtures("fake_bin")
+
+
+def registry(fake_bin: Path, pidfile: Path) -> str:
+    return registry_toml(fake_bin, {
+        "echo": {"command": ["@fakecli", "stdin"], "prompt": "stdin"},
+        "hang": {"command": ["@fakecli", "grandchild"], "prompt": "stdin",
+                 "env": {"FAKE_PIDFILE": str(pidfile)}},
+    })
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_a_killed_daemon_loses_nothing_and_leaves_no_orphans(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
+    state = short_tmp / "state"
+    pidfile = short_tmp / "pids"
+    toml = registry(fake_bin, pidfile)
+    d: DaemonHandle = await daemon_factory(toml, env={"XDG_STATE_HOME": str(state)})
+    client = await d.connect()
+    with trio.fail_after(30):
+        done = await client.call("llm.run", {"blueprint": "echo", "prompt": "kept"})
+        finished = done["result"]["job"]
+        detached = await client.call("llm.run", {"blueprint": "hang", "prompt": "x",
+                                                 "detach": True}, id=2)
+        running = detached["result"]["job"]
+        while len(pidfile.read_text().split() if pidfile.exists() else []) < 2:
+            await trio.sleep(0.02)
+        # The store learns the child's process group a few ms after the spawn.
+        while b'"groups":[]' in _row(state, running) or _row(state, running) == b"":
+            await trio.sleep(0.02)
+        assert await d.stop(signal.SIGKILL) == -signal.SIGKILL
+        orphans = [int(p) for p in pidfile.read_text().split()]
+        assert all(_alive(p) for p in orphans)  # nothing killed them yet
+
+        d2: DaemonHandle = await daemon_factory(toml, env={"XDG_STATE_HOME": str(state)})
+        client2 = await d2.connect()
+        record = await client2.call("jobs.get", {"job": finished})
+        assert record["result"]["state"] == "succeeded"
+        assert record["result"]["result"]["text"] == "kept"
+        record = await client2.call("jobs.get", {"job": running}, id=2)
+        assert record["result"]["state"] == "interrupted"
+        while any(_alive(p) for p in orphans):
+            await trio.sleep(0.01)
+        listed = await client2.call("jobs.list", {}, id=3)
+        assert [j["job"] for j in listed["result"]["jobs"]] == [running, finished]
+        info = await client2.call("daemon.info", id=4)
+        assert info["result"]["store"]["available"] is True
+    assert "1 job(s) marked interrupted" in d2.log()
+
+
+def _row(state: Path, job: str) -> bytes:
+    db = state / "llmd" / "jobs.db"
+    if not db.exists():
+        return b""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = con.execute("SELECT groups FROM jobs WHERE id = ?", (job,)).fetchone()
+    except sqlite3.OperationalError:
+        return b""
+    finally:
+        con.close()
+    return b"" if row is None else str(row[0]).replace(" ", "").encode()
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "unwritable"])
+async def test_a_broken_store_does_not_stop_runs(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path, damage: str) -> None:
+    state = short_tmp / "state"
+    if damage == "corrupt":
+        (state / "llmd").mkdir(parents=True)
+        (state / "llmd" / "jobs.db").write_bytes(b"this is not a database\x00" * 100)
+    else:
+        state.write_text("a file where the state directory should be")
+    d: DaemonHandle = await daemon_factory(registry(fake_bin, short_tmp / "p"),
+                                           env={"XDG_STATE_HOME": str(state)})
+    client = await d.connect()
+    with trio.fail_after(20):
+        reply = await client.call("llm.run", {"blueprint": "echo", "prompt": "still"})
+        assert reply["result"]["text"] == "still"
+        info = await client.call("daemon.info", id=2)
+    store = info["result"]["store"]
+    assert store["available"] is False
+    assert store["problem"]
+    assert "job records are not kept" in d.log()
+
+
+async def test_two_daemons_share_one_state_dir(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
+    state = short_tmp / "state"
+    toml = registry(fake_bin, short_tmp / "p")
+    daemons = [await daemon_factory(toml, env={"XDG_STATE_HOME": str(state)}) for _ in range(2)]
+    jobs: list[str] = []
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for d in daemons:
+                client = await d.connect()
+
+                async def run_many(client: Any = client) -> None:
+                    for i in range(40):
+                        reply = await client.call("llm.run", {"blueprint": "echo",
+                                                              "prompt": f"p{i}"}, id=i)
+                        jobs.append(reply["result"]["job"])
+
+                nursery.start_soon(run_many)
+        reader = await daemons[0].connect()
+        for job in jobs:
+            record = await reader.call("jobs.get", {"job": job}, id=job)
+            assert record["result"]["state"] == "succeeded", job
+    con = sqlite3.connect(state / "llmd" / "jobs.db")
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert con.execute("SELECT count(*) FROM jobs").fetchone() == (80,)
+    finally:
+        con.close()
