@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import Client  # noqa: E402
+from run import Client
 
 REGISTRY = """
 [store]

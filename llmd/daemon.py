@@ -27,8 +27,8 @@ from llmd.jobs import JobManager
 from llmd.paths import PACKAGED_CONFIG, packaged_config, prepare_socket_dir
 from llmd.rpc import Dispatcher, encode_notification
 from llmd.sdnotify import Notifier
-from llmd.store import JobStore, default_path
 from llmd.server import Listener, Server
+from llmd.store import JobStore, default_path
 
 log = logging.getLogger("llmd")
 

@@ -134,7 +134,7 @@ class JobManager:
         store: Keeps every job's record on disk.
     """
 
-    def __init__(self, registry: Registry, environ: Mapping[str, str] | None = None,
+    def __init__(self, registry: Registry, environ: Mapping[str, str] | None = None, *,
                  rng: random.Random | None = None,
                  attempt_factory: Callable[..., Attempt] = Attempt,
                  health: HealthMonitor | None = None,
