@@ -584,7 +584,7 @@ def test_cancel_and_status(serve: Any, capsys: pytest.CaptureFixture[str]) -> No
     server = serve(answer(health))
     status, out, _ = run_main(["status", "--check", "--socket", server.path], capsys)
     assert status == 0
-    assert out.splitlines()[1].split() == ["echo", "healthy", "0.012s", "1.0"]
+    assert out.splitlines()[1].split() == ["echo", "healthy", "1.0", "-", "0.012s"]
     server.stop()
     assert server.received[0]["method"] == "health.check"
 

@@ -10,6 +10,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -302,13 +303,53 @@ def cmd_status(args: argparse.Namespace) -> int:
             if entry.get("cooldown_until"):
                 detail = f"until {format_value(entry['cooldown_until'])} {detail}".strip()
             rows.append([name, format_value(entry.get("state")),
-                         _seconds(entry.get("latency_s")), format_value(entry.get("version")),
-                         detail])
+                         format_value(entry.get("version")), _ago(entry.get("checked_at")),
+                         _seconds(entry.get("latency_s")), detail])
     if not rows:
         write("no blueprints\n")
         return exitcodes.OK
-    write(table(["NAME", "STATE", "LATENCY", "VERSION", "DETAIL"], rows, terminal_width()))
+    text = table(["NAME", "STATE", "VERSION", "CHECKED", "LATENCY", "DETAIL"], rows,
+                 terminal_width())
+    write(_paint_states(text) if _colour_wanted() else text)
     return exitcodes.OK
+
+
+_STATE_COLOURS = {"healthy": "32", "unhealthy": "31", "missing": "31",
+                  "cooling_down": "33", "unknown": "2"}
+
+
+def _colour_wanted() -> bool:
+    """Colour for a person at a terminal, unless NO_COLOR says otherwise."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR") and \
+        os.environ.get("TERM") != "dumb"
+
+
+def _paint_states(text: str) -> str:
+    import re  # noqa: PLC0415 - only a coloured status table needs it
+
+    pattern = re.compile(r"(?<=  )(" + "|".join(_STATE_COLOURS) + r")(?= |$)")
+    lines = text.splitlines(keepends=True)
+    painted = [pattern.sub(lambda m: f"\x1b[{_STATE_COLOURS[m.group(1)]}m{m.group(1)}\x1b[0m",
+                           line, count=1) for line in lines[1:]]
+    return "".join(lines[:1] + painted)
+
+
+def _ago(stamp: object) -> str:
+    """'12s ago' from an RFC 3339 UTC time; '-' when never."""
+    if not isinstance(stamp, str):
+        return "-"
+    from datetime import datetime, timezone  # noqa: PLC0415 - status only
+
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    seconds = int((datetime.now(timezone.utc) - then).total_seconds())
+    if seconds < 120:
+        return f"{max(seconds, 0)}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
