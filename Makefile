@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck pytest bench venv clean
+.PHONY: test lint typecheck pytest bench venv clean real-clis
 
 test: venv lint typecheck pytest
 
@@ -25,6 +25,12 @@ typecheck: venv
 
 pytest: venv
 	$(BIN)/python -m pytest -q
+
+# The real LLM CLIs at pinned versions, cached outside the work tree, for
+# tests/test_real_clis.py; it prints their directory:
+#   LLMD_REAL_CLIS="$$(scripts/install-real-clis)" make pytest
+real-clis:
+	bash scripts/install-real-clis
 
 bench: venv
 	$(BIN)/python bench/run.py

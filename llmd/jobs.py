@@ -500,8 +500,14 @@ class JobManager:
         plain = bp.parser == "text"
 
         async def on_output(stream: Stream, text: str) -> None:
-            events: list[Event] = (
-                [TextDelta(text)] if stream == "stderr" or plain else parser.feed(text))
+            events: list[Event]
+            if stream == "stderr":
+                # Some CLIs tell of their internal retries on stderr only (gemini).
+                events = [TextDelta(text), *parser.feed_stderr(text)]
+            elif plain:
+                events = [TextDelta(text)]
+            else:
+                events = parser.feed(text)
             await self._forward(job, stream, events, early, scope)
 
         attempt = self.attempt_factory(

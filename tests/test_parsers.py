@@ -274,6 +274,28 @@ def test_codex_waiting_for_network_is_no_signal_but_kept() -> None:
     assert "waiting for network" in parsed.result.error.reason
 
 
+@pytest.mark.parametrize(("recording", "kind"), [
+    ("gemini_429_default_stream.err", "rate_limit"),  # "Attempt 1 failed with status 429"
+    ("gemini_down_default_stream.err", "failure"),  # "Attempt 1 failed. ... fetch failed"
+    ("gemini_429_fast.err", None),  # maxAttempts 1: no retry to cut short
+    ("gemini_down_fast.err", None),
+])
+def test_gemini_retry_on_stderr_is_an_immediate_signal(recording: str,
+                                                        kind: str | None) -> None:
+    parser = make_parser("gemini-stream-json")
+    text = (FIXTURES / recording).read_text()
+    events = [e for i in range(0, len(text), 7) for e in parser.feed_stderr(text[i:i + 7])]
+    assert not any(isinstance(e, TextDelta) for e in events)
+    assert [e.verdict.kind for e in events if isinstance(e, Signal)] == ([kind] if kind else [])
+
+
+def test_only_gemini_reads_stderr() -> None:
+    line = "Attempt 1 failed with status 429. Retrying with backoff... _ApiError: {}\n"
+    for name in sorted(PARSERS):
+        expected = 1 if name.startswith("gemini") else 0
+        assert len(make_parser(name).feed_stderr(line)) == expected, name
+
+
 def test_gemini_json_error_goes_to_stderr() -> None:
     # With -o json gemini leaves stdout empty on failure; classify reads stderr.
     parsed = parse("gemini-json", "")

@@ -72,6 +72,10 @@ class Parser(Protocol):
         """Flush at end of output: the last events, and the result."""
         ...
 
+    def feed_stderr(self, chunk: str) -> list[Event]:
+        """Take the next piece of stderr; return the signals it completes (never text)."""
+        ...
+
 
 ParserFactory = Callable[[], Parser]
 
@@ -300,6 +304,10 @@ class JsonLinesParser:
                 return
         for event in iter_dicts(decode_json(line)):
             self.on_event(event)
+
+    def feed_stderr(self, chunk: str) -> list[Event]:
+        """Most CLIs tell nothing on stderr that their stdout will not: no events."""
+        return []
 
     def on_event(self, event: dict[str, Any]) -> None:
         """Handle one decoded event object."""

@@ -11,16 +11,34 @@ Invariants:
   document yields no verdict: :func:`llmd.ratelimit.classify` reads stderr.
 - "Resource has been exhausted", 429 and ``RESOURCE_EXHAUSTED`` are rate limits; error
   code 41 (gemini's auth failure exit code), 401 and 403 are auth failures.
+- gemini retries a failed request for minutes (``general.maxAttempts``, 10 by default;
+  its model router's requests 5 times whatever the settings) and tells of each retry
+  only on stderr (``Attempt 1 failed with status 429. Retrying with backoff...``). The
+  first such line for a 429, 401 or 403, or for a request that could not be sent at
+  all (``fetch failed``: the endpoint is unreachable), is an immediate Signal.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from llmd.parsers.base import JsonLinesParser, get_dict, get_int, get_str
+from llmd.parsers.base import (
+    Event,
+    JsonLinesParser,
+    LineSplitter,
+    Signal,
+    get_dict,
+    get_int,
+    get_str,
+)
 from llmd.ratelimit import Verdict, auth_verdict, verdict_from_message
 
 SEPARATOR = "\n\n"
+# One line per retry, on stderr, before gemini waits and tries again.
+_RETRY_RE = re.compile(r"^Attempt \d+ failed(?: with status (?P<status>\d{3}))?\. "
+                       r"Retrying with backoff\.\.\. ?(?P<error>.*)$")
+_UNREACHABLE = "fetch failed"
 _GEMINI_AUTH_EXIT = 41
 # stats key -> usage key, for the stream's flat stats.
 _FLAT_USAGE = {"input_tokens": "input_tokens", "output_tokens": "output_tokens",
@@ -34,6 +52,23 @@ def error_verdict(error: dict[str, Any]) -> Verdict:
     if code == _GEMINI_AUTH_EXIT:
         return auth_verdict(message)
     return verdict_from_message(message, code)
+
+
+def retry_verdict(line: str) -> Verdict | None:
+    """The verdict of a stderr line that tells of a retry worth stopping for, if it is one."""
+    match = _RETRY_RE.match(line)
+    if match is None:
+        return None
+    status = int(match["status"]) if match["status"] else None
+    error = match["error"] or line
+    verdict = verdict_from_message(error, status)
+    if verdict.kind in ("rate_limit", "auth"):
+        return verdict
+    if status is None and _UNREACHABLE in error:
+        return Verdict("failure", None,
+                       f"gemini cannot reach its API ({verdict.reason}); it would retry "
+                       "for minutes")
+    return None
 
 
 def stats_usage(stats: dict[str, Any]) -> dict[str, int] | None:
@@ -65,6 +100,20 @@ class GeminiStreamParser(JsonLinesParser):
 
     wanted_types: frozenset[str] | None = frozenset(
         {"init", "message", "tool_use", "tool_result", "error", "result"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stderr = LineSplitter()
+
+    def feed_stderr(self, chunk: str) -> list[Event]:
+        """Signal the first retry gemini would spend minutes on (see the module doc)."""
+        events: list[Event] = []
+        for line in self._stderr.feed(chunk):
+            verdict = retry_verdict(line)
+            if verdict is not None and not self.out.signalled:
+                self.out.signalled = True
+                events.append(Signal(verdict))
+        return events
 
     def on_event(self, event: dict[str, Any]) -> None:
         """Dispatch one event by its ``type``."""

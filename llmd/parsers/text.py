@@ -24,6 +24,10 @@ class TextParser:
         self._parts.append(chunk)
         return [TextDelta(chunk)]
 
+    def feed_stderr(self, chunk: str) -> list[Event]:
+        """Plain-text CLIs are classified once they exit: no events."""
+        return []
+
     def finish(self) -> tuple[list[Event], ParseResult]:
         """Nothing is held back; the text is all of stdout."""
         return [], ParseResult("".join(self._parts))
