@@ -39,7 +39,7 @@ from llmd.argv import Invocation, child_env, render
 from llmd.config import Blueprint, Registry
 from llmd.errors import ExecutableMissing, InvalidParams, RateLimited, UnknownBlueprint
 from llmd.parsers import make_parser
-from llmd.supervisor import Attempt
+from llmd.supervisor import Attempt, describe_exit
 
 log = logging.getLogger("llmd.health")
 
@@ -409,7 +409,7 @@ class HealthMonitor:
                             detail=_join(f"timed out after {health.timeout:g} s", said))
         if attempt.exit_code != 0:
             return _Outcome("unhealthy", latency,
-                            detail=_join(_exit_text(attempt.exit_code), said))
+                            detail=_join(describe_exit(attempt.exit_code), said))
         if health.prompt is None:
             return _Outcome("healthy", latency,
                             version=_version(attempt.stdout) or _version(attempt.stderr_tail))
@@ -505,14 +505,6 @@ def _first_line(text: str) -> str:
 
 def _join(head: str, tail: str) -> str:
     return f"{head}: {tail}" if tail else head
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "no exit status"
-    if code < 0:
-        return f"killed by signal {-code}"
-    return f"exit status {code}"
 
 
 def _version(text: str) -> str | None:

@@ -49,7 +49,7 @@ from llmd.ratelimit import Verdict, classify
 from llmd.records import FINAL_STATES, JobRecord, RunParams, RunResult, utc_now
 from llmd.retry import Backoff
 from llmd.store import JobRow, JobStore, ProcGroup
-from llmd.supervisor import Attempt, Stream
+from llmd.supervisor import Attempt, Stream, describe_exit
 
 if sys.version_info < (3, 11):  # pragma: no cover - 3.10 only
     from exceptiongroup import BaseExceptionGroup
@@ -449,7 +449,7 @@ class JobManager:
             if verdict.kind == "ok":
                 return self._result(job, attempt, parsed, time.monotonic() - started)
             if verdict.kind != "rate_limit":
-                what = verdict.reason or _exit_text(attempt.exit_code)
+                what = verdict.reason or describe_exit(attempt.exit_code)
                 raise CliFailed(f"{job.blueprint!r} failed: {what}",
                                 self._error_data(job, bp, attempt, kind=verdict.kind))
             remaining = job.deadline - trio.current_time()
@@ -556,11 +556,3 @@ def _only_cancelled(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_only_cancelled(e) for e in exc.exceptions)
     return False
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "no exit status"
-    if code < 0:
-        return f"killed by signal {-code}"
-    return f"exit status {code}"

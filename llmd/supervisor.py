@@ -217,6 +217,15 @@ class Attempt:
         self.truncated = True
 
 
+def describe_exit(code: int | None) -> str:
+    """An exit status in words: ``exit status 3``, ``killed by signal 9``."""
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
 async def _close_streams(proc: trio.Process) -> None:
     for stream in (proc.stdin, proc.stdout, proc.stderr):
         if stream is not None:
