@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import socket
 import stat
 import time
@@ -41,6 +42,20 @@ DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024
 # The shortest socket timeout used; see _fill.
 MIN_WAIT = 0.001
 START_HINT = "start it with: llmd serve (or: systemctl --user start llmd.socket)"
+
+
+# Messages up to this size are sent with SIGINT held (see Connection._send).
+SMALL_MESSAGE = 65536
+
+
+def _hold_sigint() -> set[int | signal.Signals] | None:
+    """Hold SIGINT in this thread; returns the mask to restore, or None if not possible."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    try:
+        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    except (OSError, ValueError):
+        return None
 
 
 class ClientError(Exception):
@@ -330,14 +345,22 @@ class Connection:
         payload = data.encode("utf-8")
         sock = self._live_socket(method)
         sock.settimeout(None)
-        self._send_broken = True
+        # A Ctrl-C that lands between a completed send and the flag below would leave the
+        # message looking half-sent, and its cancel unsent. A small message fits the socket
+        # buffer and cannot block, so SIGINT waits for it; a large one stays interruptible.
+        held = _hold_sigint() if len(payload) <= SMALL_MESSAGE else None
         try:
-            sock.sendall(payload)
-        except OSError as exc:
-            raise ConnectionLost(
-                f"lost the connection to llmd while sending {method}: "
-                f"{exc.strerror or exc}") from None
-        self._send_broken = False
+            self._send_broken = True
+            try:
+                sock.sendall(payload)
+            except OSError as exc:
+                raise ConnectionLost(
+                    f"lost the connection to llmd while sending {method}: "
+                    f"{exc.strerror or exc}") from None
+            self._send_broken = False
+        finally:
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def _receive(self, method: str, deadline: float | None, ticker: _Ticker | None) -> Any:
         while True:
