@@ -4,6 +4,7 @@ Usage (``llmc --help`` and ``llmc COMMAND --help`` say more)::
 
     llmc run NAME [PROMPT]        run blueprint NAME; the prompt is read from stdin when omitted
     llmc blueprints | info | jobs | job ID | cancel ID | status
+    llmc mcp                      serve llmd's tools to an MCP client on stdin/stdout
 
 Exit status:
 
@@ -182,6 +183,17 @@ def _add_status(status: argparse.ArgumentParser) -> None:
     status.add_argument("--check", action="store_true", help="probe now instead of the cache")
 
 
+def _add_mcp(mcp: argparse.ArgumentParser) -> None:
+    mcp.add_argument("--max-chars", metavar="N", type=_positive_int, default=None,
+                     help="cut answers longer than N characters (at least 200); the rest is "
+                          "read in pages with the result tool (default: $LLMC_MCP_MAX_CHARS, "
+                          "else 20000)")
+    mcp.add_argument("--progress-interval", metavar="SECONDS", type=_positive_seconds,
+                     default=None,
+                     help="seconds between progress notifications while a call waits "
+                          "(default: $LLMC_MCP_PROGRESS_S, else 5)")
+
+
 def _add_nothing(parser: argparse.ArgumentParser) -> None:
     del parser
 
@@ -208,6 +220,12 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
                "Cancel a job: prints 'cancelled ID', or that it had already finished (also\n"
                "status 0). An unknown ID is status 1.", _add_cancel),
     "status": ("show the blueprints' health (from llmd's cache)", "", _add_status),
+    "mcp": ("serve llmd's tools to an MCP client on stdin/stdout",
+            "Speak the Model Context Protocol on stdin/stdout, for an MCP client (Claude\n"
+            "Code, Cursor, Zed, VS Code...) to start: its tools run, start, result, cancel\n"
+            "and status hand every call to llmd. For Claude Code:\n"
+            "  claude mcp add llmd -- llmc mcp\n"
+            "Logs go to stderr; it ends when stdin does.", _add_mcp),
 }
 
 
@@ -242,7 +260,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         # SUPPRESS: when not given after the command, the one before it (or None) stays.
         sub.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
                          help="llmd's socket (overrides $LLMD_SOCKET)")
-        if name != "run":
+        if name not in ("run", "mcp"):
             sub.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -302,6 +320,12 @@ def _main(argv: list[str] | None) -> int:
     if args.command is None:
         error("no command given (see: llmc --help)")
         return exitcodes.USAGE
+
+    if args.command == "mcp":
+        # Without the human-output commands: an MCP client waits for this one to start.
+        from llmc import mcp  # noqa: PLC0415
+
+        return mcp.main(args)
 
     # Loaded only now: --help and usage errors have returned above without socket or json.
     from llmc import commands  # noqa: PLC0415

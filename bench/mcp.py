@@ -1,0 +1,240 @@
+"""``llmc mcp``'s figures, measured with the official MCP Python client (``mcp``).
+
+    python bench/mcp.py [--quick] [--runs N]
+
+Figures (targets in brackets), each against a baseline measured in the same run:
+- cold start: from launching ``llmc mcp`` to a completed ``tools/list`` (initialize, the
+  initialized notification, tools/list with the registry's blueprints)   [<= 150 ms; the
+  best peer measured 144 ms]
+- per call: p50 of ``tools/call run`` of a ``/bin/echo`` blueprint on one session   [<= 2.0 ms;
+  peers 2.3 to 3.1 ms], next to spawning the same argv directly and to the same ``llm.run``
+  sent to llmd on one socket without the bridge (the floor that llmd sets) and to an MCP
+  ping (the client's and the pipes' cost), in alternating blocks
+- CPU time per ``run`` call of the bridge and of the MCP client (which, unlike wall time,
+  other load on the machine does not change), and the bridge's resident memory after the
+  calls   [peers 67 to 88 MB]
+
+Bytecode caching is on, as for an installed llmc (a session may have turned it off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# This script is named like the SDK it measures with: its own directory, first on the path
+# when it runs, would shadow the package.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
+
+import anyio  # noqa: E402
+from mcp.client.session import ClientSession  # noqa: E402
+from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
+
+ROOT = HERE.parent
+# Calls per block of back-to-back calls of one kind (see per_call).
+BLOCK = 25
+REGISTRY = """
+[blueprints.echo]
+command = ["/bin/echo", "{prompt}"]
+description = "Echoes the prompt (a trivial CLI for measuring)."
+"""
+
+
+def start_daemon(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    config = workdir / "llmd.toml"
+    config.write_text(REGISTRY)
+    sock = str(workdir / "llmd.sock")
+    env = {**os.environ, "XDG_STATE_HOME": str(workdir / "state")}
+    proc = subprocess.Popen([sys.executable, "-m", "llmd", "serve", "--socket", sock,
+                             "--config", str(config), "--log-level", "warning"], env=env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(sock)
+            return proc, sock
+        except OSError:
+            time.sleep(0.02)
+        finally:
+            probe.close()
+    proc.kill()
+    raise SystemExit("llmd did not start")
+
+
+def server_command() -> list[str]:
+    """``llmc mcp`` as a user's MCP client would start it: the installed script."""
+    script = Path(sys.executable).parent / "llmc"
+    if script.exists():
+        return [str(script), "mcp"]
+    return [sys.executable, "-m", "llmc", "mcp"]
+
+
+def bridge_env(sock: str) -> dict[str, str]:
+    env = {**os.environ, "LLMD_SOCKET": sock}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """User and system CPU time of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bridge_pid() -> int | None:
+    """The ``llmc mcp`` child of this process (not llmd, whose socket path may say mcp)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"mcp" in argv:
+            return int(entry.name)
+    return None
+
+
+async def cold_start(sock: str) -> tuple[float, int]:
+    command = server_command()
+    params = StdioServerParameters(command=command[0], args=command[1:], env=bridge_env(sock))
+    t = time.perf_counter()
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        listed = await session.list_tools()
+        elapsed = time.perf_counter() - t
+    run = next(tool for tool in listed.tools if tool.name == "run")
+    assert "echo" in str(run.input_schema), "the blueprint list is missing"
+    return elapsed, len(listed.tools)
+
+
+async def per_call(sock: str, n: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Four figures, measured in alternating blocks of back-to-back calls.
+
+    ``via``: ``run`` through the bridge; ``daemon``: the same ``llm.run`` straight to llmd on
+    one socket (the floor that llmd sets); ``direct``: spawning the argv; ``ping``: an MCP
+    ping, the client's and the pipes' own cost. Calls within a block follow each other as
+    a client's would; the blocks alternate so that all four see the same load on a shared
+    machine, which comes and goes.
+    """
+    sys.path.insert(0, str(ROOT / "client"))
+    from llmc.connection import Connection  # noqa: PLC0415
+
+    command = server_command()
+    params = StdioServerParameters(command=command[0], args=command[1:], env=bridge_env(sock))
+    arguments = {"blueprint": "echo", "prompt": "hello"}
+    # As the bridge sends it for a client that asks for no progress.
+    straight = {**arguments, "cwd": os.getcwd()}
+    times: dict[str, list[float]] = {"via": [], "daemon": [], "direct": [], "ping": []}
+    with Connection.connect(sock) as conn:
+        async with stdio_client(params) as (read, write), \
+                ClientSession(read, write) as session:
+
+            async def via() -> None:
+                result = await session.call_tool("run", arguments)
+                assert not result.is_error, result
+
+            async def daemon() -> None:
+                conn.call("llm.run", straight)
+
+            async def direct() -> None:
+                subprocess.run(["/bin/echo", "hello"], capture_output=True, check=True)
+
+            async def ping() -> None:
+                await session.send_ping()
+
+            steps = {"via": via, "daemon": daemon, "direct": direct, "ping": ping}
+            await session.initialize()
+            await session.list_tools()
+            for step in steps.values():  # warm caches and the bridge's connection pool
+                for _ in range(BLOCK):
+                    await step()
+            pid = bridge_pid()
+            bridge_cpu = client_cpu = 0.0
+            for _ in range(max(1, n // BLOCK)):
+                for name, step in steps.items():
+                    before = (cpu_s(pid) if pid is not None else 0.0, time.process_time())
+                    for _ in range(BLOCK):
+                        t = time.perf_counter()
+                        await step()
+                        times[name].append(time.perf_counter() - t)
+                    if name == "via":
+                        bridge_cpu += (cpu_s(pid) if pid is not None else 0.0) - before[0]
+                        client_cpu += time.process_time() - before[1]
+            # CPU time, unlike wall time, does not depend on what else the machine runs.
+            calls = len(times["via"])
+            facts = {"rss_mb": rss_mb(pid) if pid is not None else 0.0,
+                     "cpu_ms": bridge_cpu / calls * 1e3, "client_cpu_ms": client_cpu / calls * 1e3}
+    return times, facts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--runs", type=int, default=None, help="cold starts to time")
+    args = parser.parse_args()
+    calls = 100 if args.quick else 500
+    starts = args.runs or (5 if args.quick else 20)
+    workdir = Path(tempfile.mkdtemp(prefix="llmc-mcp-bench-"))
+    proc, sock = start_daemon(workdir)
+    results: dict[str, Any] = {}
+    try:
+        anyio.run(cold_start, sock)  # writes the bytecode, as a first launch would
+        colds = [anyio.run(cold_start, sock)[0] for _ in range(starts)]
+        bare = []
+        for _ in range(starts):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], env=bridge_env(sock), check=True)
+            bare.append(time.perf_counter() - t)
+        times, facts = anyio.run(per_call, sock, calls)
+        results = {"cold": colds, "bare": bare, **facts, **times}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
+    cold_ms = statistics.median(results["cold"]) * 1e3
+    print(f"cold start to tools/list, p50 of {starts}: {cold_ms:.1f} ms "
+          f"(min {min(results['cold']) * 1e3:.1f}, python -c pass "
+          f"{statistics.median(results['bare']) * 1e3:.1f} ms) [target: <= 150 ms]")
+    via_ms = statistics.median(results["via"]) * 1e3
+    direct_ms = statistics.median(results["direct"]) * 1e3
+    daemon_ms = statistics.median(results["daemon"]) * 1e3
+    ping_ms = statistics.median(results["ping"]) * 1e3
+    print(f"run /bin/echo per call, p50 of {calls}: {via_ms:.2f} ms "
+          f"(p90 {percentile(results['via'], 0.9) * 1e3:.2f}) [target: <= 2.0 ms]; "
+          f"spawning it directly {direct_ms:.2f} ms (ratio {via_ms / direct_ms:.2f}x)")
+    print(f"  of which: llm.run straight to llmd {daemon_ms:.2f} ms (ratio "
+          f"{daemon_ms / direct_ms:.2f}x); an MCP ping (client and pipes) {ping_ms:.2f} ms; "
+          f"left for the bridge's call handling {via_ms - daemon_ms - ping_ms:.2f} ms")
+    print(f"CPU per run call: the bridge {results['cpu_ms']:.2f} ms, the MCP client "
+          f"{results['client_cpu_ms']:.2f} ms; bridge RSS after "
+          f"{calls + 30} calls: {results['rss_mb']:.1f} MB [peers 67 to 88 MB]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
