@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 REGISTRY = """
+[store]
+enabled = {store}
 [daemon]
 max_jobs = 256
 max_queue = 1024
 [blueprints.echo]
-command = ["/bin/echo", "{prompt}"]
+command = ["/bin/echo", "{{prompt}}"]
 [blueprints.sleep1]
 command = ["/bin/sleep", "1"]
 prompt = "stdin"
@@ -88,13 +90,13 @@ def p50(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def start_daemon(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    config = workdir / "llmd.toml"
-    config.write_text(REGISTRY)
-    sock = str(workdir / "llmd.sock")
+def start_daemon(workdir: Path, store: bool = True) -> tuple[subprocess.Popen[bytes], str]:
+    config = workdir / f"llmd-{store}.toml"
+    config.write_text(REGISTRY.format(store=str(store).lower()))
+    sock = str(workdir / f"llmd-{store}.sock")
     proc = subprocess.Popen([sys.executable, "-m", "llmd", "serve", "--socket", sock,
                              "--config", str(config), "--log-level", "warning"],
-                            )
+                            env={**os.environ, "XDG_STATE_HOME": str(workdir / "state")})
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -172,6 +174,12 @@ def main() -> int:
     args = parser.parse_args()
     n = 60 if args.quick else 300
     workdir = Path(tempfile.mkdtemp(prefix="llmd-bench-"))
+    proc, sock = start_daemon(workdir, store=False)
+    try:
+        core = bench_overhead(sock, n)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
     proc, sock = start_daemon(workdir)
     try:
         over = bench_overhead(sock, n)
@@ -181,7 +189,10 @@ def main() -> int:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"daemon overhead, /bin/echo, p50 of {n}: direct {over['direct_p50_ms']:.3f} ms, "
+    print(f"core overhead (job store off), /bin/echo, p50 of {n}: direct "
+          f"{core['direct_p50_ms']:.3f} ms, via llmd {core['daemon_p50_ms']:.3f} ms, added "
+          f"{core['added_ms']:.3f} ms [target: <= 1 ms added]")
+    print(f"with the job store (default), p50 of {n}: direct {over['direct_p50_ms']:.3f} ms, "
           f"via llmd {over['daemon_p50_ms']:.3f} ms, added {over['added_ms']:.3f} ms "
           f"(ratio {over['daemon_p50_ms'] / over['direct_p50_ms']:.2f}x) [target: <= 1 ms added]")
     print(f"llmc run cold: {cli['llmc_run_p50_ms']:.1f} ms vs python -c pass "

@@ -33,7 +33,9 @@ from llmd.argv import Invocation
 
 log = logging.getLogger("llmd.supervisor")
 
-# Reads of up to 1 MiB, from pipes made as large: a fast writer costs fewer wake-ups.
+# Reads start small (a large read buffer costs every short run an allocation); a stream
+# that fills them moves up to 1 MiB reads from a pipe made as large: fewer wake-ups.
+FIRST_READ = 65536
 READ_CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
 STDERR_TAIL_CHARS = 16384
@@ -105,10 +107,6 @@ class Attempt:
             stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, start_new_session=True)
         self.pid = proc.pid
         pidfd = os.pidfd_open(proc.pid) if _HAS_PIDFD else -1
-        for pipe in (proc.stdout, proc.stderr):
-            if isinstance(pipe, trio.lowlevel.FdStream) and hasattr(fcntl, "F_SETPIPE_SZ"):
-                with contextlib.suppress(OSError):  # capped by fs.pipe-max-size
-                    fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         if self.on_spawn is not None:
             self.on_spawn(proc.pid)
         try:
@@ -177,12 +175,16 @@ class Attempt:
     async def _pump(self, stream: trio.abc.ReceiveStream, name: Stream,
                     done: trio.Event) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        size = FIRST_READ
         try:
             while True:
                 try:
-                    chunk = await stream.receive_some(READ_CHUNK)
+                    chunk = await stream.receive_some(size)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     chunk = b""
+                if len(chunk) == size < READ_CHUNK:
+                    size = READ_CHUNK
+                    _grow_pipe(stream)
                 final = not chunk
                 if name == "stdout" and chunk:
                     self._keep(decoder, chunk)
@@ -215,6 +217,12 @@ class Attempt:
         decoder.setstate(state)
         self.stdout_bytes = self.max_output_bytes
         self.truncated = True
+
+
+def _grow_pipe(stream: trio.abc.ReceiveStream) -> None:
+    if isinstance(stream, trio.lowlevel.FdStream) and hasattr(fcntl, "F_SETPIPE_SZ"):
+        with contextlib.suppress(OSError):  # capped by fs.pipe-max-size
+            fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 def describe_exit(code: int | None) -> str:
