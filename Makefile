@@ -23,8 +23,9 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# The whole suite includes the real CLIs (installed pinned, cached outside the tree).
 pytest: venv
-	$(BIN)/python -m pytest -q
+	LLMD_REAL_CLIS="$${LLMD_REAL_CLIS:-$$(scripts/install-real-clis)}" $(BIN)/python -m pytest -q
 
 # The real LLM CLIs at pinned versions, cached outside the work tree, for
 # tests/test_real_clis.py; it prints their directory:
