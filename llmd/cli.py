@@ -93,11 +93,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``llmd``."""
     args = _parser().parse_args(argv)
-    if args.command == "check-config":
-        return _check_config(args.path)
-    if args.command == "install-service":
+    if args.command == "serve":
+        return _serve(args)
+    try:
+        if args.command == "check-config":
+            return _check_config(args.path)
         return _install_service(print_only=args.print_only)
-    return _serve(args)
+    except BrokenPipeError:
+        # `llmd check-config | head`: the reader had enough; no traceback for that.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _check_config(path: str | None) -> int:
