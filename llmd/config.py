@@ -313,11 +313,25 @@ def _check_blueprint(name: str, bp: Blueprint, reg: RegistryFile, problems: list
     for i, pattern in enumerate(bp.rate_limit_patterns):
         try:
             re.compile(pattern)
-        except re.error as exc:
-            problems.append(f"{path}.rate_limit_patterns[{i}]: invalid regular expression: {exc}")
+        except (re.error, OverflowError, RecursionError) as exc:
+            problems.append(f"{path}.rate_limit_patterns[{i}]: invalid regular expression: "
+                            f"{exc or type(exc).__name__}")
     for i, other in enumerate(bp.fallbacks):
         if other == name or other not in reg.blueprints:
             problems.append(f"{path}.fallbacks[{i}]: {other!r} is not another blueprint")
+    for key, values in (("command", bp.command), ("model_args", bp.model_args),
+                        ("resume_args", bp.resume_args), ("health.command", bp.health.command)):
+        for i, element in enumerate(values):
+            if "\x00" in element:
+                problems.append(f"{path}.{key}[{i}]: holds a NUL byte, which no argument can")
+    for key, value in bp.env.items():
+        if not key or "=" in key or "\x00" in key + value:
+            problems.append(f"{path}.env.{key}: a variable's name must be non-empty without "
+                            "'=' or NUL, and its value without NUL")
+    if bp.default_model is not None and (not bp.default_model or "\x00" in bp.default_model
+                                         or bp.default_model.startswith("-")):
+        problems.append(f"{path}.default_model: must be non-empty, hold no NUL byte and not "
+                        "start with '-'")
     if bp.retry.max_delay < bp.retry.base_delay:
         problems.append(f"{path}.retry.max_delay: must be >= base_delay")
     if bp.health.expect is not None and bp.health.prompt is None:
@@ -345,6 +359,8 @@ def parse_registry(data: bytes | str | Mapping[str, Any], source: str = "") -> R
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"TOML syntax: {exc}"], source) from None
+        except RecursionError:
+            raise ConfigError(["TOML syntax: arrays or tables nested too deep"], source) from None
     problems: list[str] = []
     # Paths start at the top level, not "$", so the root gets its own wording.
     if not isinstance(doc, dict):

@@ -162,7 +162,8 @@ class Daemon:
 
                 await nursery.start(accept)
                 await nursery.start(self.health.run)
-                nursery.start_soon(self._watch_signals)
+                # Before READY=1: a reload or stop sent at once must find its handler.
+                await nursery.start(self._watch_signals)
                 # Both return at once outside systemd (no NOTIFY_SOCKET, no WATCHDOG_USEC).
                 nursery.start_soon(systemd.watchdog, self.notifier, os.environ)
                 nursery.start_soon(self.status.run)
@@ -201,8 +202,9 @@ class Daemon:
             self.notifier.close()
         log.info("stopped")
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._reload_logged()
@@ -218,3 +220,5 @@ class Daemon:
             self.reload()
         except ConfigError as exc:
             log.error("reload failed, keeping the old registry: %s", exc.message)
+        except Exception:  # a signal must never take the daemon down
+            log.exception("reload failed, keeping the old registry")

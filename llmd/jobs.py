@@ -12,6 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -58,6 +59,9 @@ log = logging.getLogger("llmd.jobs")
 
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 KEEP_FINISHED = 1000
+KEEP_RESULT_CHARS = 16 << 20
+# Spawn failures that say the daemon, not the CLI, ran out of something.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
 # How long a final llm.state may wait for a client that does not read.
 FINAL_NOTICE_LIMIT = 1.0
 
@@ -145,6 +149,7 @@ class JobManager:
         self.store = store
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self._kept_chars = 0
         self.queued = 0
         self.running = 0
         self.finished_count = 0
@@ -276,7 +281,8 @@ class JobManager:
         try:
             await self.run(job)
         except LlmdError as exc:
-            log.info("job %s (%s) ended %s: %s", job.id, job.blueprint, job.state, exc.message)
+            log.info("job %s (%s) ended %s: error %d", job.id, job.blueprint, job.state,
+                     exc.code)
 
     def cancel(self, job_id: str, reason: str = "cancelled by llm.cancel") -> bool:
         """Cancel a job; False when it had already finished.
@@ -384,18 +390,25 @@ class JobManager:
         job.history.append((state, job.finished_at))
         self.finished_count += 1
         job.finished.set()
-        # The prompt, argv and environment stay out of the log: they may hold secrets.
+        # The prompt, argv and environment stay out of the log: they may hold secrets. So
+        # does the error's message: it quotes the CLI's output, which may echo the prompt.
         log.info("job %s %s: %s after %d attempt%s%s", job.id, job.blueprint, state,
                  job.attempts, "" if job.attempts == 1 else "s",
-                 f" ({error.message})" if error is not None and state == "failed" else "")
+                 f" (error {error.code}, exit status {error.data.get('exit_code')})"
+                 if error is not None and state == "failed" else "")
         if error is not None:
             error.data.setdefault("job", job.id)
             error.data.setdefault("state", state)
-        while len(self.jobs) > KEEP_FINISHED:
+        job.attempt = None  # what it kept of the output is in the result now
+        self._kept_chars += _result_chars(job)
+        # Finished jobs stay in memory for jobs.get up to a count and a size (the store
+        # has them all); past that the oldest go.
+        while len(self.jobs) > KEEP_FINISHED or self._kept_chars > KEEP_RESULT_CHARS:
             oldest = next(iter(self.jobs.values()))
             if oldest.state not in FINAL_STATES:
                 break
             del self.jobs[oldest.id]
+            self._kept_chars -= _result_chars(oldest)
 
     def _error_data(self, job: Job, bp: Blueprint | None, attempt: Attempt | None = None,
                     **extra: Any) -> dict[str, Any]:
@@ -519,6 +532,9 @@ class JobManager:
             try:
                 await attempt.run()
             except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    raise Busy(f"llmd cannot start {job.blueprint!r} now: {exc.strerror}; "
+                               "try again later", {"blueprint": job.blueprint}) from None
                 raise ExecutableMissing(
                     f"{job.blueprint!r}: cannot run {inv.argv[0]!r}: {exc.strerror or exc}",
                     {"blueprint": job.blueprint, "executable": inv.argv[0]}) from None
@@ -547,6 +563,13 @@ class JobManager:
                          usage=parsed.usage, cost_usd=parsed.cost_usd,
                          requested_blueprint=job.requested,
                          fallback_reason=job.fallback_reason)
+
+
+def _result_chars(job: Job) -> int:
+    result = job.result
+    if result is None:
+        return 0
+    return len(result.text) + (len(result.output) if result.output is not result.text else 0)
 
 
 def _only_cancelled(exc: BaseException) -> bool:

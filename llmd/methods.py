@@ -44,6 +44,9 @@ class HealthParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     blueprint: str | None = None
 
 
+MAX_LIST_LIMIT = 1_000_000
+
+
 class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``jobs.list`` parameters."""
 
@@ -95,6 +98,8 @@ def build(daemon: Daemon) -> list[Method]:
     async def jobs_list(params: ListParams, ctx: CallContext) -> dict[str, Any]:
         if params.limit < 1:
             raise InvalidParams("limit must be at least 1")
+        if params.limit > MAX_LIST_LIMIT:  # SQLite takes 64-bit integers only
+            raise InvalidParams(f"limit must be at most {MAX_LIST_LIMIT}")
         if params.state is not None and params.state not in ALL_STATES:
             raise InvalidParams(f"unknown state {params.state!r} (states: "
                                 f"{', '.join(sorted(ALL_STATES))})")

@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -231,6 +232,13 @@ def verdict_from_message(message: str, status: int | None = None) -> Verdict:
     return Verdict("failure", None, one_line or "the CLI reported an error")
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def classify(exit_code: int | None, stdout_tail: str, stderr_tail: str,
              patterns: Sequence[re.Pattern[str]], signal: Verdict | None = None) -> Verdict:
     """Classify a finished attempt.
@@ -261,7 +269,12 @@ def classify(exit_code: int | None, stdout_tail: str, stderr_tail: str,
     hit = _search(AUTH_PATTERNS, stderr_tail, stdout_tail)
     if hit is not None:
         return auth_verdict(hit)
-    status = "did not exit by itself" if exit_code is None else f"exit status {exit_code}"
+    if exit_code is None:
+        status = "did not exit by itself"
+    elif exit_code < 0:
+        status = f"killed by signal {-exit_code}, {_signal_name(-exit_code)}"
+    else:
+        status = f"exit status {exit_code}"
     detail = last_error_line(stderr_tail, stdout_tail)
     reason = f"the CLI failed ({status})" + (f": {detail}" if detail else "")
     return Verdict("failure", None, reason)

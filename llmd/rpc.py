@@ -393,7 +393,8 @@ class Dispatcher:
         try:
             await method.handler(params, ctx)
         except LlmdError as exc:
-            self.log.warning("notification %s failed: %s", method.name, exc.message)
+            # The code, not the message: a run's message may quote what the CLI printed.
+            self.log.warning("notification %s failed: error %d", method.name, exc.code)
         except Exception:
             self.log.exception("notification %s failed", method.name)
 

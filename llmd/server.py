@@ -184,7 +184,9 @@ class Server:
                         too_large = True
                 if too_large:
                     break
-            if not too_large and nursery.child_tasks:
+            # Requests received in full before EOF (or before an oversized message) are
+            # still answered, unless the peer has gone.
+            if nursery.child_tasks:
                 await self._await_half_closed(conn, nursery)
             nursery.cancel_scope.cancel()
 

@@ -106,7 +106,10 @@ class Attempt:
             self.invocation.argv, stdin=stdin, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, start_new_session=True)
         self.pid = proc.pid
-        pidfd = os.pidfd_open(proc.pid) if _HAS_PIDFD else -1
+        try:
+            pidfd = os.pidfd_open(proc.pid) if _HAS_PIDFD else -1
+        except OSError:  # out of descriptors: the child is ours all the same; reap it
+            pidfd = -1
         if self.on_spawn is not None:
             self.on_spawn(proc.pid)
         try:

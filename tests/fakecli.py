@@ -20,6 +20,17 @@ Modes:
   env               print the environment as JSON
   cwd               print the working directory
   version           print "fakecli 1.2.3"
+  signal NAME       print "partial", then kill itself with signal NAME (KILL, SEGV...)
+  close-stdout SEC  print "early", close stdout, keep running SEC seconds ("inf": for
+                    ever; the pid goes to $FAKE_PIDFILE), then exit 0
+  bad-utf8          write invalid UTF-8 (and valid characters split between writes)
+  one-line BYTES    write BYTES bytes of "x" on one line, in 1 MiB writes, no newline
+  escape            fork a grandchild that starts a session of its own (a daemon) and
+                    sleeps for ever holding the pipes; its pid goes to $FAKE_PIDFILE
+                    before the parent prints "parent" and exits 0; with --close-stdio
+                    the grandchild points its stdio at /dev/null, as daemons do
+  echo-fail         print "error: cannot answer: PROMPT" on stderr and exit 1 (PROMPT:
+                    the arguments after ``--``, else stdin)
 """
 
 from __future__ import annotations
@@ -42,6 +53,30 @@ def _pidfile(pid: int) -> None:
 def _sleep_forever() -> None:
     while True:
         time.sleep(3600)
+
+
+def _escape(close_stdio: bool) -> None:
+    """Double-fork a daemon into a session of its own; return once its pid is recorded."""
+    ready_r, ready_w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        os.close(ready_r)
+        os.setsid()
+        if os.fork() == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if close_stdio:
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+            _pidfile(os.getpid())
+            os.write(ready_w, b"x")
+            os.close(ready_w)
+            _sleep_forever()
+        os._exit(0)
+    os.close(ready_w)
+    os.read(ready_r, 1)  # the grandchild has written its pid
+    os.close(ready_r)
+    os.waitpid(middle, 0)
 
 
 def main() -> int:
@@ -124,6 +159,41 @@ def main() -> int:
         out.write(os.getcwd())
     elif mode == "version":
         out.write("fakecli 1.2.3\n")
+    elif mode == "signal":
+        out.write("partial\n")
+        out.flush()
+        os.kill(os.getpid(), getattr(signal, f"SIG{rest[0]}"))
+        _sleep_forever()  # a signal whose default is to stop, not end, is not for this mode
+    elif mode == "close-stdout":
+        out.write("early\n")
+        out.flush()
+        os.close(1)
+        _pidfile(os.getpid())
+        if rest[0] == "inf":
+            _sleep_forever()
+        time.sleep(float(rest[0]))
+        return 0
+    elif mode == "bad-utf8":
+        raw = sys.stdout.buffer
+        for piece in (b"ok \xff\xfe|", b"\xc3(|", b"\xc0\xaf|", b"\xed\xa0\x80|",
+                      b"euro \xe2\x82", b"\xac|", b"cut \xf0\x9f", b"\x98", b"\x80|",
+                      b"lone \x80\xbf|", b"end \xe2\x82"):
+            raw.write(piece)
+            raw.flush()
+    elif mode == "one-line":
+        left = int(rest[0])
+        block = b"x" * (1 << 20)
+        while left > 0:
+            chunk = block[:left]
+            sys.stdout.buffer.write(chunk)
+            left -= len(chunk)
+    elif mode == "escape":
+        _escape("--close-stdio" in rest)
+        out.write("parent\n")
+    elif mode == "echo-fail":
+        text = " ".join(prompt) if prompt else sys.stdin.read()
+        sys.stderr.write(f"error: cannot answer: {text}\n")
+        return 1
     else:
         sys.stderr.write(f"fakecli: unknown mode {mode}\n")
         return 2

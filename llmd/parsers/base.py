@@ -80,32 +80,57 @@ class Parser(Protocol):
 ParserFactory = Callable[[], Parser]
 
 
-class LineSplitter:
-    """Cut a text stream into ``\\n``-terminated lines; keep the unfinished one."""
+# A line (or whole document) longer than this is no event a parser can use: it is
+# dropped as it comes instead of being held whole (a CLI may print 100 MB on one line).
+MAX_LINE_CHARS = 32 << 20
 
-    def __init__(self) -> None:
+
+class LineSplitter:
+    """Cut a text stream into ``\\n``-terminated lines; keep the unfinished one.
+
+    An unfinished line that grows past ``max_line`` characters is dropped, up to its end.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE_CHARS) -> None:
         self._pending: list[str] = []
+        self._size = 0
+        self._max = max_line
+        self._skipping = False
 
     def feed(self, chunk: str) -> list[str]:
         """Return the lines that ``chunk`` completes, without their ``\\n``."""
         parts = chunk.split("\n")
         if len(parts) == 1:
-            if chunk:
-                self._pending.append(chunk)
+            self._hold(chunk)
             return []
-        if self._pending:
+        if self._skipping:
+            parts[0] = ""
+        elif self._pending:
             self._pending.append(parts[0])
             parts[0] = "".join(self._pending)
-            self._pending = []
-        tail = parts.pop()
-        if tail:
-            self._pending.append(tail)
+        self._pending = []
+        self._size = 0
+        self._skipping = False
+        self._hold(parts.pop())
         return parts
+
+    def _hold(self, text: str) -> None:
+        if not text or self._skipping:
+            return
+        self._size += len(text)
+        if self._size > self._max:
+            self._pending = []
+            self._size = 0
+            self._skipping = True
+        else:
+            self._pending.append(text)
 
     def rest(self) -> str:
         """Return (and forget) the unterminated last line."""
-        rest = "".join(self._pending)
+        rest = "" if self._skipping else "".join(self._pending)
         self._pending = []
+        self._size = 0
+        self._skipping = False
         return rest
 
 
@@ -264,13 +289,18 @@ class JsonLinesParser:
     def __init__(self) -> None:
         self._lines = LineSplitter()
         self._doc: list[str] = []
+        self._doc_size = 0
         self.out = Collector()
         self.result = ParseResult("")
 
     def feed(self, chunk: str) -> list[Event]:
         """Take the next piece of stdout; return the events it completes."""
         if self.whole_document:
-            self._doc.append(chunk)
+            if self._doc_size <= MAX_LINE_CHARS:
+                self._doc.append(chunk)
+                self._doc_size += len(chunk)
+                if self._doc_size > MAX_LINE_CHARS:
+                    self._doc = []  # too large to be a document we can use
             return []
         for line in self._lines.feed(chunk):
             self._line(line)

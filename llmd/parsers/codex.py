@@ -42,7 +42,7 @@ class CodexParser(JsonLinesParser):
             self.result.session = get_str(event, "thread_id") or self.result.session
         elif kind == "item.completed":
             item = get_dict(event, "item")
-            if item.get("type") in _MESSAGE_ITEMS:
+            if get_str(item, "type") in _MESSAGE_ITEMS:
                 self.out.separate_next = True
                 self.out.emit(get_str(item, "text") or "", SEPARATOR)
         elif kind == "turn.completed":

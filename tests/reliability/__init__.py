@@ -1,0 +1,1 @@
+"""The reliability suite: fuzzing, protocol abuse, load, faults and security of llmd."""
