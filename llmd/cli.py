@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import sys
@@ -153,6 +154,36 @@ def _install_service(*, print_only: bool) -> int:
     return 0
 
 
+# mallopt(3) parameters of glibc.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 4 << 20
+TRIM_THRESHOLD = 8 << 20
+
+
+def tune_malloc() -> bool:
+    """Give large blocks back to the system at once, and keep the small ones' pages.
+
+    glibc raises its mmap threshold after each large free, up to 32 MiB; from then on a
+    run's 16 MiB answer and its 32 MiB reply come from the heap, whose holes a long-lived
+    daemon never gives back. With the threshold fixed at 4 MiB they are mapped apart and
+    unmapped the moment they are freed. Fixing it also fixes the trim threshold, at a
+    128 KiB default that would unmap and fault in again the 1 MiB buffers each chunk of a
+    stream goes through: 8 MiB keeps them. glibc only; a no-op elsewhere.
+
+    Returns:
+        Whether both were set.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 - glibc, not musl or another libc
+    except (AttributeError, OSError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
 def _serve(args: argparse.Namespace) -> int:
     import trio  # noqa: PLC0415
 
@@ -176,6 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     setup_logging(args.log_level or registry.daemon.log_level)
+    tune_malloc()
     explicit = args.socket or os.environ.get("LLMD_SOCKET")
     path = socket_path(args.socket)
     if activated is None:

@@ -100,6 +100,8 @@ class Job:
         self.seq = 0
         self.streamed_stdout = False
         self.attempt: Attempt | None = None
+        self.stored = False
+        """Whether the final record is committed to the store."""
 
     def row(self) -> JobRow:
         """A snapshot for the store (fresh tuples: the store may write it later)."""
@@ -266,7 +268,7 @@ class JobManager:
         """Record the final state, then tell the job's listeners (bounded: they may not
         read). The record is on disk before the caller's answer is sent."""
         if self.store is not None and job.state in FINAL_STATES:
-            await self.store.save_final(job.row())
+            job.stored = await self.store.save_final(job.row())
         if job.listeners and job.state in FINAL_STATES:
             extra = {"error": job.error.to_wire()} if job.error is not None else {}
             with trio.move_on_after(FINAL_NOTICE_LIMIT):

@@ -103,12 +103,11 @@ def build(daemon: Daemon) -> list[Method]:
         if params.state is not None and params.state not in ALL_STATES:
             raise InvalidParams(f"unknown state {params.state!r} (states: "
                                 f"{', '.join(sorted(ALL_STATES))})")
-        # The store has every finished job (saved before its answer); memory is fresher
-        # for live ones. Without a store, memory is all there is.
-        kept = daemon.store.available
+        # The store has the finished jobs it committed (saved before their answer); memory
+        # is fresher for live ones, and holds those a full disk kept out of the store.
         records = {r.job: r for r in await daemon.store.list(params.state, params.limit)}
         for job in manager.jobs.values():
-            if kept and job.state in FINAL_STATES and job.id not in records:
+            if job.stored and job.id not in records:
                 continue
             if params.state is None or job.state == params.state:
                 records[job.id] = job.record(with_text=False)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -49,11 +50,13 @@ __all__ = [
     "Dispatcher",
     "Method",
     "MethodHandler",
+    "Reply",
     "RequestId",
     "RequestKey",
     "Session",
     "encode_notification",
     "error_reply",
+    "reply_bytes",
     "request_key",
     "result_reply",
 ]
@@ -161,6 +164,14 @@ class _CancelParams(msgspec.Struct):
 
 
 _encoder = msgspec.json.Encoder()
+
+Reply: TypeAlias = bytes | tuple[bytes, ...]
+"""A serialised message: one buffer, or parts to be sent in order (see result_reply)."""
+
+SPLICE_MIN = 1 << 20
+# Stands for a large string in a reply's skeleton. Random, so that no string of a result
+# can contain it by chance or by design (it is never shown).
+_SPLICE_MARK = secrets.token_hex(16).encode()
 _message_decoder = msgspec.json.Decoder(_Request | list[msgspec.Raw])
 _element_decoder = msgspec.json.Decoder(_Request)
 _probe_decoder = msgspec.json.Decoder(_IdProbe)
@@ -204,20 +215,53 @@ def error_reply(err: LlmdError, request_id: RequestId) -> bytes:
     return _error_bytes(err.to_wire(), request_id)
 
 
-def result_reply(result: object, request_id: RequestId) -> bytes:
+def result_reply(result: object, request_id: RequestId) -> Reply:
     """Serialise the success response to a request.
+
+    A struct's string fields of ``SPLICE_MIN`` characters or more are encoded apart, once
+    per string, and the reply is their parts in order: a run whose ``text`` and
+    ``output`` are one 16 MiB string encodes it once and is never copied into one buffer.
 
     Args:
         result: The result, msgspec-encodable.
         request_id: The request's id.
 
     Returns:
-        The reply as bytes.
+        The reply as bytes, or as parts to be sent in order.
 
     Raises:
         TypeError, ValueError, msgspec.EncodeError: ``result`` cannot be encoded.
     """
-    return _encoder.encode(_ResultReply("2.0", result, request_id))
+    large: dict[str, str] = {}
+    if isinstance(result, msgspec.Struct):
+        for field in msgspec.structs.fields(result):
+            value = getattr(result, field.name)
+            if type(value) is str and len(value) >= SPLICE_MIN:
+                large[field.name] = value
+    if not large:
+        return _encoder.encode(_ResultReply("2.0", result, request_id))
+    assert isinstance(result, msgspec.Struct)
+    marks = {name: b'"%s%d"' % (_SPLICE_MARK, n) for n, name in enumerate(large)}
+    skeleton = _encoder.encode(_ResultReply("2.0", msgspec.structs.replace(
+        result, **{name: msgspec.Raw(mark) for name, mark in marks.items()}), request_id))
+    encoded: dict[int, bytes] = {}
+    parts: list[bytes] = []
+    start = 0
+    for name, mark in sorted(marks.items(), key=lambda item: skeleton.index(item[1])):
+        at = skeleton.index(mark, start)
+        parts.append(skeleton[start:at])
+        value = large[name]
+        if id(value) not in encoded:
+            encoded[id(value)] = _encoder.encode(value)
+        parts.append(encoded[id(value)])
+        start = at + len(mark)
+    parts.append(skeleton[start:])
+    return tuple(parts)
+
+
+def reply_bytes(reply: Reply) -> bytes:
+    """A reply as one buffer (for a batch, which must hold its replies whole)."""
+    return reply if isinstance(reply, bytes) else b"".join(reply)
 
 
 def _error_bytes(error: dict[str, Any], request_id: RequestId) -> bytes:
@@ -301,6 +345,11 @@ class Dispatcher:
             self._entries[method.name] = _compile(method)
 
     async def handle(self, data: bytes, session: Session) -> bytes | None:
+        """Answer one message, with the reply in one buffer (see :meth:`handle_parts`)."""
+        reply = await self.handle_parts(data, session)
+        return None if reply is None else reply_bytes(reply)
+
+    async def handle_parts(self, data: bytes, session: Session) -> Reply | None:
         """Answer one message.
 
         Args:
@@ -308,8 +357,8 @@ class Dispatcher:
             session: The connection it arrived on.
 
         Returns:
-            The serialised reply, or None when nothing is to be sent (a notification,
-            or a batch of notifications only).
+            The serialised reply (one buffer, or parts to send in order), or None when
+            nothing is to be sent (a notification, or a batch of notifications only).
         """
         try:
             if not data.isascii():
@@ -338,7 +387,7 @@ class Dispatcher:
             return _invalid("empty batch")
         if len(items) > self.max_batch:
             return _invalid(f"batch of {len(items)} requests; the limit is {self.max_batch}")
-        replies: list[bytes | None] = [None] * len(items)
+        replies: list[Reply | None] = [None] * len(items)
 
         async def run(index: int, request: _Request) -> None:
             replies[index] = await self._request(request, session)
@@ -351,10 +400,10 @@ class Dispatcher:
                     replies[index] = _invalid_from(item, exc)
                 else:
                     nursery.start_soon(run, index, request)
-        parts = [reply for reply in replies if reply is not None]
+        parts = [reply_bytes(reply) for reply in replies if reply is not None]
         return b"[" + b",".join(parts) + b"]" if parts else None
 
-    async def _request(self, request: _Request, session: Session) -> bytes | None:
+    async def _request(self, request: _Request, session: Session) -> Reply | None:
         request_id = request.id
         is_notification = request_id is msgspec.UNSET
         rid: RequestId = None if request_id is msgspec.UNSET else request_id
@@ -399,7 +448,7 @@ class Dispatcher:
             self.log.exception("notification %s failed", method.name)
 
     async def _call(self, method: Method, params: msgspec.Struct | None,
-                    ctx: CallContext) -> bytes:
+                    ctx: CallContext) -> Reply:
         rid = ctx.request_id
         key = request_key(rid)
         inflight = ctx.session.inflight

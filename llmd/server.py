@@ -33,7 +33,7 @@ import trio
 
 from llmd.errors import InvalidRequest, ParseError
 from llmd.framing import Framer, FramingError, Message, TooLarge
-from llmd.rpc import Dispatcher, Session, error_reply
+from llmd.rpc import Dispatcher, Reply, Session, error_reply
 
 log = logging.getLogger("llmd.server")
 
@@ -59,22 +59,22 @@ class Connection(Session):
         self.send_lock = trio.Lock()
         self.closed = False
 
-    async def send(self, payload: bytes) -> None:
-        """Send one framed message; a vanished peer is not an error here."""
+    async def send(self, payload: Reply) -> None:
+        """Send one framed message (one buffer or its parts); a vanished peer is not an
+        error here."""
         if self.closed:
             return
         async with self.send_lock:
             try:
-                if len(payload) < LARGE_MESSAGE:
+                if isinstance(payload, bytes) and len(payload) < LARGE_MESSAGE:
                     await self.stream.send_all(self.framer.encode(payload))
-                else:
-                    # Frame around a large payload instead of copying it into the frame.
-                    head, tail = self.framer.frame_parts(len(payload))
-                    if head:
-                        await self.stream.send_all(head)
-                    await self.stream.send_all(payload)
-                    if tail:
-                        await self.stream.send_all(tail)
+                    return
+                # Frame around a large payload (or its parts) instead of copying it.
+                parts = (payload,) if isinstance(payload, bytes) else payload
+                head, tail = self.framer.frame_parts(sum(len(part) for part in parts))
+                for part in (head, *parts, tail):
+                    if part:
+                        await self.stream.send_all(part)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.closed = True
 
@@ -154,7 +154,7 @@ class Server:
                 self.active += 1
                 self._idle = trio.Event() if self._idle.is_set() else self._idle
                 try:
-                    reply = await self.dispatcher.handle(body, conn)
+                    reply = await self.dispatcher.handle_parts(body, conn)
                     if reply is not None:
                         await conn.send(reply)
                 finally:

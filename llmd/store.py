@@ -14,8 +14,12 @@ Invariants:
   crash); an OS crash or power loss may lose the last commits, never the file's
   consistency.
 - Once a store is unavailable (could not open, or a write failed for a reason other than
-  another daemon's lock) it stays so: every call returns at once, with no records and no
-  exception; one ERROR line says so and ``problem`` keeps the reason.
+  another daemon's lock or a full disk) it stays so: every call returns at once, with no
+  records and no exception; one ERROR line says so and ``problem`` keeps the reason.
+- A full disk (SQLITE_FULL) is transient: the batch or call that hit it is lost and rolled
+  back, the store stays available and keeps trying. One ERROR line starts the episode and
+  ``problem`` says so while it lasts; the next write that commits a record ends it, clears
+  ``problem`` and logs one INFO line.
 - Nothing here logs a request or a result: log lines name paths, job ids and counts.
 """
 
@@ -47,6 +51,7 @@ from llmd.storedb import (
     Unusable,
     describe,
     is_busy,
+    is_full,
 )
 
 __all__ = ["JobRow", "JobStore", "ProcGroup", "RecoveryReport", "default_path"]
@@ -98,8 +103,9 @@ class JobStore:
 
     Attributes:
         path: The database file.
-        available: Whether records are kept; False after open or a write failed.
-        problem: Why records are not kept, for ``daemon.info``; None while available.
+        available: Whether records are kept; False for good once open or a write failed
+            (not for a full disk, which passes).
+        problem: Why records are not kept, for ``daemon.info``; None while they are.
     """
 
     def __init__(self, path: Path, *, output_cap: int, max_age_days: float, max_jobs: int,
@@ -119,8 +125,13 @@ class JobStore:
         # carries them along: no thread wake-up while the job is busy spawning its child.
         self._pending: builtins.list[JobRow] = []
         self._pending_added = trio.Event()
+        self._pending_since = 0.0
         self.available = False
         self.problem: str | None = None
+        # Set and read by the store's thread only: within a full-disk episode, and the
+        # records it lost so far.
+        self._full = False
+        self._lost_while_full = 0
         me = Identity(os.getpid(), procs.process_start_time(os.getpid()), procs.boot_id())
         self._db = Database(path, output_cap, busy_timeout, me)
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
@@ -211,8 +222,10 @@ class JobStore:
         if self._linger <= 0:
             self._queue.put((_WRITE, [row], None))
             return
+        if not self._pending:
+            self._pending_since = trio.current_time()
+            self._pending_added.set()
         self._pending.append(row)
-        self._pending_added.set()
 
     def _hand_over(self, waiter: _Waiter | None = None, *rows: JobRow) -> None:
         if self._pending:
@@ -314,8 +327,15 @@ class JobStore:
     async def _write_behind(self) -> None:
         while True:
             await self._pending_added.wait()
-            await trio.sleep(self._linger)
-            self._hand_over()
+            # Until the oldest pending row has waited its delay. An awaited call may carry
+            # the rows along first, and newer ones then start their own wait: a run shorter
+            # than the delay never wakes the thread for its intermediate states.
+            while self._pending:
+                due = self._pending_since + self._linger
+                if trio.current_time() >= due:
+                    self._hand_over()
+                    break
+                await trio.sleep_until(due)
 
     async def aclose(self) -> None:
         """Commit what is queued, close the connection and end the thread."""
@@ -351,20 +371,47 @@ class JobStore:
         self.available = False
         self._db.close()
 
+    def _disk_full(self, exc: sqlite3.Error, lost: int) -> None:
+        # Whatever hit it, nothing may stay half done: an open transaction would make every
+        # later write fail for good.
+        try:
+            self._db.rollback()
+        except sqlite3.Error as again:
+            self._fail("rolling back a write to", again)
+            return
+        self._lost_while_full += lost
+        if self._full:
+            log.debug("%d job records not kept: %s is still full", lost, self.path)
+            return
+        self._full = True
+        self.problem = (f"job records are not kept until space is freed: {self.path}: "
+                        f"{describe(exc)}")
+        log.error("%s; runs are still served", self.problem)
+
     def _write(self, rows: builtins.list[JobRow]) -> builtins.list[bool]:
         if not self.available:
             return [False] * len(rows)
         try:
-            return self._db.write(rows)
+            kept = self._db.write(rows)
         except sqlite3.Error as exc:
             if is_busy(exc):
                 # Another daemon held the file past the busy timeout: this batch is lost,
                 # the store is not broken.
                 log.error("%d job records not kept: %s stayed locked by another process",
                           len(rows), self.path)
+            elif is_full(exc):
+                self._disk_full(exc, len(rows))
             else:
                 self._fail("writing", exc)
             return [False] * len(rows)
+        # A commit of rows refused before SQLite saw them proves nothing about the space.
+        if self._full and any(kept):
+            self._full = False
+            self.problem = None
+            log.info("job records are kept again in %s (%d not kept while it was full)",
+                     self.path, self._lost_while_full)
+            self._lost_while_full = 0
+        return kept
 
     def _run_call(self, fn: Callable[[Database], Any], default: object) -> object:
         try:
@@ -372,6 +419,8 @@ class JobStore:
         except sqlite3.Error as exc:
             if is_busy(exc):
                 log.warning("%s is locked by another process: %s", self.path, exc)
+            elif is_full(exc):
+                self._disk_full(exc, 0)
             else:
                 self._fail("using", exc)
         except msgspec.DecodeError as exc:

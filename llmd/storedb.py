@@ -4,9 +4,10 @@ Invariants:
 - A :class:`Database` is used by one thread only (the store's); a second connection, in a
   thread of its own, only checkpoints, so a commit never waits for a checkpoint's fsyncs.
 - Writes are ``BEGIN IMMEDIATE`` transactions (another daemon's lock is waited for up to
-  the busy timeout, never upgraded into a deadlock). Only a job's last snapshot in a batch
-  is written, and a finished row is never overwritten by a live (queued, running,
-  retrying) one, in the batch or in the file.
+  the busy timeout, never upgraded into a deadlock); a failed one leaves nothing behind
+  (``with conn``, and :meth:`Database.rollback` for what that misses).
+  Only a job's last snapshot in a batch is written, and a finished row is never
+  overwritten by a live (queued, running, retrying) one, in the batch or in the file.
 - ``jobs`` holds the run result without ``text``/``output`` (what ``jobs.list`` shows); the
   capped text and output live in ``outputs``, read only by ``get``.
 - Text, output and stderr are cut to the cap in UTF-8 bytes on a character boundary, and
@@ -39,7 +40,7 @@ LIVE_STATES = frozenset({"queued", "running", "retrying"})
 _CHECKPOINT_BYTES = 1 << 20
 _BACKSTOP_PAGES = 10_000
 _KNOWN_JOBS = 4096
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 assert frozenset({"succeeded", "failed", "timed_out", "cancelled", "interrupted"}) == FINAL_STATES
 
 _SCHEMA = (
@@ -142,14 +143,19 @@ def _json(value: Any) -> str:
 
 def _cap(text: str, cap: int, *, keep_tail: bool = False) -> tuple[str, bool]:
     """``text`` cut to at most ``cap`` UTF-8 bytes (on a character boundary), and whether cut."""
+    if cap <= 0:
+        return "", bool(text)
+    # No more than ``cap`` characters fit in ``cap`` bytes: only those are encoded, so a
+    # 16 MiB answer costs the writer (which holds the GIL meanwhile) no more than the cap.
+    part = text[-cap:] if keep_tail else text[:cap]
     try:
-        raw = text.encode()
+        raw = part.encode()
     except UnicodeEncodeError:
         # A lone surrogate would make SQLite's binding fail for the whole batch.
-        raw = text.encode("utf-8", "replace")
-        text = raw.decode()
-    if len(raw) <= cap:
-        return text, False
+        raw = part.encode("utf-8", "replace")
+        part = raw.decode()
+    if len(raw) <= cap and len(part) == len(text):
+        return part, False
     cut = raw[len(raw) - cap:] if keep_tail else raw[:cap]
     return cut.decode("utf-8", "ignore"), True
 
@@ -165,6 +171,22 @@ def is_busy(exc: sqlite3.Error) -> bool:
     """Whether ``exc`` means "another connection holds the lock" (not a broken file)."""
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     return code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in str(exc)
+
+
+def is_full(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` means the file could not grow: the disk (or ``max_page_count``) is full.
+
+    A transient condition, not a broken file: writes succeed again once space is freed.
+
+    Args:
+        exc: What SQLite raised.
+
+    Returns:
+        True for SQLITE_FULL, whatever its extended code.
+    """
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    # Before Python 3.11 there is no error code: SQLite's message for SQLITE_FULL says it.
+    return code == _SQLITE_FULL or "database or disk is full" in str(exc)
 
 
 class _Checkpointer:
@@ -277,6 +299,19 @@ class Database:
         if self.conn is None:
             raise sqlite3.ProgrammingError("the store is closed")
         return self.conn
+
+    def rollback(self) -> None:
+        """Roll back the transaction a failed write left open, if there is one.
+
+        ``with conn`` rolls back after a failed statement, and after a failed COMMIT from
+        Python 3.11 on only: before, the transaction stays open and every later
+        ``BEGIN IMMEDIATE`` would fail.
+
+        Raises:
+            sqlite3.Error: The rollback failed as well.
+        """
+        if self.conn is not None and self.conn.in_transaction:
+            self.conn.rollback()
 
     def _encode(self, row: JobRow, now: str) -> tuple[tuple[Any, ...], tuple[str, str, str] | None]:
         result_json: str | None = None

@@ -77,8 +77,11 @@ class Attempt:
         self.on_spawn = on_spawn
         self.pid: int | None = None
         self.exit_code: int | None = None
-        self.stdout_parts: list[str] = []
-        self.stdout_bytes = 0
+        # The bytes of stdout kept, decoded when asked for: one buffer that grows in
+        # place, not thousands of chunk strings whose freed memory fragments the heap.
+        self._kept = bytearray()
+        self._stdout_text: str | None = None
+        self._stdout_ended = False
         self.truncated = False
         self.stderr_tail = ""
         self.escaped = False
@@ -88,10 +91,20 @@ class Attempt:
 
     @property
     def stdout(self) -> str:
-        """All stdout kept so far."""
-        if len(self.stdout_parts) > 1:
-            self.stdout_parts[:] = ["".join(self.stdout_parts)]
-        return self.stdout_parts[0] if self.stdout_parts else ""
+        """All stdout kept so far (a character cut by the cap or still arriving left out).
+
+        Once stdout has ended it is decoded once, and only the text is kept from then on:
+        ``text`` and ``output`` of a plain-text result are one string.
+        """
+        if self._stdout_text is not None:
+            return self._stdout_text
+        final = self._stdout_ended and not self.truncated
+        # Straight from the buffer: an incremental decoder would first copy it whole.
+        text, _ = codecs.utf_8_decode(self._kept, "replace", final)
+        if self._stdout_ended:
+            self._stdout_text = text
+            self._kept = bytearray()
+        return text
 
     async def run(self) -> int:
         """Run the child to completion and return its exit code (negative: signal).
@@ -189,14 +202,14 @@ class Attempt:
                     size = READ_CHUNK
                     _grow_pipe(stream)
                 final = not chunk
-                if name == "stdout" and chunk:
-                    self._keep(decoder, chunk)
+                if name == "stdout":
+                    if chunk:
+                        self._keep(chunk)
+                    else:
+                        self._stdout_ended = True
                 text = decoder.decode(chunk, final=final)
                 if text:
-                    if name == "stdout":
-                        if self.stdout_bytes <= self.max_output_bytes and not self.truncated:
-                            self.stdout_parts.append(text)
-                    else:
+                    if name == "stderr":
                         self.stderr_tail = (self.stderr_tail + text)[-STDERR_TAIL_CHARS:]
                     if self.on_output is not None:
                         await self.on_output(name, text)
@@ -205,20 +218,15 @@ class Attempt:
         finally:
             done.set()
 
-    def _keep(self, decoder: codecs.IncrementalDecoder, chunk: bytes | bytearray) -> None:
-        """Account for stdout kept; at the cap, keep exactly the bytes that fit."""
+    def _keep(self, chunk: bytes | bytearray) -> None:
+        """Keep stdout up to the cap; at the cap, exactly the bytes that fit."""
         if self.truncated:
             return
-        room = self.max_output_bytes - self.stdout_bytes
+        room = self.max_output_bytes - len(self._kept)
         if len(chunk) <= room:
-            self.stdout_bytes += len(chunk)
+            self._kept += chunk
             return
-        # Decode the part that fits on a copy of the decoder's state, so the whole
-        # chunk still streams while the kept output ends exactly at the cap.
-        state = decoder.getstate()
-        self.stdout_parts.append(decoder.decode(chunk[:room]))
-        decoder.setstate(state)
-        self.stdout_bytes = self.max_output_bytes
+        self._kept += chunk[:room]
         self.truncated = True
 
 

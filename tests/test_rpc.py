@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 
 from llmd import errors
 from llmd.rpc import (
+    SPLICE_MIN,
     CallContext,
     Dispatcher,
     Method,
     Session,
     encode_notification,
     error_reply,
+    reply_bytes,
     request_key,
     result_reply,
 )
@@ -720,3 +722,54 @@ async def test_any_bytes_get_a_valid_reply(data: bytes) -> None:
         reply = await Dispatcher(SPEC_METHODS).handle(data, Session())
     check_any_reply(reply)
     assert reply is not None or data.strip()[:1] in (b"{", b"[")
+
+
+# --- large results are spliced, not copied ---------------------------------
+
+
+class _Answer(msgspec.Struct):
+    job: str
+    text: str
+    output: str
+    stderr: str
+    extra: Any = None
+
+
+async def test_large_strings_are_encoded_once_and_sent_as_parts() -> None:
+    big = 'an "answer"\n\u00e9\u2603' * (SPLICE_MIN // 8)
+    tail = "e" * SPLICE_MIN
+
+    async def answer(params: None, ctx: CallContext) -> _Answer:
+        return _Answer(job="j1", text=big, output=big, stderr=tail, extra={"text": 0})
+
+    dispatcher = Dispatcher([Method("answer", answer)])
+    message = b'{"jsonrpc":"2.0","method":"answer","id":3}'
+    with trio.fail_after(10):
+        parts = await dispatcher.handle_parts(message, Session())
+        whole = await dispatcher.handle(message, Session())
+    assert isinstance(parts, tuple)
+    # text and output are one string: encoded once, sent twice; stderr apart.
+    assert parts[1] is parts[3]
+    assert len(parts) == 7
+    assert reply_bytes(parts) == whole
+    decoded = json.loads(whole)
+    assert decoded == {"jsonrpc": "2.0", "id": 3, "result": {
+        "job": "j1", "text": big, "output": big, "stderr": tail, "extra": {"text": 0}}}
+    # Below the size, one buffer as always.
+    small = result_reply(_Answer(job="j", text="x", output="x", stderr=""), 1)
+    assert isinstance(small, bytes)
+
+
+async def test_a_batch_holds_spliced_replies_whole() -> None:
+    big = "x" * SPLICE_MIN
+
+    async def answer(params: None, ctx: CallContext) -> _Answer:
+        return _Answer(job="j", text=big, output=big, stderr="")
+
+    dispatcher = Dispatcher([Method("answer", answer)])
+    with trio.fail_after(10):
+        reply = await dispatcher.handle_parts(
+            b'[{"jsonrpc":"2.0","method":"answer","id":1},'
+            b'{"jsonrpc":"2.0","method":"answer","id":2}]', Session())
+    assert isinstance(reply, bytes)
+    assert [r["result"]["output"] == big for r in json.loads(reply)] == [True, True]

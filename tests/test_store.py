@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from llmd import procs
 from llmd.records import JobRecord, RunResult
 from llmd.store import JobRow, JobStore, ProcGroup, default_path
-from llmd.storedb import _cap
+from llmd.storedb import Database, _cap, is_busy, is_full
 
 CHILD = Path(__file__).parent / "store_child.py"
 # The package may be installed without this checkout's newest modules: import from here.
@@ -288,6 +288,146 @@ async def test_failure_after_open_degrades(db: Path, caplog: pytest.LogCaptureFi
         assert_unavailable(store, caplog, "writing")
         await exercise_unavailable(store)
     assert raw(db, "SELECT id FROM jobs") == [("before",)]
+
+
+def cap_pages(d: Database, pages: int | None) -> int:
+    """Let the writing connection's file grow to ``pages`` at most (None: no further).
+
+    A real SQLITE_FULL, as a full disk gives, without filling one. Returns the cap set.
+    """
+    conn = d.conn
+    assert conn is not None
+    if pages is None:
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    return int(conn.execute(f"PRAGMA max_page_count = {pages}").fetchone()[0])
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+
+def big_row(job: str, n: int) -> JobRow:
+    return row(job, n=n, result=result(job, f"{job} " + "x" * 100_000))
+
+
+async def fill_up(store: JobStore) -> tuple[list[str], list[str]]:
+    """Cap the file where it is and save large rows: those kept, then three lost."""
+    await store._call(lambda d: cap_pages(d, None), 0)
+    kept: list[str] = []
+    lost: list[str] = []
+    n = 0
+    while len(lost) < 3:
+        assert n < 100, "the capped file never filled up"
+        job = f"big{n}"
+        if await store.save_final(big_row(job, n)):
+            assert not lost, "a write succeeded again while the file was still full"
+            kept.append(job)
+        else:
+            lost.append(job)
+        n += 1
+    return kept, lost
+
+
+async def test_full_disk_loses_the_batch_and_passes(db: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="llmd.store")
+    with trio.fail_after(20):
+        async with await JobStore.open(db) as store:
+            for n in range(3):
+                assert await store.save_final(row(f"before{n}", n=n))
+            kept, lost = await fill_up(store)
+            store.save_soon(big_row("soon", 99))
+            await store.flush()  # lost as well, quietly
+            assert store.available
+            assert store.problem is not None and "disk is full" in store.problem
+            assert store.info() == {"path": str(db), "available": True,
+                                    "problem": store.problem}
+            errors = messages(caplog, logging.ERROR)
+            assert len(errors) == 1 and "records are not kept" in errors[0]
+            assert "disk is full" in errors[0]
+            # Rolled back: nothing of the lost batches, everything before them intact.
+            saved = [f"before{n}" for n in range(3)] + kept
+            assert sorted(r[0] for r in raw(db, "SELECT id FROM jobs")) == sorted(saved)
+            assert sorted(r[0] for r in raw(db, "SELECT id FROM outputs")) == sorted(saved)
+            assert integrity_ok(db)
+            before = await store.get("before1")  # reads go on
+            assert before is not None and before.result == result("before1")
+            assert [await store.get(job) for job in [*lost, "soon"]] == [None] * 4
+
+            await store._call(lambda d: cap_pages(d, 1 << 30), 0)
+            assert await store.save_final(big_row("after", 200))
+            assert store.available and store.problem is None
+            assert store.info()["problem"] is None
+            after = await store.get("after")
+            assert after is not None and after.result is not None
+            assert after.result.text.startswith("after x")
+            assert messages(caplog, logging.INFO) == [
+                f"job records are kept again in {db} (4 not kept while it was full)"]
+
+            # A second episode is told again, once.
+            await fill_up(store)
+            assert store.problem is not None and len(messages(caplog, logging.ERROR)) == 2
+    assert integrity_ok(db)
+    assert "after" in {r[0] for r in raw(db, "SELECT id FROM jobs")}
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "secret prompt" not in logged and "xxxx" not in logged
+
+
+def overfill(d: Database) -> str:
+    conn = d.conn
+    assert conn is not None
+    cap_pages(d, None)
+    conn.execute("INSERT INTO meta VALUES ('filler', ?)", ("x" * 100_000,))
+    return "filled"
+
+
+async def test_full_disk_in_a_call_passes(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(10):
+        async with await JobStore.open(db, max_jobs=1) as store:
+            assert await store.save_final(row("old", n=0))
+            assert await store.save_final(row("new", n=1))
+            assert await store._call(overfill, "lost") == "lost"
+            assert store.available
+            assert store.problem is not None and "disk is full" in store.problem
+            assert await store.prune() == 1  # deleting needs no new page
+            assert store.problem is not None  # only a record kept ends the episode
+            await store._call(lambda d: cap_pages(d, 1 << 30), 0)
+            assert await store.save_final(row("newest", n=2))
+            assert store.available and store.problem is None
+            assert [r.job for r in await store.list()] == ["newest", "new"]
+    errors = messages(caplog, logging.ERROR)
+    assert len(errors) == 1 and "disk is full" in errors[0]
+    assert raw(db, "SELECT count(*) FROM meta WHERE key = 'filler'") == [(0,)]
+    assert integrity_ok(db)
+
+
+def fail_to_commit(d: Database) -> None:
+    """What a COMMIT failing for a full disk leaves before Python 3.11: SQLite may keep
+    the transaction open, and ``with conn`` does not roll it back."""
+    conn = d.conn
+    assert conn is not None
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO meta VALUES ('half-done', '')")
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+async def test_full_disk_leaves_no_transaction_open(db: Path) -> None:
+    with trio.fail_after(10):
+        async with await JobStore.open(db) as store:
+            await store._call(fail_to_commit, None)
+            assert store.problem is not None
+            assert await store.save_final(row("after"))
+            assert store.available and store.problem is None
+    assert raw(db, "SELECT id FROM jobs") == [("after",)]
+    assert raw(db, "SELECT count(*) FROM meta WHERE key = 'half-done'") == [(0,)]
+
+
+def test_is_full_without_an_error_code() -> None:
+    # Python 3.10 gives no sqlite_errorcode: SQLite's message is all there is.
+    full = sqlite3.OperationalError("database or disk is full")
+    assert is_full(full) and not is_busy(full)
+    assert not is_full(sqlite3.OperationalError("database is locked"))
+    assert not is_full(sqlite3.DatabaseError("file is not a database"))
 
 
 async def write_jobs(store: JobStore, prefix: str, count: int) -> None:
