@@ -31,6 +31,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import secrets
@@ -234,10 +235,10 @@ def result_reply(result: object, request_id: RequestId) -> Reply:
     """
     large: dict[str, str] = {}
     if isinstance(result, msgspec.Struct):
-        for field in msgspec.structs.fields(result):
-            value = getattr(result, field.name)
+        for name in _field_names(type(result)):
+            value = getattr(result, name)
             if type(value) is str and len(value) >= SPLICE_MIN:
-                large[field.name] = value
+                large[name] = value
     if not large:
         return _encoder.encode(_ResultReply("2.0", result, request_id))
     assert isinstance(result, msgspec.Struct)
@@ -257,6 +258,12 @@ def result_reply(result: object, request_id: RequestId) -> Reply:
         start = at + len(mark)
     parts.append(skeleton[start:])
     return tuple(parts)
+
+
+@functools.lru_cache(maxsize=64)
+def _field_names(struct: type[msgspec.Struct]) -> tuple[str, ...]:
+    # msgspec.structs.fields resolves the type hints on every call: ~0.2 ms.
+    return struct.__struct_fields__
 
 
 def reply_bytes(reply: Reply) -> bytes:

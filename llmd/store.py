@@ -124,8 +124,9 @@ class JobStore:
         # Write-behind rows held on this side until the delay passes or something awaited
         # carries them along: no thread wake-up while the job is busy spawning its child.
         self._pending: builtins.list[JobRow] = []
-        self._pending_added = trio.Event()
         self._pending_since = 0.0
+        # The write-behind timer: a deadline on the scope :meth:`run`'s task sleeps in.
+        self._timer: trio.CancelScope | None = None
         self.available = False
         self.problem: str | None = None
         # Set and read by the store's thread only: within a full-disk episode, and the
@@ -224,14 +225,18 @@ class JobStore:
             return
         if not self._pending:
             self._pending_since = trio.current_time()
-            self._pending_added.set()
+            if self._timer is not None:
+                # Setting a deadline wakes nobody: a job done within the delay (its rows
+                # carried along by its final save) costs no task switch.
+                self._timer.deadline = self._pending_since + self._linger
         self._pending.append(row)
 
     def _hand_over(self, waiter: _Waiter | None = None, *rows: JobRow) -> None:
         if self._pending:
             rows = (*self._pending, *rows)
             self._pending = []
-            self._pending_added = trio.Event()
+            if self._timer is not None:
+                self._timer.deadline = math.inf
         if rows:
             self._queue.put((_WRITE, rows, waiter))
 
@@ -326,16 +331,14 @@ class JobStore:
 
     async def _write_behind(self) -> None:
         while True:
-            await self._pending_added.wait()
-            # Until the oldest pending row has waited its delay. An awaited call may carry
-            # the rows along first, and newer ones then start their own wait: a run shorter
-            # than the delay never wakes the thread for its intermediate states.
-            while self._pending:
-                due = self._pending_since + self._linger
-                if trio.current_time() >= due:
-                    self._hand_over()
-                    break
-                await trio.sleep_until(due)
+            # Asleep until the oldest pending row has waited its delay. An awaited call
+            # that carries the rows along first takes the deadline away again.
+            deadline = self._pending_since + self._linger if self._pending else math.inf
+            with trio.CancelScope(deadline=deadline) as self._timer:
+                await trio.sleep_forever()
+            self._timer = None
+            if self._pending and trio.current_time() >= self._pending_since + self._linger:
+                self._hand_over()
 
     async def aclose(self) -> None:
         """Commit what is queued, close the connection and end the thread."""
