@@ -35,6 +35,11 @@ real-clis:
 
 bench: venv
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/streaming.py
+	$(BIN)/python bench/store.py
+	$(BIN)/python bench/health.py
+	$(BIN)/python bench/mcp.py
+	$(BIN)/python -m bench.bench_parsers
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
