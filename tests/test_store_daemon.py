@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 import trio
 
-from tests.conftest import DaemonHandle, registry_toml
+from llmd.config import parse_registry
+from llmd.daemon import Daemon
+from llmd.storedb import Database
+from tests.conftest import DaemonHandle, RawClient, registry_toml
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -133,3 +136,42 @@ async def test_two_daemons_share_one_state_dir(
         assert con.execute("SELECT count(*) FROM jobs").fetchone() == (80,)
     finally:
         con.close()
+
+
+async def test_a_full_disk_loses_records_not_runs_nor_their_listing(
+        fake_bin: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In process: the store's own connection is capped (a real SQLITE_FULL, as a full disk
+    # gives) while runs go through the real socket.
+    monkeypatch.setenv("XDG_STATE_HOME", str(short_tmp / "state"))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    daemon = Daemon(parse_registry(registry(fake_bin, short_tmp / "p"), "test"),
+                    short_tmp / "run" / "llmd.sock")
+
+    def cap(d: Database) -> None:
+        assert d.conn is not None
+        pages = int(d.conn.execute("PRAGMA page_count").fetchone()[0])
+        d.conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.serve)
+            client = await RawClient.connect(daemon.listener.path)
+            try:
+                before = await client.call("llm.run", {"blueprint": "echo", "prompt": "a"})
+                await daemon.store._call(cap, None)
+                # Large enough to need pages the file may no longer have.
+                during = await client.call("llm.run", {"blueprint": "echo",
+                                                       "prompt": "x" * 200_000}, id=2)
+                assert during["result"]["text"] == "x" * 200_000
+                info = (await client.call("daemon.info", id=3))["result"]["store"]
+                assert info["available"] is True
+                assert "disk is full" in info["problem"]
+                # Its record is not in the store, yet it is listed (from memory).
+                listed = (await client.call("jobs.list", {}, id=4))["result"]["jobs"]
+                ids = [job["job"] for job in listed]
+                assert during["result"]["job"] in ids
+                assert before["result"]["job"] in ids
+                assert await daemon.store.get(during["result"]["job"]) is None
+            finally:
+                await client.aclose()
+                daemon.request_stop()
