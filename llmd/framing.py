@@ -129,6 +129,11 @@ class Framer:
             return b"Content-Length: %d\r\n\r\n%b" % (len(payload), payload)
         return payload + b"\n"
 
+    @property
+    def sized(self) -> bool:
+        """Whether a frame states its size up front (LSP); NDJSON's does not."""
+        return self._mode == "lsp"
+
     def frame_parts(self, size: int) -> tuple[bytes, bytes]:
         """What goes before and after a payload of ``size`` bytes, for senders that
         would rather not copy a large payload into :meth:`encode`'s result."""

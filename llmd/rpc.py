@@ -35,7 +35,7 @@ import functools
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -166,10 +166,11 @@ class _CancelParams(msgspec.Struct):
 
 _encoder = msgspec.json.Encoder()
 
-Reply: TypeAlias = bytes | tuple[bytes, ...]
+Reply: TypeAlias = "bytes | tuple[bytes | LargeString, ...]"
 """A serialised message: one buffer, or parts to be sent in order (see result_reply)."""
 
 SPLICE_MIN = 1 << 20
+_SLICE_CHARS = 1 << 20
 # Stands for a large string in a reply's skeleton. Random, so that no string of a result
 # can contain it by chance or by design (it is never shown).
 _SPLICE_MARK = secrets.token_hex(16).encode()
@@ -245,19 +246,49 @@ def result_reply(result: object, request_id: RequestId) -> Reply:
     marks = {name: b'"%s%d"' % (_SPLICE_MARK, n) for n, name in enumerate(large)}
     skeleton = _encoder.encode(_ResultReply("2.0", msgspec.structs.replace(
         result, **{name: msgspec.Raw(mark) for name, mark in marks.items()}), request_id))
-    encoded: dict[int, bytes] = {}
-    parts: list[bytes] = []
+    strings: dict[int, LargeString] = {}
+    parts: list[bytes | LargeString] = []
     start = 0
     for name, mark in sorted(marks.items(), key=lambda item: skeleton.index(item[1])):
         at = skeleton.index(mark, start)
         parts.append(skeleton[start:at])
         value = large[name]
-        if id(value) not in encoded:
-            encoded[id(value)] = _encoder.encode(value)
-        parts.append(encoded[id(value)])
+        parts.append(strings.setdefault(id(value), LargeString(value)))
         start = at + len(mark)
     parts.append(skeleton[start:])
     return tuple(parts)
+
+
+class LargeString:
+    """A large string of a reply as JSON, encoded a slice at a time as it is sent.
+
+    A sender that needs no length up front sends each slice as soon as it is encoded,
+    so encoding overlaps the transfer. Slices are kept for a second use of the same
+    string (a plain-text run's ``text`` and ``output``): it is never encoded twice.
+
+    Args:
+        text: The string.
+    """
+
+    __slots__ = ("_slices", "_text")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._slices: list[bytes] = []
+
+    def __len__(self) -> int:
+        return sum(len(piece) for piece in self.pieces())
+
+    def pieces(self) -> Iterator[bytes | memoryview]:
+        """The JSON string's bytes, in pieces; encoded on the first pass only."""
+        yield b'"'
+        for n, start in enumerate(range(0, len(self._text), _SLICE_CHARS)):
+            if n == len(self._slices):
+                # Escaping is per character: the slices' insides, joined, are the whole's.
+                self._slices.append(
+                    _encoder.encode(self._text[start:start + _SLICE_CHARS]))
+            yield memoryview(self._slices[n])[1:-1]
+        yield b'"'
 
 
 @functools.lru_cache(maxsize=64)
@@ -268,7 +299,10 @@ def _field_names(struct: type[msgspec.Struct]) -> tuple[str, ...]:
 
 def reply_bytes(reply: Reply) -> bytes:
     """A reply as one buffer (for a batch, which must hold its replies whole)."""
-    return reply if isinstance(reply, bytes) else b"".join(reply)
+    if isinstance(reply, bytes):
+        return reply
+    return b"".join(piece for part in reply
+                    for piece in ((part,) if isinstance(part, bytes) else part.pieces()))
 
 
 def _error_bytes(error: dict[str, Any], request_id: RequestId) -> bytes:

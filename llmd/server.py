@@ -69,12 +69,16 @@ class Connection(Session):
                 if isinstance(payload, bytes) and len(payload) < LARGE_MESSAGE:
                     await self.stream.send_all(self.framer.encode(payload))
                     return
-                # Frame around a large payload (or its parts) instead of copying it.
+                # Frame around a large payload (or its parts) instead of copying it. Unless
+                # the framing needs the size first, a large string is sent a slice at a
+                # time as it is encoded.
                 parts = (payload,) if isinstance(payload, bytes) else payload
-                head, tail = self.framer.frame_parts(sum(len(part) for part in parts))
+                size = sum(len(part) for part in parts) if self.framer.sized else 0
+                head, tail = self.framer.frame_parts(size)
                 for part in (head, *parts, tail):
-                    if part:
-                        await self.stream.send_all(part)
+                    for piece in (part,) if isinstance(part, bytes) else part.pieces():
+                        if piece:
+                            await self.stream.send_all(piece)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.closed = True
 

@@ -39,6 +39,9 @@ FIRST_READ = 65536
 READ_CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
 STDERR_TAIL_CHARS = 16384
+# Kept stdout is joined into blocks this large as it comes: as large as the blocks malloc
+# maps apart (llmd.cli.tune_malloc), which go back to the system when freed.
+SEGMENT_CHARS = 4 << 20
 # After the group is killed, how long pipes may stay open before the holder is deemed
 # to have escaped the group (a daemonised grandchild in a session of its own).
 DRAIN_AFTER_KILL = 0.5
@@ -77,9 +80,13 @@ class Attempt:
         self.on_spawn = on_spawn
         self.pid: int | None = None
         self.exit_code: int | None = None
-        # The bytes of stdout kept, decoded when asked for: one buffer that grows in
-        # place, not thousands of chunk strings whose freed memory fragments the heap.
-        self._kept = bytearray()
+        # Stdout kept, as the text streamed: no byte of it is decoded twice. Chunks are
+        # joined into segments of SEGMENT_CHARS as they come, so the many chunk strings
+        # live briefly and the long-lived blocks are large ones malloc maps apart.
+        self._room = max_output_bytes
+        self._pieces: list[str] = []
+        self._piece_chars = 0
+        self._segments: list[str] = []
         self._stdout_text: str | None = None
         self._stdout_ended = False
         self.truncated = False
@@ -93,17 +100,15 @@ class Attempt:
     def stdout(self) -> str:
         """All stdout kept so far (a character cut by the cap or still arriving left out).
 
-        Once stdout has ended it is decoded once, and only the text is kept from then on:
+        Once stdout has ended it is joined once, and only the text is kept from then on:
         ``text`` and ``output`` of a plain-text result are one string.
         """
         if self._stdout_text is not None:
             return self._stdout_text
-        final = self._stdout_ended and not self.truncated
-        # Straight from the buffer: an incremental decoder would first copy it whole.
-        text, _ = codecs.utf_8_decode(self._kept, "replace", final)
+        text = "".join([*self._segments, *self._pieces])
         if self._stdout_ended:
             self._stdout_text = text
-            self._kept = bytearray()
+            self._segments, self._pieces = [], []
         return text
 
     async def run(self) -> int:
@@ -203,11 +208,10 @@ class Attempt:
                     _grow_pipe(stream)
                 final = not chunk
                 if name == "stdout":
-                    if chunk:
-                        self._keep(chunk)
-                    else:
-                        self._stdout_ended = True
-                text = decoder.decode(chunk, final=final)
+                    text = self._decode_stdout(decoder, chunk, final)
+                    self._stdout_ended = final
+                else:
+                    text = decoder.decode(chunk, final=final)
                 if text:
                     if name == "stderr":
                         self.stderr_tail = (self.stderr_tail + text)[-STDERR_TAIL_CHARS:]
@@ -218,16 +222,33 @@ class Attempt:
         finally:
             done.set()
 
-    def _keep(self, chunk: bytes | bytearray) -> None:
-        """Keep stdout up to the cap; at the cap, exactly the bytes that fit."""
+    def _decode_stdout(self, decoder: codecs.IncrementalDecoder, chunk: bytes | bytearray,
+                       final: bool) -> str:
+        """Decode a chunk of stdout to stream it, keeping what fits under the byte cap."""
         if self.truncated:
+            return decoder.decode(chunk, final=final)
+        if len(chunk) > self._room:
+            # Decode the part that fits on a copy of the decoder's state, so the whole
+            # chunk still streams while the kept output ends exactly at the cap.
+            state = decoder.getstate()
+            self._keep(decoder.decode(chunk[:self._room]))
+            decoder.setstate(state)
+            self._room = 0
+            self.truncated = True
+            return decoder.decode(chunk, final=final)
+        self._room -= len(chunk)
+        text = decoder.decode(chunk, final=final)
+        self._keep(text)
+        return text
+
+    def _keep(self, text: str) -> None:
+        if not text:
             return
-        room = self.max_output_bytes - len(self._kept)
-        if len(chunk) <= room:
-            self._kept += chunk
-            return
-        self._kept += chunk[:room]
-        self.truncated = True
+        self._pieces.append(text)
+        self._piece_chars += len(text)
+        if self._piece_chars >= SEGMENT_CHARS:
+            self._segments.append("".join(self._pieces))
+            self._pieces, self._piece_chars = [], 0
 
 
 def _grow_pipe(stream: trio.abc.ReceiveStream) -> None:

@@ -118,6 +118,31 @@ async def test_lsp_framing_for_the_whole_connection(daemon_factory: Any, fake_bi
     await stream.aclose()
 
 
+async def test_lsp_states_the_length_of_a_large_reply_sent_in_pieces(
+        daemon_factory: Any, fake_bin: Path) -> None:
+    # Over a MiB of two-byte characters, as text and as output: sent from one encoding,
+    # in slices, behind a Content-Length counted in bytes.
+    d: DaemonHandle = await daemon_factory(simple(fake_bin))
+    stream = await trio.open_unix_socket(str(d.socket))
+    prompt = "\u00fcber " * 300_000
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "llm.run",
+                       "params": {"blueprint": "echo", "prompt": prompt}}).encode()
+    buf = b""
+    with trio.fail_after(20):
+        await stream.send_all(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        while b"\r\n\r\n" not in buf or len(buf.partition(b"\r\n\r\n")[2]) < int(
+                buf.partition(b"\r\n\r\n")[0].split(b":")[1]):
+            chunk = await stream.receive_some(1 << 20)
+            assert chunk, "the daemon closed the connection"
+            buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = int(head.split(b":")[1])
+    assert len(rest) == length  # nothing more, nothing less
+    result = json.loads(rest)["result"]
+    assert result["text"] == result["output"] == prompt
+    await stream.aclose()
+
+
 async def test_oversized_message_closes_only_that_connection(
         daemon_factory: Any, fake_bin: Path) -> None:
     d: DaemonHandle = await daemon_factory(simple(fake_bin, daemon={"max_message_bytes": 65536}))
