@@ -9,10 +9,16 @@ Figures (targets in brackets), each against a baseline measured in the same run:
 - per call: p50 of ``tools/call run`` of a ``/bin/echo`` blueprint on one session   [<= 2.0 ms;
   peers 2.3 to 3.1 ms], next to spawning the same argv directly and to the same ``llm.run``
   sent to llmd on one socket without the bridge (the floor that llmd sets) and to an MCP
-  ping (the client's and the pipes' cost), in alternating blocks
-- CPU time per ``run`` call of the bridge and of the MCP client (which, unlike wall time,
-  other load on the machine does not change), and the bridge's resident memory after the
-  calls   [peers 67 to 88 MB]
+  ping (the client's and the pipes' cost), in alternating blocks; what is left over is split
+  into the MCP client's own work on a tool result (its CPU beyond a ping's: parsing and
+  validating the result, checking ``structuredContent`` against the ``outputSchema``, which
+  is also timed alone) and the bridge's call handling
+- CPU time per ``run`` call of the bridge and of the MCP client, next to a ping's and to the
+  ``llm.run`` sent straight (CPU time, unlike wall time, changes little with other load on
+  the machine), and the bridge's resident memory after the calls   [peers 67 to 88 MB]
+
+``$LLMC_MCP_BENCH_SERVER`` starts the bridge otherwise, e.g. under cProfile (see
+:func:`server_command`).
 
 Bytecode caching is on, as for an installed llmc (a session may have turned it off).
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -42,6 +49,8 @@ from mcp.client.session import ClientSession  # noqa: E402
 from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
 
 ROOT = HERE.parent
+# Whether the kernel counts each thread's CPU time in nanoseconds (see cpu_s).
+SCHEDSTAT = Path("/proc/self/schedstat").exists()
 # Calls per block of back-to-back calls of one kind (see per_call).
 BLOCK = 25
 REGISTRY = """
@@ -73,7 +82,15 @@ def start_daemon(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def server_command() -> list[str]:
-    """``llmc mcp`` as a user's MCP client would start it: the installed script."""
+    """``llmc mcp`` as a user's MCP client would start it: the installed script.
+
+    ``$LLMC_MCP_BENCH_SERVER`` replaces it (split like a shell would) for a look inside the
+    bridge, e.g. ``python -m cProfile -o mcp.prof -m llmc mcp`` (cProfile sees only the
+    main thread, which reads stdin; the command must name ``mcp`` for the CPU figures).
+    """
+    override = os.environ.get("LLMC_MCP_BENCH_SERVER", "").strip()
+    if override:
+        return shlex.split(override)
     script = Path(sys.executable).parent / "llmc"
     if script.exists():
         return [str(script), "mcp"]
@@ -99,9 +116,23 @@ def rss_mb(pid: int) -> float:
 
 
 def cpu_s(pid: int) -> float:
-    """User and system CPU time of a process, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of a process's threads, in seconds.
+
+    To the nanosecond from the scheduler's own count where the kernel keeps one: the
+    clock ticks of ``/proc/PID/stat`` (10 ms) are coarse next to a call's tenths of a
+    millisecond. Threads that have ended drop out of the count; the bridge's worker threads
+    stay (parked) between calls.
+    """
+    if not SCHEDSTAT:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except OSError:
+            continue  # the thread has just ended
+    return total / 1e9
 
 
 def bridge_pid() -> int | None:
@@ -140,6 +171,11 @@ async def per_call(sock: str, n: int) -> tuple[dict[str, list[float]], dict[str,
     ping, the client's and the pipes' own cost. Calls within a block follow each other as
     a client's would; the blocks alternate so that all four see the same load on a shared
     machine, which comes and goes.
+
+    Besides the times, the CPU that the bridge and this process (the client) spend per call
+    of each kind, and the time that the SDK spends checking a ``run`` result's
+    ``structuredContent`` against the tool's ``outputSchema`` (client work that lands in
+    the wall time of a call, not in the bridge).
     """
     sys.path.insert(0, str(ROOT / "client"))
     from llmc.connection import Connection  # noqa: PLC0415
@@ -168,13 +204,24 @@ async def per_call(sock: str, n: int) -> tuple[dict[str, list[float]], dict[str,
                 await session.send_ping()
 
             steps = {"via": via, "daemon": daemon, "direct": direct, "ping": ping}
+            checks: list[float] = []
+            check = session.validate_tool_result
+
+            async def timed_check(name: str, result: Any) -> None:
+                t = time.perf_counter()
+                await check(name, result)
+                checks.append(time.perf_counter() - t)
+
+            session.validate_tool_result = timed_check  # type: ignore[method-assign]
             await session.initialize()
             await session.list_tools()
             for step in steps.values():  # warm caches and the bridge's connection pool
                 for _ in range(BLOCK):
                     await step()
             pid = bridge_pid()
-            bridge_cpu = client_cpu = 0.0
+            # CPU seconds per kind of step: the bridge's, and this process's (the client's).
+            bridge_cpu = dict.fromkeys(steps, 0.0)
+            client_cpu = dict.fromkeys(steps, 0.0)
             for _ in range(max(1, n // BLOCK)):
                 for name, step in steps.items():
                     before = (cpu_s(pid) if pid is not None else 0.0, time.process_time())
@@ -182,13 +229,17 @@ async def per_call(sock: str, n: int) -> tuple[dict[str, list[float]], dict[str,
                         t = time.perf_counter()
                         await step()
                         times[name].append(time.perf_counter() - t)
-                    if name == "via":
-                        bridge_cpu += (cpu_s(pid) if pid is not None else 0.0) - before[0]
-                        client_cpu += time.process_time() - before[1]
+                    bridge_cpu[name] += (cpu_s(pid) if pid is not None else 0.0) - before[0]
+                    client_cpu[name] += time.process_time() - before[1]
             # CPU time, unlike wall time, does not depend on what else the machine runs.
             calls = len(times["via"])
             facts = {"rss_mb": rss_mb(pid) if pid is not None else 0.0,
-                     "cpu_ms": bridge_cpu / calls * 1e3, "client_cpu_ms": client_cpu / calls * 1e3}
+                     "cpu_ms": bridge_cpu["via"] / calls * 1e3,
+                     "ping_cpu_ms": bridge_cpu["ping"] / calls * 1e3,
+                     "straight_cpu_ms": client_cpu["daemon"] / calls * 1e3,
+                     "client_cpu_ms": client_cpu["via"] / calls * 1e3,
+                     "client_ping_cpu_ms": client_cpu["ping"] / calls * 1e3,
+                     "check_ms": statistics.median(checks[-calls:]) * 1e3}
     return times, facts
 
 
@@ -227,11 +278,23 @@ def main() -> int:
     print(f"run /bin/echo per call, p50 of {calls}: {via_ms:.2f} ms "
           f"(p90 {percentile(results['via'], 0.9) * 1e3:.2f}) [target: <= 2.0 ms]; "
           f"spawning it directly {direct_ms:.2f} ms (ratio {via_ms / direct_ms:.2f}x)")
+    left_ms = via_ms - daemon_ms - ping_ms
     print(f"  of which: llm.run straight to llmd {daemon_ms:.2f} ms (ratio "
           f"{daemon_ms / direct_ms:.2f}x); an MCP ping (client and pipes) {ping_ms:.2f} ms; "
-          f"left for the bridge's call handling {via_ms - daemon_ms - ping_ms:.2f} ms")
-    print(f"CPU per run call: the bridge {results['cpu_ms']:.2f} ms, the MCP client "
-          f"{results['client_cpu_ms']:.2f} ms; bridge RSS after "
+          f"left over {left_ms:.2f} ms")
+    # What is left over is not all the bridge's: the client works harder on a tool result
+    # than on a ping's empty one (parsing and validating a CallToolResult, checking its
+    # structuredContent against the outputSchema), and it works while the call is timed.
+    # Its CPU beyond a ping's measures that; the bridge has the rest.
+    client_extra_ms = results["client_cpu_ms"] - results["client_ping_cpu_ms"]
+    print(f"  left over: the MCP client's own work on a tool result {client_extra_ms:.2f} ms "
+          f"(its CPU beyond a ping's; the SDK's outputSchema check alone, p50, "
+          f"{results['check_ms']:.2f} ms); the bridge's call handling "
+          f"{left_ms - client_extra_ms:.2f} ms")
+    print(f"CPU per run call: the bridge {results['cpu_ms']:.2f} ms (a ping "
+          f"{results['ping_cpu_ms']:.2f}; the llm.run's own, sent straight, "
+          f"{results['straight_cpu_ms']:.2f}), the MCP client {results['client_cpu_ms']:.2f} "
+          f"ms (a ping {results['client_ping_cpu_ms']:.2f}); bridge RSS after "
           f"{calls + 30} calls: {results['rss_mb']:.1f} MB [peers 67 to 88 MB]")
     return 0
 
