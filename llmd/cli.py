@@ -159,6 +159,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 4 << 20
 TRIM_THRESHOLD = 8 << 20
+SWITCH_INTERVAL = 0.0002
 
 
 def tune_malloc() -> bool:
@@ -208,6 +209,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     setup_logging(args.log_level or registry.daemon.log_level)
     tune_malloc()
+    # A thread wanting the GIL (the job store's, with a record to commit before a run is
+    # answered) waits at most this long behind a busy event loop, not Python's 5 ms.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     explicit = args.socket or os.environ.get("LLMD_SOCKET")
     path = socket_path(args.socket)
     if activated is None:
