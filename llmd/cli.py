@@ -158,7 +158,7 @@ def _install_service(*, print_only: bool) -> int:
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 4 << 20
-TRIM_THRESHOLD = 8 << 20
+TRIM_THRESHOLD = 4 << 20
 SWITCH_INTERVAL = 0.0002
 
 
@@ -170,7 +170,7 @@ def tune_malloc() -> bool:
     daemon never gives back. With the threshold fixed at 4 MiB they are mapped apart and
     unmapped the moment they are freed. Fixing it also fixes the trim threshold, at a
     128 KiB default that would unmap and fault in again the 1 MiB buffers each chunk of a
-    stream goes through: 8 MiB keeps them. glibc only; a no-op elsewhere.
+    stream goes through: 4 MiB keeps them. glibc only; a no-op elsewhere.
 
     Returns:
         Whether both were set.
