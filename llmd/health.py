@@ -473,7 +473,9 @@ class HealthMonitor:
             elif state == "healthy":
                 why = f"version {entry.version}" if entry.version else ""
             else:
-                why = entry.detail or ""
+                # The PATH searched is for health.status, not the log: an environment
+                # value never reaches the log at INFO.
+                why = (entry.detail or "").split(_PATH_SEARCHED, 1)[0]
             log.info("health: %s is %s (was %s)%s", name, state, entry.shown,
                      f": {why}" if why else "")
             entry.shown = state
@@ -491,8 +493,11 @@ def _rfc3339(seconds: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_PATH_SEARCHED = " (PATH searched: "
+
+
 def _not_found(program: str, path: str) -> str:
-    return f"{program!r} was not found or is not executable (PATH searched: {path})"
+    return f"{program!r} was not found or is not executable{_PATH_SEARCHED}{path})"
 
 
 def _first_line(text: str) -> str:

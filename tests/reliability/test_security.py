@@ -357,5 +357,8 @@ async def test_a_cli_echoing_the_prompt_in_its_error_does_not_leak_it(
         await client.send({"jsonrpc": "2.0", "method": "llm.run",
                            "params": {"blueprint": "echo-fail", "prompt": f"{MARK} unasked"}})
         await wait_until(lambda: "notification llm.run failed" in d.log())
-    tally("requests", 5)
+        # A probe that finds the program missing is logged too, without the PATH.
+        await client.call("health.check", {"blueprint": "missing"}, id=5)
+        await wait_until(lambda: "health: missing is missing" in d.log())
+    tally("requests", 6)
     assert MARK not in d.log(), d.log()[-2000:]
