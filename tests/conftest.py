@@ -187,9 +187,9 @@ async def daemon_factory(short_tmp: Path) -> AsyncIterator[Any]:
 
 
 class RawClient:
-    """A bare NDJSON (or LSP) client over the socket, for protocol tests."""
+    """A bare NDJSON (or LSP) client over the socket (or any stream), for protocol tests."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.buffer = b""
 
@@ -249,3 +249,35 @@ async def llmc(handle: DaemonHandle, *args: str, stdin: bytes | None = None,
             [sys.executable, "-m", "llmc", *args], stdin=stdin if stdin is not None else b"",
             capture_stdout=True, capture_stderr=True, check=False, env=full_env,
             cwd=cwd or str(handle.workdir))
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (an unreaped corpse is dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return state[state.rfind(b")") + 2:][:1] != b"Z"
+
+
+def read_pids(path: Path) -> list[int]:
+    """The pids a fake CLI wrote to its pid file."""
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+async def assert_all_die(pids: list[int]) -> None:
+    """SIGKILL is delivered asynchronously: allow the kernel a moment to finish them."""
+    with trio.fail_after(2):
+        while any(alive(p) for p in pids):
+            await trio.sleep(0.01)
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Children (each leading its own process group) to kill and reap after the test."""
+    children: list[subprocess.Popen[bytes]] = []
+    yield children
+    for child in children:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)

@@ -19,6 +19,7 @@ from llmd.config import Registry, parse_registry
 from llmd.errors import ExecutableMissing, RateLimited
 from llmd.health import HealthMonitor
 from llmd.supervisor import Attempt
+from tests.conftest import assert_all_die
 
 SCRIPTS = {
     "goodcli": 'print("goodcli version 3.4.5 (test build)")\n',
@@ -62,15 +63,6 @@ def registry(**commands: str) -> Registry:
     return parse_registry(text)
 
 
-def alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie (an unreaped corpse is dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 async def test_each_state_from_a_real_executable(bindir: Path, tmp_path: Path) -> None:
     reg = registry(good="goodcli", bad="badcli", gone="llmd-test-not-installed",
                    hang="hangcli", broken="brokencli")
@@ -97,10 +89,7 @@ async def test_each_state_from_a_real_executable(bindir: Path, tmp_path: Path) -
     pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
     assert len(pids) == 2
     # SIGKILL has been sent to the whole group; the kernel takes a moment to deliver it.
-    with trio.move_on_after(2):
-        while any(alive(pid) for pid in pids):
-            await trio.sleep(0.01)
-    assert not any(alive(pid) for pid in pids), "the hung probe's process group survived"
+    await assert_all_die(pids)
 
 
 async def test_rate_limited_blueprint_cools_down(bindir: Path) -> None:

@@ -8,7 +8,6 @@ protocol versions, batches, malformed lines, a cancellation by id.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -23,7 +22,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import DaemonHandle, RawClient, registry_toml
+from tests.conftest import DaemonHandle, RawClient, alive, read_pids, registry_toml
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -72,12 +71,13 @@ def text_of(result: Any) -> str:
     return "\n".join(block.text for block in result.content if block.type == "text")
 
 
-class RawBridge:
-    """``llmc mcp`` driven line by line."""
+class RawBridge(RawClient):
+    """``llmc mcp`` driven line by line, over its stdin and stdout."""
 
     def __init__(self, proc: trio.Process) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        super().__init__(trio.StapledStream(proc.stdin, proc.stdout))
         self.proc = proc
-        self.buffer = b""
 
     @classmethod
     @asynccontextmanager
@@ -93,30 +93,6 @@ class RawBridge:
                 proc.kill()
             await proc.wait()
 
-    async def send(self, message: Any) -> None:
-        data = message if isinstance(message, bytes) else json.dumps(message).encode()
-        assert self.proc.stdin is not None
-        await self.proc.stdin.send_all(data + b"\n")
-
-    async def recv(self) -> Any:
-        assert self.proc.stdout is not None
-        while b"\n" not in self.buffer:
-            chunk = await self.proc.stdout.receive_some(65536)
-            assert chunk, "llmc mcp closed stdout"
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return json.loads(line)
-
-    async def call(self, method: str, params: Any = None, id: Any = 1) -> Any:
-        message: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
-        if params is not None:
-            message["params"] = params
-        await self.send(message)
-        while True:
-            reply = await self.recv()
-            if isinstance(reply, dict) and reply.get("id") == id and "method" not in reply:
-                return reply
-
 
 async def reply_skipping(bridge: RawBridge, id: int, never: int) -> Any:
     """Ping with ``id`` and return the answer, checking that nothing answers ``never``."""
@@ -126,18 +102,6 @@ async def reply_skipping(bridge: RawBridge, id: int, never: int) -> Any:
         assert message.get("id") != never, message
         if message.get("id") == id:
             return message
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _pids(path: Path) -> list[int]:
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
 # -- the protocol ------------------------------------------------------------------------------
@@ -234,7 +198,7 @@ async def test_malformed_input_batches_and_unknown_methods(
     d: DaemonHandle = await daemon_factory(registry(fake_bin))
     with trio.fail_after(30):
         async with RawBridge.open(d.socket, d.workdir) as bridge:
-            await bridge.send(b"{not json")
+            await bridge.send_raw(b"{not json\n")
             parse = await bridge.recv()
             await bridge.send({"jsonrpc": "2.0", "id": 1})
             invalid = await bridge.recv()
@@ -469,7 +433,7 @@ async def test_a_cancelled_call_kills_the_process_group(
             with trio.CancelScope() as scope:
 
                 async def cancel_when_both_run() -> None:
-                    while len(_pids(pidfile)) < 2:
+                    while len(read_pids(pidfile)) < 2:
                         await trio.sleep(0.02)
                     scope.cancel()  # the SDK sends notifications/cancelled
 
@@ -477,8 +441,8 @@ async def test_a_cancelled_call_kills_the_process_group(
                     nursery.start_soon(cancel_when_both_run)
                     await client.call_tool("run", {"blueprint": "hang", "prompt": ""})
             assert scope.cancelled_caught
-            pids = _pids(pidfile)
-            while any(_alive(p) for p in pids):
+            pids = read_pids(pidfile)
+            while any(alive(p) for p in pids):
                 await trio.sleep(0.02)
             # The bridge goes on serving.
             after = await client.call_tool("run", {"blueprint": "say", "prompt": "still here"})

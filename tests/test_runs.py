@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.conftest import llmc, registry_toml
+from tests.conftest import alive, assert_all_die, llmc, read_pids, registry_toml
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -183,25 +183,6 @@ async def test_json_extraction(daemon_factory: Any, fake_bin: Path) -> None:
         assert reply["result"]["json_error"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-async def assert_all_die(pids: list[int]) -> None:
-    """SIGKILL is delivered asynchronously: allow the kernel a moment to finish them."""
-    with trio.fail_after(2):
-        while any(_alive(p) for p in pids):
-            await trio.sleep(0.01)
-
-
-def _pids(path: Path) -> list[int]:
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
 @pytest.mark.parametrize("mode", ["grandchild", "ignore-term"])
 async def test_timeout_kills_the_whole_group_in_time(
         daemon_factory: Any, fake_bin: Path, short_tmp: Path, mode: str) -> None:
@@ -222,7 +203,7 @@ async def test_timeout_kills_the_whole_group_in_time(
     assert timeout <= elapsed <= timeout + grace + 1.0
     if mode == "ignore-term":
         assert elapsed >= timeout + grace * 0.9  # it took SIGKILL after the grace
-    pids = _pids(pidfile)
+    pids = read_pids(pidfile)
     assert len(pids) == (2 if mode == "grandchild" else 1)
     await assert_all_die(pids)
 
@@ -237,7 +218,7 @@ async def test_a_grandchild_holding_the_pipes_does_not_hold_the_run(
     with trio.fail_after(5):
         reply = await client.call("llm.run", {"blueprint": "gc", "prompt": "x"})
     assert reply["result"]["text"] == "parent\n"
-    await assert_all_die(_pids(pidfile))
+    await assert_all_die(read_pids(pidfile))
 
 
 async def test_rate_limits_are_retried_then_succeed(
@@ -299,14 +280,14 @@ async def test_cancel_request_kills_the_group(
     with trio.fail_after(15):
         await client.send({"jsonrpc": "2.0", "id": "r1", "method": "llm.run",
                            "params": {"blueprint": "hang", "prompt": "x"}})
-        while len(_pids(pidfile)) < 2:
+        while len(read_pids(pidfile)) < 2:
             await trio.sleep(0.02)
         await client.send({"jsonrpc": "2.0", "method": "$/cancelRequest",
                            "params": {"id": "r1"}})
         reply = await client.recv()
     assert reply["id"] == "r1"
     assert reply["error"]["code"] == -32800
-    await assert_all_die(_pids(pidfile))
+    await assert_all_die(read_pids(pidfile))
     with trio.fail_after(10):
         listed = await client.call("jobs.list", {"limit": 1}, id=2)
     [record] = listed["result"]["jobs"]
@@ -324,10 +305,10 @@ async def test_disconnect_cancels_the_clients_runs(
     with trio.fail_after(15):
         await client.send({"jsonrpc": "2.0", "id": 1, "method": "llm.run",
                            "params": {"blueprint": "hang", "prompt": "x"}})
-        while len(_pids(pidfile)) < 2:
+        while len(read_pids(pidfile)) < 2:
             await trio.sleep(0.02)
         await client.aclose()
-        while any(_alive(p) for p in _pids(pidfile)):
+        while any(alive(p) for p in read_pids(pidfile)):
             await trio.sleep(0.02)
         other = await d.connect()
         info = await other.call("daemon.info")
@@ -344,13 +325,13 @@ async def test_shutdown_kills_running_groups_and_removes_the_socket(
     with trio.fail_after(15):
         await client.send({"jsonrpc": "2.0", "id": 1, "method": "llm.run",
                            "params": {"blueprint": "hang", "prompt": "x"}})
-        while not _pids(pidfile):
+        while not read_pids(pidfile):
             await trio.sleep(0.02)
         assert await d.stop(signal.SIGTERM) == 0
         reply = await client.recv()
     assert reply["error"]["code"] == -32800
     assert "shutting down" in reply["error"]["message"]
-    await assert_all_die(_pids(pidfile))
+    await assert_all_die(read_pids(pidfile))
     assert not d.socket.exists()
     assert any("STOPPING=1" in n for n in [*d.notes, await d.next_notify()])
 

@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +73,6 @@ def integrity_ok(path: Path) -> bool:
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "llmd" / "jobs.db"
-
-
-@pytest.fixture
-def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
-    children: list[subprocess.Popen[bytes]] = []
-    yield children
-    for child in children:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait(timeout=10)
 
 
 def sleeper(spawned: list[subprocess.Popen[bytes]]) -> tuple[subprocess.Popen[bytes], int]:

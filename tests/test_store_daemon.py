@@ -13,7 +13,7 @@ import trio
 from llmd.config import parse_registry
 from llmd.daemon import Daemon
 from llmd.storedb import Database
-from tests.conftest import DaemonHandle, RawClient, registry_toml
+from tests.conftest import DaemonHandle, RawClient, alive, registry_toml
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -24,14 +24,6 @@ def registry(fake_bin: Path, pidfile: Path) -> str:
         "hang": {"command": ["@fakecli", "grandchild"], "prompt": "stdin",
                  "env": {"FAKE_PIDFILE": str(pidfile)}},
     })
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_a_killed_daemon_loses_nothing_and_leaves_no_orphans(
@@ -54,7 +46,7 @@ async def test_a_killed_daemon_loses_nothing_and_leaves_no_orphans(
             await trio.sleep(0.02)
         assert await d.stop(signal.SIGKILL) == -signal.SIGKILL
         orphans = [int(p) for p in pidfile.read_text().split()]
-        assert all(_alive(p) for p in orphans)  # nothing killed them yet
+        assert all(alive(p) for p in orphans)  # nothing killed them yet
 
         d2: DaemonHandle = await daemon_factory(toml, env={"XDG_STATE_HOME": str(state)})
         client2 = await d2.connect()
@@ -63,7 +55,7 @@ async def test_a_killed_daemon_loses_nothing_and_leaves_no_orphans(
         assert record["result"]["result"]["text"] == "kept"
         record = await client2.call("jobs.get", {"job": running}, id=2)
         assert record["result"]["state"] == "interrupted"
-        while any(_alive(p) for p in orphans):
+        while any(alive(p) for p in orphans):
             await trio.sleep(0.01)
         listed = await client2.call("jobs.list", {}, id=3)
         assert [j["job"] for j in listed["result"]["jobs"]] == [running, finished]

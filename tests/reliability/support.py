@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from tests.conftest import FAKECLI, RawClient, registry_toml
+from tests.conftest import FAKECLI, RawClient, alive, registry_toml
 
 REPORT_ENV = "LLMD_RELIABILITY_REPORT"
 MAX_COUNTS = frozenset({"held", "peak_rss_kb", "busy_latency_ms"})
@@ -100,20 +100,6 @@ def children(pid: int) -> list[int]:
         with open(f"/proc/{pid}/task/{task}/children") as f:
             found += [int(x) for x in f.read().split()]
     return found
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return state[state.rfind(b")") + 2:][:1] != b"Z"
-
-
-def read_pids(path: Path) -> list[int]:
-    """The pids a fake CLI wrote to its pid file."""
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
 def kill_quietly(pids: list[int]) -> None:

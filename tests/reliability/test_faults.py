@@ -26,15 +26,20 @@ from llmd.argv import Invocation
 from llmd.config import parse_registry
 from llmd.daemon import Daemon
 from llmd.supervisor import Attempt
-from tests.conftest import DaemonHandle, RawClient, registry_toml, start_daemon
-from tests.reliability.support import (
+from tests.conftest import (
+    DaemonHandle,
+    RawClient,
     alive,
+    read_pids,
+    registry_toml,
+    start_daemon,
+)
+from tests.reliability.support import (
     assert_serves,
     children,
     cpu_seconds,
     kill_quietly,
     peak_rss_kb,
-    read_pids,
     request,
     rss_kb,
     tally,

@@ -18,12 +18,11 @@ from typing import Any
 import pytest
 import trio
 
-from tests.conftest import DaemonHandle, RawClient, registry_toml
+from tests.conftest import DaemonHandle, RawClient, alive, registry_toml
 from tests.reliability.support import (
     SHARED_LIMITS,
     SharedDaemon,
     Soak,
-    alive,
     assert_healthy,
     assert_serves,
     children,
