@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -21,22 +20,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-
-def call(sock: socket.socket, method: str, params: Any = None, id: int = 1) -> Any:
-    msg: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
-    if params is not None:
-        msg["params"] = params
-    sock.sendall(json.dumps(msg).encode() + b"\n")
-    buf = b""
-    while True:
-        buf += sock.recv(1 << 20)
-        while b"\n" in buf:
-            line, _, buf = buf.partition(b"\n")
-            reply = json.loads(line)
-            if reply.get("id") == id:
-                return reply
+sys.path.insert(0, str(Path(__file__).parent))
+from run import Client
 
 
 def cpu_seconds(pid: int) -> float:
@@ -69,14 +55,13 @@ def main() -> int:
         time.sleep(0.5)
         probes = sum(1 for p in Path("/proc").iterdir() if p.name.isdigit()
                      and b"sleep\x0030" in _cmdline(p))
-        client = socket.socket(socket.AF_UNIX)
-        client.connect(path)
+        client = Client(path)
         times = []
-        for i in range(500):
+        for _ in range(500):
             t = time.perf_counter()
-            reply = call(client, "health.status", id=i + 2)
+            result = client.call("health.status", None)
             times.append(time.perf_counter() - t)
-            assert len(reply["result"]["blueprints"]) == 50
+            assert len(result["blueprints"]) == 50
         checker.close()  # the probes carry on in the daemon; nothing waits on them now
         cpu0 = cpu_seconds(daemon.pid)
         time.sleep(args.idle)

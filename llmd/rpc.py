@@ -262,12 +262,15 @@ def result_reply(result: object, request_id: RequestId) -> Reply:
 class LargeString:
     """A large string of a reply as JSON, encoded a slice at a time as it is sent.
 
-    A sender that needs no length up front sends each slice as soon as it is encoded,
-    so encoding overlaps the transfer. Slices are kept for a second use of the same
+    A sender that needs no length up front sends each slice of an ASCII string as soon as
+    it is encoded, so encoding overlaps the transfer. Slices are kept for a second use of the same
     string (a plain-text run's ``text`` and ``output``): it is never encoded twice.
 
     Args:
         text: The string.
+
+    Raises:
+        UnicodeEncodeError: ``text`` holds a lone surrogate.
     """
 
     __slots__ = ("_slices", "_text")
@@ -275,6 +278,11 @@ class LargeString:
     def __init__(self, text: str) -> None:
         self._text = text
         self._slices: list[bytes] = []
+        if not text.isascii():
+            # Only a non-ASCII string can hold what JSON cannot carry (a lone surrogate):
+            # encoded now, the failure is the caller's -32603, not a reply cut short.
+            for _ in self.pieces():
+                pass
 
     def __len__(self) -> int:
         return sum(len(piece) for piece in self.pieces())

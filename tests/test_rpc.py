@@ -773,3 +773,18 @@ async def test_a_batch_holds_spliced_replies_whole() -> None:
             b'{"jsonrpc":"2.0","method":"answer","id":2}]', Session())
     assert isinstance(reply, bytes)
     assert [r["result"]["output"] == big for r in json.loads(reply)] == [True, True]
+
+
+async def test_a_large_string_json_cannot_carry_is_an_internal_error_not_a_cut_reply(
+        ) -> None:
+    bad = "x" * SPLICE_MIN + "\ud800"
+
+    async def answer(params: None, ctx: CallContext) -> _Answer:
+        return _Answer(job="j", text=bad, output=bad, stderr="")
+
+    with trio.fail_after(10):
+        reply = await Dispatcher([Method("answer", answer)]).handle_parts(
+            b'{"jsonrpc":"2.0","method":"answer","id":4}', Session())
+    assert isinstance(reply, bytes)
+    assert json.loads(reply) == {"jsonrpc": "2.0", "id": 4,
+                                 "error": {"code": -32603, "message": "internal error"}}
