@@ -9,9 +9,12 @@ test: venv lint typecheck pytest
 
 venv: $(BIN)/.installed
 
+# A directory's time changes when a file is added to it or removed.
+PACKAGES := llmd client/llmc $(filter-out %/__pycache__/,$(wildcard llmd/*/ client/llmc/*/))
+
 # A strict editable install links the sources without an import hook, which would cost
 # every Python start in the venv ~15 ms; it is redone when a package gains or loses a file.
-$(BIN)/.installed: pyproject.toml llmd llmd/parsers client/llmc
+$(BIN)/.installed: pyproject.toml $(PACKAGES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --config-settings editable_mode=strict -e '.[test]'

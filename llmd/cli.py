@@ -53,7 +53,7 @@ def setup_logging(level: str, *, stream: TextIO | None = None,
         stream: Where to write (default ``sys.stderr``).
         env: Where to read ``JOURNAL_STREAM`` (default ``os.environ``).
     """
-    from llmd.systemd import is_journal_stream  # noqa: PLC0415 - keeps check-config light
+    from llmd.systemd.activation import is_journal_stream  # noqa: PLC0415 - keeps check-config light
 
     stream = sys.stderr if stream is None else stream
     handler = logging.StreamHandler(stream)
@@ -128,7 +128,7 @@ def _check_config(path: str | None) -> int:
 
 
 def _install_service(*, print_only: bool) -> int:
-    from llmd import systemd  # noqa: PLC0415
+    from llmd.systemd import activation as systemd  # noqa: PLC0415
 
     try:
         units = systemd.render_units(systemd.llmd_command())
@@ -188,10 +188,10 @@ def tune_malloc() -> bool:
 def _serve(args: argparse.Namespace) -> int:
     import trio  # noqa: PLC0415
 
-    from llmd import systemd  # noqa: PLC0415
     from llmd.daemon import Daemon, load_registry  # noqa: PLC0415
     from llmd.paths import PathError  # noqa: PLC0415
-    from llmd.server import AlreadyRunning  # noqa: PLC0415
+    from llmd.server.connections import AlreadyRunning  # noqa: PLC0415
+    from llmd.systemd import activation as systemd  # noqa: PLC0415
 
     # First, before the environment is copied for any child.
     try:

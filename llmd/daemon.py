@@ -20,15 +20,16 @@ from typing import Any
 
 import trio
 
-from llmd import methods, systemd
 from llmd.config import Registry, load_file, parse_registry
-from llmd.health import HealthMonitor
-from llmd.jobs import JobManager
+from llmd.health.monitor import HealthMonitor
+from llmd.jobs.manager import JobManager
+from llmd.jobs.store import JobStore, default_path
 from llmd.paths import PACKAGED_CONFIG, packaged_config, prepare_socket_dir
-from llmd.rpc import Dispatcher, encode_notification
-from llmd.sdnotify import Notifier
-from llmd.server import Listener, Server
-from llmd.store import JobStore, default_path
+from llmd.protocol.jsonrpc import Dispatcher, encode_notification
+from llmd.server import methods
+from llmd.server.connections import Listener, Server
+from llmd.systemd import activation as systemd
+from llmd.systemd.notify import Notifier
 
 log = logging.getLogger("llmd")
 

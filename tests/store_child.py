@@ -14,8 +14,8 @@ from pathlib import Path
 import msgspec
 import trio
 
-from llmd.records import RunResult, utc_now
-from llmd.store import JobRow, JobStore
+from llmd.jobs.records import RunResult, utc_now
+from llmd.jobs.store import JobRow, JobStore
 
 
 async def main(path: Path, prefix: str, count: int) -> int:

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmd.argv import MAX_ARG_BYTES, child_env, render
 from llmd.config import parse_registry
 from llmd.errors import InvalidParams
+from llmd.process.argv import MAX_ARG_BYTES, child_env, render
 
 REG = parse_registry("""
 [blueprints.arg]

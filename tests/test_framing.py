@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from llmd.framing import MAX_HEADER_SECTION, Frame, Framer, FramingError, Message, TooLarge
+from llmd.protocol.framing import MAX_HEADER_SECTION, Frame, Framer, FramingError, Message, TooLarge
 
 NDJSON_STREAM = b'{"a":1}\n{"b":2}\r\n\n   \r\n{"c":[3]}\n'
 NDJSON_MESSAGES = [Message(b'{"a":1}'), Message(b'{"b":2}'), Message(b'{"c":[3]}')]

@@ -17,8 +17,8 @@ import trio
 
 from llmd.config import Registry, parse_registry
 from llmd.errors import ExecutableMissing, RateLimited
-from llmd.health import HealthMonitor
-from llmd.supervisor import Attempt
+from llmd.health.monitor import HealthMonitor
+from llmd.process.supervisor import Attempt
 from tests.conftest import assert_all_die
 
 SCRIPTS = {

@@ -21,7 +21,7 @@ import trio.testing
 
 from llmd.config import Registry, parse_registry
 from llmd.errors import ExecutableMissing, RateLimited, UnknownBlueprint
-from llmd.health import HealthMonitor, Route, _version
+from llmd.health.monitor import HealthMonitor, Route, _version
 
 EPOCH = 1_700_000_000.0
 

@@ -18,8 +18,8 @@ import trio.testing
 
 from llmd.config import parse_registry
 from llmd.errors import Busy, Cancelled, CliFailed, RateLimited, TimedOut
-from llmd.jobs import JobManager
-from llmd.records import RunParams
+from llmd.jobs.manager import JobManager
+from llmd.jobs.records import RunParams
 
 
 @dataclass

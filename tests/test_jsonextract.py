@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmd.jsonextract import NO_JSON, extract_json
+from llmd.parsers.jsonextract import NO_JSON, extract_json
 
 
 @pytest.mark.parametrize(("text", "value"), [

@@ -2,7 +2,7 @@
 
 Every ``.out`` recording in ``fixtures/real-clis`` is parsed whole and in random-sized
 chunks; the extracted text, session, usage, cost and the failure class (the parser's
-verdict run through :func:`llmd.ratelimit.classify` with the recorded exit status) are
+verdict run through :func:`llmd.parsers.ratelimit.classify` with the recorded exit status) are
 asserted. The streaming invariant (deltas concatenate to ``ParseResult.text``) is checked
 on every parse.
 """
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from llmd.config import KNOWN_PARSERS
 from llmd.parsers import PARSERS, ParseResult, Signal, TextDelta, make_parser
 from llmd.parsers.base import LineSplitter, decode_document
-from llmd.ratelimit import DEFAULT_PATTERNS, Verdict, classify
+from llmd.parsers.ratelimit import DEFAULT_PATTERNS, Verdict, classify
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real-clis"
 HELLO = "Hello from the mock LLM server."

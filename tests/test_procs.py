@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llmd import procs
+from llmd.process import procs
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
 

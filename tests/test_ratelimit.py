@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llmd.config import DEFAULT_RATE_LIMIT_PATTERNS, parse_registry
-from llmd.ratelimit import (
+from llmd.parsers.ratelimit import (
     DEFAULT_PATTERNS,
     MAX_RETRY_AFTER_S,
     Verdict,

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llmd.config import RetrySection
-from llmd.retry import Backoff
+from llmd.jobs.retry import Backoff
 
 POLICY = Backoff(max_attempts=5, base_delay=1.0, max_delay=30.0)
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmd import errors
-from llmd.rpc import (
+from llmd.protocol.jsonrpc import (
     SPLICE_MIN,
     CallContext,
     Dispatcher,

@@ -24,10 +24,10 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmd import procs
-from llmd.records import JobRecord, RunResult
-from llmd.store import JobRow, JobStore, ProcGroup, default_path
-from llmd.storedb import Database, _cap, is_busy, is_full
+from llmd.jobs.records import JobRecord, RunResult
+from llmd.jobs.store import JobRow, JobStore, ProcGroup, default_path
+from llmd.jobs.storedb import Database, _cap, is_busy, is_full
+from llmd.process import procs
 
 CHILD = Path(__file__).parent / "store_child.py"
 # The package may be installed without this checkout's newest modules: import from here.

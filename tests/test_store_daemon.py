@@ -12,7 +12,7 @@ import trio
 
 from llmd.config import parse_registry
 from llmd.daemon import Daemon
-from llmd.storedb import Database
+from llmd.jobs.storedb import Database
 from tests.conftest import DaemonHandle, RawClient, alive, registry_toml
 
 pytestmark = pytest.mark.usefixtures("fake_bin")

@@ -7,8 +7,8 @@ import sys
 
 import trio
 
-from llmd.argv import Invocation
-from llmd.supervisor import SEGMENT_CHARS, Attempt
+from llmd.process.argv import Invocation
+from llmd.process.supervisor import SEGMENT_CHARS, Attempt
 
 # 6 Mi two-byte characters: 12 MiB of stdout in pipe-sized chunks.
 CHARS = 6 << 20

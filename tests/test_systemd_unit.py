@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 import trio
 
-from llmd import systemd
 from llmd.cli import main, setup_logging
-from llmd.sdnotify import Notifier
-from llmd.systemd import ActivationError
+from llmd.systemd import activation as systemd
+from llmd.systemd.activation import ActivationError
+from llmd.systemd.notify import Notifier
 
 REPO = Path(__file__).parent.parent
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -153,7 +153,7 @@ def test_socket_from_fd_refuses_anything_else(kind: str, message: str) -> None:
 
 CHILD = r"""
 import json, os, socket, sys
-from llmd import systemd
+from llmd.systemd import activation as systemd
 
 spec = json.loads(sys.argv[1])
 for _ in spec["fds"]:
@@ -481,7 +481,8 @@ def test_the_repository_units_are_the_rendered_ones() -> None:
     rendered = systemd.render_units(["/usr/bin/llmd"])
     for name, text in rendered.items():
         assert (REPO / "systemd" / name).read_text() == text, (
-            f"systemd/{name} is out of date: regenerate it from llmd.systemd.render_units")
+            f"systemd/{name} is out of date: regenerate it with "
+            "llmd.systemd.activation.render_units")
 
 
 @pytest.mark.parametrize(("arg", "quoted"), [

@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeAlias
 
 import msgspec
 
-from llmd.ratelimit import Verdict
+from llmd.parsers.ratelimit import Verdict
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from llmd.parsers.base import (
     get_str,
     int_fields,
 )
-from llmd.ratelimit import (
+from llmd.parsers.ratelimit import (
     Verdict,
     auth_verdict,
     find_retry_after,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmd.parsers.base import JsonLinesParser, get_dict, get_str, int_fields
-from llmd.ratelimit import verdict_from_message
+from llmd.parsers.ratelimit import verdict_from_message
 
 SEPARATOR = "\n\n"
 # "assistant_message" is what codex called the item before agent_message.

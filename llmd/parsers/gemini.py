@@ -8,7 +8,7 @@ Invariants:
 - Document (``-o json``): ``{"session_id", "response", "stats", "error"?}`` parsed at
   the end; usage sums ``stats.models.*.tokens`` over all models (the routing call too).
   On failure gemini writes the error object to stderr and nothing to stdout, so an empty
-  document yields no verdict: :func:`llmd.ratelimit.classify` reads stderr.
+  document yields no verdict: :func:`llmd.parsers.ratelimit.classify` reads stderr.
 - "Resource has been exhausted", 429 and ``RESOURCE_EXHAUSTED`` are rate limits; error
   code 41 (gemini's auth failure exit code), 401 and 403 are auth failures.
 - gemini retries a failed request for minutes (``general.maxAttempts``, 10 by default;
@@ -32,7 +32,7 @@ from llmd.parsers.base import (
     get_int,
     get_str,
 )
-from llmd.ratelimit import Verdict, auth_verdict, verdict_from_message
+from llmd.parsers.ratelimit import Verdict, auth_verdict, verdict_from_message
 
 SEPARATOR = "\n\n"
 # One line per retry, on stderr, before gemini waits and tries again.

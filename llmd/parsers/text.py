@@ -3,7 +3,7 @@
 Invariants:
 - Every non-empty chunk is forwarded as it comes, unchanged; ``text`` is all of stdout.
 - No verdict: failures of plain-text CLIs are classified from the exit status and the
-  output by :func:`llmd.ratelimit.classify`.
+  output by :func:`llmd.parsers.ratelimit.classify`.
 """
 
 from __future__ import annotations

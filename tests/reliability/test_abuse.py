@@ -22,9 +22,9 @@ import msgspec
 import pytest
 import trio
 
-from llmd.framing import Framer, Message
-from llmd.methods import GetParams, HealthParams, JobParams, ListParams
-from llmd.records import RunParams
+from llmd.jobs.records import RunParams
+from llmd.protocol.framing import Framer, Message
+from llmd.server.methods import GetParams, HealthParams, JobParams, ListParams
 from tests.conftest import DaemonHandle, RawClient, registry_toml
 from tests.reliability.support import (
     SharedDaemon,

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import trio
 
-import llmd.supervisor
-from llmd.argv import Invocation
+import llmd.process.supervisor
 from llmd.config import parse_registry
 from llmd.daemon import Daemon
-from llmd.supervisor import Attempt
+from llmd.process.argv import Invocation
+from llmd.process.supervisor import Attempt
 from tests.conftest import (
     DaemonHandle,
     RawClient,
@@ -408,7 +408,7 @@ async def test_a_failed_pidfd_open_leaves_no_unsupervised_child(
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
     # The supervisor calls os.pidfd_open; the os module is the same object everywhere.
-    assert llmd.supervisor.__dict__["os"] is os
+    assert llmd.process.supervisor.__dict__["os"] is os
     monkeypatch.setattr(os, "pidfd_open", no_descriptors)
     cli = str(fake_bin / "fakecli")
 

@@ -32,13 +32,13 @@ import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from llmd.argv import FORCED_ENV, child_env, render
 from llmd.config import PLACEHOLDERS, Blueprint, parse_registry
 from llmd.errors import ConfigError, InvalidParams
-from llmd.framing import Frame, Framer, FramingError, Message, TooLarge
 from llmd.parsers import PARSERS, Signal, TextDelta, make_parser
-from llmd.ratelimit import DEFAULT_PATTERNS, classify
-from llmd.rpc import Dispatcher, Method, Session
+from llmd.parsers.ratelimit import DEFAULT_PATTERNS, classify
+from llmd.process.argv import FORCED_ENV, child_env, render
+from llmd.protocol.framing import Frame, Framer, FramingError, Message, TooLarge
+from llmd.protocol.jsonrpc import Dispatcher, Method, Session
 from tests.reliability.support import tally
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "real-clis"

@@ -35,11 +35,11 @@ from typing import Any, Literal, Protocol
 
 import trio
 
-from llmd.argv import Invocation, child_env, render
 from llmd.config import Blueprint, Registry
 from llmd.errors import ExecutableMissing, InvalidParams, RateLimited, UnknownBlueprint
 from llmd.parsers import make_parser
-from llmd.supervisor import Attempt, describe_exit
+from llmd.process.argv import Invocation, child_env, render
+from llmd.process.supervisor import Attempt, describe_exit
 
 log = logging.getLogger("llmd.health")
 
@@ -63,7 +63,7 @@ VERSION_RE = re.compile(r"\d+(?:\.\d+)+(?:[-+.\w]*)?")
 
 
 class ProbeProcess(Protocol):
-    """What the monitor needs of a supervised child (:class:`~llmd.supervisor.Attempt`)."""
+    """What the monitor needs of a supervised child (:class:`~llmd.process.supervisor.Attempt`)."""
 
     exit_code: int | None
     stderr_tail: str
@@ -139,7 +139,7 @@ class HealthMonitor:
         environ: The daemon's environment, the base of every probe's.
         rng: Source of start-up jitter (seed it in tests).
         attempt_factory: Builds the supervised child of a probe, called like
-            :class:`~llmd.supervisor.Attempt` (tests swap in a scripted stand-in).
+            :class:`~llmd.process.supervisor.Attempt` (tests swap in a scripted stand-in).
         wall_clock: Seconds since the epoch, for ``checked_at`` and ``cooldown_until``.
     """
 
@@ -488,7 +488,7 @@ class HealthMonitor:
 
 
 def _rfc3339(seconds: float) -> str:
-    """Format like :func:`llmd.records.utc_now`."""
+    """Format like :func:`llmd.jobs.records.utc_now`."""
     moment = _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

@@ -29,7 +29,7 @@ from typing import Literal
 
 import trio
 
-from llmd.argv import Invocation
+from llmd.process.argv import Invocation
 
 log = logging.getLogger("llmd.supervisor")
 

@@ -40,9 +40,8 @@ from typing import Any, TypeVar, cast
 import msgspec
 import trio
 
-from llmd import procs
-from llmd.records import JobRecord
-from llmd.storedb import (
+from llmd.jobs.records import JobRecord
+from llmd.jobs.storedb import (
     Database,
     Identity,
     JobRow,
@@ -53,6 +52,7 @@ from llmd.storedb import (
     is_busy,
     is_full,
 )
+from llmd.process import procs
 
 __all__ = ["JobRow", "JobStore", "ProcGroup", "RecoveryReport", "default_path"]
 

@@ -27,8 +27,6 @@ from typing import Any
 import msgspec
 import trio
 
-from llmd import argv as argv_mod
-from llmd import procs
 from llmd.config import Blueprint, Registry
 from llmd.errors import (
     Busy,
@@ -43,14 +41,16 @@ from llmd.errors import (
     TimedOut,
     UnknownBlueprint,
 )
-from llmd.health import HealthMonitor, Route
-from llmd.jsonextract import extract_json
+from llmd.health.monitor import HealthMonitor, Route
+from llmd.jobs.records import FINAL_STATES, JobRecord, RunParams, RunResult, utc_now
+from llmd.jobs.retry import Backoff
+from llmd.jobs.store import JobRow, JobStore, ProcGroup
 from llmd.parsers import Event, ParseResult, Signal, TextDelta, make_parser
-from llmd.ratelimit import Verdict, classify
-from llmd.records import FINAL_STATES, JobRecord, RunParams, RunResult, utc_now
-from llmd.retry import Backoff
-from llmd.store import JobRow, JobStore, ProcGroup
-from llmd.supervisor import Attempt, Stream, describe_exit
+from llmd.parsers.jsonextract import extract_json
+from llmd.parsers.ratelimit import Verdict, classify
+from llmd.process import argv as argv_mod
+from llmd.process import procs
+from llmd.process.supervisor import Attempt, Stream, describe_exit
 
 if sys.version_info < (3, 11):  # pragma: no cover - 3.10 only
     from exceptiongroup import BaseExceptionGroup
@@ -134,7 +134,7 @@ class JobManager:
         registry: The registry in force (replaced on reload with :meth:`set_registry`).
         environ: The daemon's environment, the base of every child's.
         rng: Source of back-off jitter (seed it in tests).
-        attempt_factory: Builds an :class:`~llmd.supervisor.Attempt` (tests swap it).
+        attempt_factory: Builds an :class:`~llmd.process.supervisor.Attempt` (tests swap it).
         health: Routes runs around missing and cooling-down blueprints, and learns of
             rate limits.
         store: Keeps every job's record on disk.

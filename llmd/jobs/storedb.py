@@ -29,9 +29,9 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from llmd import procs
 from llmd.errors import Cancelled
-from llmd.records import FINAL_STATES, JobRecord, RunResult, utc_now
+from llmd.jobs.records import FINAL_STATES, JobRecord, RunResult, utc_now
+from llmd.process import procs
 
 log = logging.getLogger("llmd.store")
 

@@ -35,7 +35,7 @@ from typing import IO, Any
 
 import trio
 
-from llmd.sdnotify import Notifier
+from llmd.systemd.notify import Notifier
 
 # sd_listen_fds(3): passed descriptors start at 3.
 LISTEN_FDS_START = 3

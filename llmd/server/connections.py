@@ -32,8 +32,8 @@ from pathlib import Path
 import trio
 
 from llmd.errors import InvalidRequest, ParseError
-from llmd.framing import Framer, FramingError, Message, TooLarge
-from llmd.rpc import Dispatcher, Reply, Session, error_reply
+from llmd.protocol.framing import Framer, FramingError, Message, TooLarge
+from llmd.protocol.jsonrpc import Dispatcher, Reply, Session, error_reply
 
 log = logging.getLogger("llmd.server")
 

@@ -1,0 +1,7 @@
+"""Jobs: admission, the queue, the retry loop, deadlines, records and their store.
+
+- :mod:`llmd.jobs.manager`: the job manager (admission, queue, retries, deadlines).
+- :mod:`llmd.jobs.records`: the wire shapes of a run request, its result and a job record.
+- :mod:`llmd.jobs.retry`: the back-off policy.
+- :mod:`llmd.jobs.store` and :mod:`llmd.jobs.storedb`: every job's record in SQLite.
+"""
