@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llmc import __version__, cli, commands, exitcodes, output, run, status
+from llmc import __version__, cli, commands, exitcodes, output, run
+from llmc import statusline as status
 from llmc.connection import (
     CallTimeout,
     Connection,

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import trio
-from llmc import mcp_schemas, mcp_tools
+from llmc.mcp import schemas as mcp_schemas
+from llmc.mcp import tools as mcp_tools
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError

@@ -31,7 +31,7 @@ Invariants:
   ``shutil``.
 - Failures print one ``llmc: ...`` line on stderr and return a status from the table; no
   traceback reaches the user. After a first Ctrl-C, a second one ends the process at once
-  (``llmc.status.quit_on_next_interrupt``), so it cannot interrupt the cleanup either.
+  (``llmc.statusline.quit_on_next_interrupt``), so it cannot interrupt the cleanup either.
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
     except KeyboardInterrupt:
         # First, so that a second Ctrl-C during the rest cannot end in a traceback.
-        from llmc.status import quit_on_next_interrupt  # noqa: PLC0415
+        from llmc.statusline import quit_on_next_interrupt  # noqa: PLC0415
 
         quit_on_next_interrupt()
         error("interrupted")
@@ -323,9 +323,9 @@ def _main(argv: list[str] | None) -> int:
 
     if args.command == "mcp":
         # Without the human-output commands: an MCP client waits for this one to start.
-        from llmc import mcp  # noqa: PLC0415
+        from llmc.mcp import server  # noqa: PLC0415
 
-        return mcp.main(args)
+        return server.main(args)
 
     # Loaded only now: --help and usage errors have returned above without socket or json.
     from llmc import commands  # noqa: PLC0415

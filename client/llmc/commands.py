@@ -1,7 +1,7 @@
 """The llmc commands: each takes the parsed arguments, talks to llmd and returns an exit status.
 
 ``llmc run`` lives in :mod:`llmc.run`; the helpers that every command shares in
-:mod:`llmc.base`.
+:mod:`llmc.calling`.
 
 Invariants:
 - Human output by default; ``--json`` prints the JSON document and nothing else on stdout.
@@ -15,7 +15,15 @@ import sys
 import time
 
 from llmc import exitcodes
-from llmc.base import QUICK_CALL_TIMEOUT, UsageError, as_object, call, connect, dump, print_answer
+from llmc.calling import (
+    QUICK_CALL_TIMEOUT,
+    UsageError,
+    as_object,
+    call,
+    connect,
+    dump,
+    print_answer,
+)
 from llmc.output import error, format_value, indented, key_values, table, terminal_width, write
 from llmc.run import cmd_run, read_prompt
 
@@ -191,7 +199,7 @@ def job_status(record: dict[str, Any]) -> int:
 
 def _wait_for_job(conn: Connection, args: argparse.Namespace,
                   params: dict[str, Any]) -> dict[str, Any]:
-    from llmc.status import StatusLine  # noqa: PLC0415 - only waits draw a status line
+    from llmc.statusline import StatusLine  # noqa: PLC0415 - only waits draw a status line
 
     status = StatusLine.for_stderr()
     started = time.monotonic()

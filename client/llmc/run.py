@@ -20,10 +20,10 @@ import sys
 import time
 
 from llmc import exitcodes
-from llmc.base import UsageError, as_object, connect, dump, print_answer
+from llmc.calling import UsageError, as_object, connect, dump, print_answer
 from llmc.connection import ClientError
 from llmc.output import error, format_value, is_tty, write
-from llmc.status import StatusLine, quit_on_next_interrupt
+from llmc.statusline import StatusLine, quit_on_next_interrupt
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

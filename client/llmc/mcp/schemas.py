@@ -8,7 +8,7 @@ Invariants:
   what an older negotiated version does not define.
 - Input schemas keep to what the model APIs behind the clients accept (some pass them on
   nearly verbatim): one type per property, no ``anyOf``, no exclusive bounds.
-- Every ``outputSchema`` here is met by the ``structuredContent`` that :mod:`llmc.mcp_tools`
+- Every ``outputSchema`` here is met by the ``structuredContent`` that :mod:`llmc.mcp.tools`
   builds (clients such as the official SDK check it).
 """
 

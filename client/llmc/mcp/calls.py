@@ -13,7 +13,7 @@ Invariants:
   reported on every state change and at least every ``progress_s`` seconds while a call
   waits (the connection's ``on_tick``). Without a token the call is left unstreamed and
   untimed: the quickest way through llmd.
-- Every way a call can fail ends in a tool result (:mod:`llmc.mcp_tools`), or in None when
+- Every way a call can fail ends in a tool result (:mod:`llmc.mcp.tools`), or in None when
   the client cancelled it; nothing escapes to the protocol layer but bugs.
 """
 
@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 
-from llmc import mcp_tools as tools
 from llmc.connection import (
     ClientError,
     Connection,
@@ -32,6 +31,7 @@ from llmc.connection import (
     ProtocolError,
     RpcError,
 )
+from llmc.mcp import tools
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -2,8 +2,8 @@
 
 All MCP clients (Claude Code, Cursor, Zed, VS Code...) thereby share the one daemon: its
 supervisor, queue, health view and job store. This module is the protocol side; the tools
-are listed in :mod:`llmc.mcp_schemas`, carried out in :mod:`llmc.mcp_calls`, and answered
-with the results of :mod:`llmc.mcp_tools`.
+are listed in :mod:`llmc.mcp.schemas`, carried out in :mod:`llmc.mcp.calls`, and answered
+with the results of :mod:`llmc.mcp.tools`.
 
 Invariants:
 - Stdout carries protocol messages only: one JSON-RPC message (or batch array) per line,
@@ -35,9 +35,10 @@ import sys
 import threading
 import time
 
-from llmc import __version__, exitcodes, mcp_schemas, mcp_tools
+from llmc import __version__, exitcodes
 from llmc.connection import socket_path
-from llmc.mcp_calls import Call, Daemon, Runner
+from llmc.mcp import schemas, tools
+from llmc.mcp.calls import Call, Daemon, Runner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -318,7 +319,7 @@ class Server:
             # A 2026-07-28 method: its result has that revision's shape, envelope or not.
             sink(self._response(request_id, {
                 "supportedVersions": list(MODERN_VERSIONS),
-                "capabilities": {"tools": {}}, "instructions": mcp_schemas.INSTRUCTIONS,
+                "capabilities": {"tools": {}}, "instructions": schemas.INSTRUCTIONS,
                 "ttlMs": DISCOVER_TTL_MS, "cacheScope": "public"}, MODERN_VERSIONS[-1]))
         elif method == "tools/list":
             self._spawn(lambda: self._list_tools(request_id, version, sink), request_id, sink)
@@ -343,7 +344,7 @@ class Server:
         self._version = version
         return {"protocolVersion": version,
                 "capabilities": {"tools": {"listChanged": False}},
-                "serverInfo": dict(SERVER_INFO), "instructions": mcp_schemas.INSTRUCTIONS}
+                "serverInfo": dict(SERVER_INFO), "instructions": schemas.INSTRUCTIONS}
 
     def _notification(self, method: str, params: dict[str, Any]) -> None:
         if method != "notifications/cancelled":
@@ -397,8 +398,8 @@ class Server:
     # -- tools/list and tools/call -------------------------------------------------------------
 
     def _list_tools(self, request_id: object, version: str, sink: _Once) -> None:
-        definitions = mcp_schemas.shape_tools(
-            mcp_schemas.tool_definitions(self.runner.blueprints(LIST_TIMEOUT), self.max_chars),
+        definitions = schemas.shape_tools(
+            schemas.tool_definitions(self.runner.blueprints(LIST_TIMEOUT), self.max_chars),
             structured=at_least(version, "2025-06-18"), titles=at_least(version, "2025-06-18"),
             annotations=at_least(version, "2025-03-26"))
         result: dict[str, Any] = {"tools": definitions}
@@ -511,15 +512,15 @@ def main(args: argparse.Namespace) -> int:
     """
     try:
         max_chars = int(_setting(args.max_chars, "LLMC_MCP_MAX_CHARS",
-                                 mcp_tools.DEFAULT_MAX_CHARS, mcp_tools.MIN_MAX_CHARS,
+                                 tools.DEFAULT_MAX_CHARS, tools.MIN_MAX_CHARS,
                                  whole=True))
         progress_s = _setting(args.progress_interval, "LLMC_MCP_PROGRESS_S",
                               DEFAULT_PROGRESS_S, 0.01, whole=False)
     except ValueError as exc:
         Server.log(str(exc))
         return exitcodes.USAGE
-    if max_chars < mcp_tools.MIN_MAX_CHARS:
-        Server.log(f"--max-chars must be at least {mcp_tools.MIN_MAX_CHARS}")
+    if max_chars < tools.MIN_MAX_CHARS:
+        Server.log(f"--max-chars must be at least {tools.MIN_MAX_CHARS}")
         return exitcodes.USAGE
     try:
         cwd: str | None = os.getcwd()

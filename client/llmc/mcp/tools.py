@@ -1,10 +1,10 @@
 """The tools of ``llmc mcp``: argument checks, and results built from llmd's replies.
 
-The schemas are in :mod:`llmc.mcp_schemas`, the calls to llmd in :mod:`llmc.mcp_calls`.
+The schemas are in :mod:`llmc.mcp.schemas`, the calls to llmd in :mod:`llmc.mcp.calls`.
 
 Invariants:
 - Pure functions of their inputs (arguments, a daemon reply, the size limit): no sockets,
-  threads or clocks, so the I/O stays in :mod:`llmc.mcp` and :mod:`llmc.mcp_calls`.
+  threads or clocks, so the I/O stays in :mod:`llmc.mcp.server` and :mod:`llmc.mcp.calls`.
 - A tool's outcome is always an MCP ``CallToolResult`` object. Whatever the model can act on
   (a CLI that failed, an unknown blueprint, llmd not running, bad arguments) is a result with
   ``isError: true`` whose one text block tells the whole story, because Claude Code shows
