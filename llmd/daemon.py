@@ -25,9 +25,10 @@ from llmd.health.monitor import HealthMonitor
 from llmd.jobs.manager import JobManager
 from llmd.jobs.store import JobStore, default_path
 from llmd.paths import PACKAGED_CONFIG, packaged_config, prepare_socket_dir
-from llmd.protocol.jsonrpc import Dispatcher, encode_notification
+from llmd.protocol.jsonrpc import encode_notification
 from llmd.server import methods
 from llmd.server.connections import Listener, Server
+from llmd.server.dispatch import Dispatcher
 from llmd.systemd import activation as systemd
 from llmd.systemd.notify import Notifier
 

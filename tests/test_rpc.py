@@ -17,16 +17,12 @@ from hypothesis import strategies as st
 from llmd import errors
 from llmd.protocol.jsonrpc import (
     SPLICE_MIN,
-    CallContext,
-    Dispatcher,
-    Method,
-    Session,
     encode_notification,
     error_reply,
     reply_bytes,
-    request_key,
     result_reply,
 )
+from llmd.server.dispatch import CallContext, Dispatcher, Method, Session, request_key
 
 # --- the specification's methods ---------------------------------------------------------
 

@@ -1,22 +1,12 @@
-"""JSON-RPC 2.0 dispatch: the bytes of one message in, the bytes of its reply out.
+"""JSON-RPC 2.0 messages, sans I/O: a message's bytes decoded and checked, replies encoded.
 
 Invariants:
-- ``Dispatcher.handle`` answers every input, whatever its bytes, with ``None`` or one
-  serialised reply (an object, or an array for a batch); only ``trio.Cancelled`` from an
-  enclosing scope (and other ``BaseException``s such as ``KeyboardInterrupt``) escape it.
-- Notifications (no ``id`` member) never get a reply, not even an error; their handlers
-  still run, and their failures go to the log.
-- A failing handler reaches the wire as its ``LlmdError.to_wire()``, or as a bare -32603
-  without any exception text; the exception itself goes to the ``llmd.rpc`` log.
+- :func:`decode_message` turns any bytes into a request, a batch of raw elements, or the
+  bytes of the error reply owed for them; it never raises for what a client sent.
 - Ids are echoed as decoded: strings stay strings, integers (of any size) stay integers,
   numbers with a fraction or exponent stay floats. An id that is not a string, number or
   null, or a number beyond the range of a double (``1e400``), is answered -32600 with
   id null.
-- Every request with an id runs in its own ``trio.CancelScope``, registered in
-  ``Session.inflight`` under ``request_key(id)`` while it runs. ``$/cancelRequest``
-  cancels it, and it is then answered -32800. If a second request reuses an id already
-  in flight on the session, it replaces the first in ``inflight`` (both still run and are
-  answered; only the later one can be cancelled by id).
 - Text that is not JSON is -32700: invalid UTF-8 anywhere, ``NaN``/``Infinity``, lone
   surrogate escapes, trailing data, and nesting deeper than msgspec's limit (about
   1000 levels; msgspec raises ``RecursionError``). Valid JSON that is not a request
@@ -24,9 +14,13 @@ Invariants:
   batch over ``max_batch``) is -32600, answered even when it has no id. Extra members
   are tolerated; of duplicate keys the last one counts.
 - The message is decoded once; ``params`` is kept raw and decoded straight into the
-  method's ``msgspec.Struct``, so JSON types are checked strictly (no str-to-int).
-  Params by position are matched to the struct's fields in order and checked the same
-  way; error paths then name the position (``$[1]``).
+  method's ``msgspec.Struct`` (:class:`Params`), so JSON types are checked strictly (no
+  str-to-int). Params by position are matched to the struct's fields in order and checked
+  the same way; error paths then name the position (``$[1]``).
+- A reply that cannot be encoded becomes a bare -32603 (and a line in the ``llmd.rpc``
+  log), never an exception; a struct's large strings are encoded apart and spliced in.
+- Nothing here does I/O or knows of trio: the dispatcher (:mod:`llmd.server.dispatch`)
+  runs the handlers.
 """
 
 from __future__ import annotations
@@ -35,91 +29,42 @@ import functools
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import msgspec
-import trio
 
 from llmd import errors
 from llmd.errors import LlmdError
 
 __all__ = [
-    "CANCEL_REQUEST",
-    "CallContext",
-    "Dispatcher",
-    "Method",
-    "MethodHandler",
+    "CANCELLED",
+    "ENCODE_FAILURES",
+    "INTERNAL",
+    "SPLICE_MIN",
+    "LargeString",
+    "Params",
     "Reply",
+    "Request",
     "RequestId",
-    "RequestKey",
-    "Session",
+    "check_request",
+    "decode_element",
+    "decode_message",
     "encode_notification",
+    "error_bytes",
     "error_reply",
+    "invalid",
     "reply_bytes",
-    "request_key",
     "result_reply",
+    "unknown_method",
 ]
 
 RequestId: TypeAlias = int | float | str | None
-RequestKey: TypeAlias = tuple[type, RequestId]
 
-CANCEL_REQUEST = "$/cancelRequest"
-DEFAULT_MAX_BATCH = 10_000
 _NAME_SHOWN = 100  # characters of an unknown method name quoted back
 
 log = logging.getLogger("llmd.rpc")
-
-
-class Session:
-    """The state of one connection, shared by the requests that arrive on it.
-
-    Attributes:
-        inflight: The cancel scope of each running request, by ``request_key(id)``.
-        extra: Whatever the server wants to attach to the connection.
-    """
-
-    def __init__(self) -> None:
-        self.inflight: dict[RequestKey, trio.CancelScope] = {}
-        self.extra: dict[str, Any] = {}
-
-
-@dataclass
-class CallContext:
-    """What a handler knows about the call besides its params."""
-
-    request_id: RequestId
-    is_notification: bool
-    session: Session
-
-
-MethodHandler: TypeAlias = Callable[[Any, CallContext], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Method:
-    """One method of the table.
-
-    Attributes:
-        name: The JSON-RPC method name.
-        handler: ``await handler(params, ctx)`` gives the result (msgspec-encodable).
-        params: The struct the params are decoded into, by name or by position; None
-            when the method takes none (absent, ``{}`` and ``[]`` are then accepted).
-    """
-
-    name: str
-    handler: MethodHandler
-    params: type[msgspec.Struct] | None = None
-
-
-def request_key(request_id: RequestId) -> RequestKey:
-    """The ``Session.inflight`` key of a request id.
-
-    The JSON type is part of the key, so the ids ``1``, ``1.0`` and ``"1"`` name three
-    different requests (as their echoes differ too).
-    """
-    return (type(request_id), request_id)
 
 
 # --- wire shapes -----------------------------------------------------------------------
@@ -127,7 +72,7 @@ def request_key(request_id: RequestId) -> RequestKey:
 _ABSENT = msgspec.Raw()
 
 
-class _Request(msgspec.Struct):
+class Request(msgspec.Struct):
     """A request as decoded on the hot path; members of a wrong type fail the decode."""
 
     jsonrpc: str | msgspec.UnsetType = msgspec.UNSET
@@ -160,10 +105,6 @@ class _Notification(msgspec.Struct, gc=False):
     params: Any
 
 
-class _CancelParams(msgspec.Struct):
-    id: int | float | str | None
-
-
 _encoder = msgspec.json.Encoder()
 
 Reply: TypeAlias = "bytes | tuple[bytes | LargeString, ...]"
@@ -174,8 +115,8 @@ _SLICE_CHARS = 1 << 20
 # Stands for a large string in a reply's skeleton. Random, so that no string of a result
 # can contain it by chance or by design (it is never shown).
 _SPLICE_MARK = secrets.token_hex(16).encode()
-_message_decoder = msgspec.json.Decoder(_Request | list[msgspec.Raw])
-_element_decoder = msgspec.json.Decoder(_Request)
+_message_decoder = msgspec.json.Decoder(Request | list[msgspec.Raw])
+_element_decoder = msgspec.json.Decoder(Request)
 _probe_decoder = msgspec.json.Decoder(_IdProbe)
 _syntax_decoder = msgspec.json.Decoder(msgspec.Raw)
 _id_decoder = msgspec.json.Decoder(int | float | str | None)
@@ -183,7 +124,7 @@ _structured_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw] | list[msgspec
 _positional_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 
 # Failures of encoding a value: unsupported types, lone surrogates, cycles.
-_ENCODE_FAILURES = (TypeError, ValueError, RecursionError, msgspec.EncodeError)
+ENCODE_FAILURES = (TypeError, ValueError, RecursionError, msgspec.EncodeError)
 
 _AT_PATH = re.compile(r" - at `(\$[^`]*)`$")
 _NOT_OBJECT = re.compile(r"^Expected `object( \| array)?`, got (`\w+`)$")
@@ -214,7 +155,7 @@ def error_reply(err: LlmdError, request_id: RequestId) -> bytes:
         The reply as bytes; a bare -32603 if the error's ``data`` cannot be encoded
         (which is logged).
     """
-    return _error_bytes(err.to_wire(), request_id)
+    return error_bytes(err.to_wire(), request_id)
 
 
 def result_reply(result: object, request_id: RequestId) -> Reply:
@@ -313,25 +254,29 @@ def reply_bytes(reply: Reply) -> bytes:
                     for piece in ((part,) if isinstance(part, bytes) else part.pieces()))
 
 
-def _error_bytes(error: dict[str, Any], request_id: RequestId) -> bytes:
+def error_bytes(error: dict[str, Any], request_id: RequestId) -> bytes:
+    """Serialise an error reply from its ``error`` member (a bare -32603 if it cannot be)."""
     try:
         return _encoder.encode(_ErrorReply("2.0", error, request_id))
-    except _ENCODE_FAILURES:
+    except ENCODE_FAILURES:
         log.exception("error reply %r could not be encoded", error.get("code"))
-        return _encoder.encode(_ErrorReply("2.0", _INTERNAL, request_id))
+        return _encoder.encode(_ErrorReply("2.0", INTERNAL, request_id))
 
 
-_INTERNAL = errors.InternalError("internal error").to_wire()
-_CANCELLED = errors.Cancelled("request cancelled").to_wire()
+INTERNAL = errors.InternalError("internal error").to_wire()
+"""The ``error`` member of a bare -32603."""
+CANCELLED = errors.Cancelled("request cancelled").to_wire()
+"""The ``error`` member of a request cancelled by ``$/cancelRequest``."""
 
 
-def _invalid(detail: str, request_id: RequestId = None) -> bytes:
-    return _error_bytes(errors.InvalidRequest(f"invalid request: {detail}").to_wire(),
+def invalid(detail: str, request_id: RequestId = None) -> bytes:
+    """The -32600 reply: ``detail`` says what makes the message no request."""
+    return error_bytes(errors.InvalidRequest(f"invalid request: {detail}").to_wire(),
                         request_id)
 
 
 def _parse_error(detail: str) -> bytes:
-    return _error_bytes(errors.ParseError(f"parse error: {detail}").to_wire(), None)
+    return error_bytes(errors.ParseError(f"parse error: {detail}").to_wire(), None)
 
 
 def _first_byte(raw: msgspec.Raw) -> int:
@@ -351,191 +296,116 @@ def _validation_data(exc: msgspec.ValidationError) -> tuple[str, dict[str, Any]]
     return text, {"path": path}
 
 
-# --- dispatch ----------------------------------------------------------------------------
+# --- decoding --------------------------------------------------------------------------
+
+
+def decode_message(data: bytes) -> Request | list[msgspec.Raw] | bytes:
+    """Decode one message's body.
+
+    Returns:
+        The request, the raw elements of a batch, or the error reply it gets (-32700 for
+        text that is not JSON, -32600 for JSON that is no request).
+    """
+    try:
+        if not data.isascii():
+            # msgspec does not check UTF-8 inside skipped members; the spec wants
+            # the whole text valid.
+            data.decode("utf-8")
+        try:
+            return _message_decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            # msgspec stops at the first member of a wrong type, so the rest of the
+            # text is unchecked: it must be JSON for the answer to be -32600.
+            _syntax_decoder.decode(data)
+            return _invalid_from(data, exc)
+    except msgspec.DecodeError as exc:
+        return _parse_error(str(exc))
+    except UnicodeDecodeError as exc:
+        return _parse_error(f"invalid UTF-8 at byte {exc.start}")
+    except RecursionError:
+        return _parse_error("nesting too deep")
+
+
+def decode_element(item: msgspec.Raw) -> Request | bytes:
+    """Decode one element of a batch: the request, or its -32600 reply."""
+    try:
+        return _element_decoder.decode(item)
+    except msgspec.ValidationError as exc:
+        return _invalid_from(item, exc)
+
+
+def check_request(request: Request) -> tuple[str, RequestId, bool] | bytes:
+    """The method name, id and whether it is a notification; or the -32600 reply.
+
+    Returns:
+        ``(method, id, is_notification)`` (the id None for a notification), or the
+        error reply when ``jsonrpc`` is not "2.0" or ``method`` is missing.
+    """
+    request_id = request.id
+    is_notification = request_id is msgspec.UNSET
+    rid: RequestId = None if request_id is msgspec.UNSET else request_id
+    if request.jsonrpc != "2.0":
+        return invalid('`jsonrpc` must be "2.0"', rid)
+    name = request.method
+    if name is msgspec.UNSET:
+        return invalid("`method` is missing", rid)
+    return name, rid, is_notification
+
+
+def unknown_method(request: Request, name: str, rid: RequestId,
+                   is_notification: bool) -> bytes | None:
+    """The reply to a request for a method that does not exist (None for a notification)."""
+    if request.params is not _ABSENT and _first_byte(request.params) not in b"{[":
+        return invalid("`params` must be an object or an array", rid)
+    if is_notification:
+        log.debug("notification for unknown method %.100r ignored", name)
+        return None
+    return error_bytes(errors.MethodNotFound(
+        f"method not found: `{name[:_NAME_SHOWN]}`").to_wire(), rid)
 
 
 @dataclass(frozen=True)
-class _Entry:
-    method: Method
+class Params:
+    """How one method's params are decoded, by name or by position, into its struct.
+
+    Attributes:
+        method: The method's name, for error messages.
+        decoder: Decodes the struct; None when the method takes no params.
+        names: The struct's fields as JSON-encoded names, for params given by position.
+        fields: The struct's fields' wire names.
+    """
+
+    method: str
     decoder: msgspec.json.Decoder[msgspec.Struct] | None
-    # The struct's fields as JSON-encoded names, for params given by position.
     names: tuple[bytes, ...]
     fields: tuple[str, ...]
 
+    @classmethod
+    def of(cls, method: str, struct: type[msgspec.Struct] | None) -> Params:
+        """The params of ``method``, decoded into ``struct`` (None: it takes none).
 
-async def _cancel_request(params: _CancelParams, ctx: CallContext) -> None:
-    scope = ctx.session.inflight.get(request_key(params.id))
-    # Unknown ids (finished, never seen) are ignored, as LSP prescribes.
-    if scope is not None:
-        scope.cancel()
-
-
-class Dispatcher:
-    """Routes JSON-RPC 2.0 messages to async handlers.
-
-    Args:
-        methods: The method table; ``$/cancelRequest`` is built in.
-        log: Where handler failures are reported; ``llmd.rpc`` by default.
-        max_batch: The most requests one batch may hold; a longer batch is answered
-            with a single -32600.
-
-    Raises:
-        ValueError: Two methods share a name, or a params type is not a Struct.
-    """
-
-    def __init__(self, methods: Iterable[Method], *, log: logging.Logger | None = None,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
-        self.log = log if log is not None else logging.getLogger("llmd.rpc")
-        self.max_batch = max_batch
-        self._entries: dict[str, _Entry] = {}
-        for method in (Method(CANCEL_REQUEST, _cancel_request, _CancelParams), *methods):
-            if method.name in self._entries:
-                raise ValueError(f"method {method.name!r} is defined twice")
-            self._entries[method.name] = _compile(method)
-
-    async def handle(self, data: bytes, session: Session) -> bytes | None:
-        """Answer one message, with the reply in one buffer (see :meth:`handle_parts`)."""
-        reply = await self.handle_parts(data, session)
-        return None if reply is None else reply_bytes(reply)
-
-    async def handle_parts(self, data: bytes, session: Session) -> Reply | None:
-        """Answer one message.
-
-        Args:
-            data: The message body, without framing.
-            session: The connection it arrived on.
-
-        Returns:
-            The serialised reply (one buffer, or parts to send in order), or None when
-            nothing is to be sent (a notification, or a batch of notifications only).
+        Raises:
+            ValueError: ``struct`` is not a msgspec.Struct type.
         """
-        try:
-            if not data.isascii():
-                # msgspec does not check UTF-8 inside skipped members; the spec wants
-                # the whole text valid.
-                data.decode("utf-8")
-            try:
-                message = _message_decoder.decode(data)
-            except msgspec.ValidationError as exc:
-                # msgspec stops at the first member of a wrong type, so the rest of the
-                # text is unchecked: it must be JSON for the answer to be -32600.
-                _syntax_decoder.decode(data)
-                return _invalid_from(data, exc)
-        except msgspec.DecodeError as exc:
-            return _parse_error(str(exc))
-        except UnicodeDecodeError as exc:
-            return _parse_error(f"invalid UTF-8 at byte {exc.start}")
-        except RecursionError:
-            return _parse_error("nesting too deep")
-        if isinstance(message, list):
-            return await self._batch(message, session)
-        return await self._request(message, session)
+        if struct is None:
+            return cls(method, None, (), ())
+        if not (isinstance(struct, type) and issubclass(struct, msgspec.Struct)):
+            raise ValueError(f"params of {method!r} must be a msgspec.Struct type")
+        fields = tuple(field.encode_name for field in msgspec.structs.fields(struct))
+        names = tuple(_encoder.encode(name) for name in fields)
+        return cls(method, msgspec.json.Decoder(struct), names, fields)
 
-    async def _batch(self, items: list[msgspec.Raw], session: Session) -> bytes | None:
-        if not items:
-            return _invalid("empty batch")
-        if len(items) > self.max_batch:
-            return _invalid(f"batch of {len(items)} requests; the limit is {self.max_batch}")
-        replies: list[Reply | None] = [None] * len(items)
+    def decode(self, raw: msgspec.Raw) -> msgspec.Struct | None:
+        """Decode ``params`` (``Request.params``, possibly absent) for the method.
 
-        async def run(index: int, request: _Request) -> None:
-            replies[index] = await self._request(request, session)
-
-        async with trio.open_nursery() as nursery:
-            for index, item in enumerate(items):
-                try:
-                    request = _element_decoder.decode(item)
-                except msgspec.ValidationError as exc:
-                    replies[index] = _invalid_from(item, exc)
-                else:
-                    nursery.start_soon(run, index, request)
-        parts = [reply_bytes(reply) for reply in replies if reply is not None]
-        return b"[" + b",".join(parts) + b"]" if parts else None
-
-    async def _request(self, request: _Request, session: Session) -> Reply | None:
-        request_id = request.id
-        is_notification = request_id is msgspec.UNSET
-        rid: RequestId = None if request_id is msgspec.UNSET else request_id
-        if request.jsonrpc != "2.0":
-            return _invalid('`jsonrpc` must be "2.0"', rid)
-        name = request.method
-        if name is msgspec.UNSET:
-            return _invalid("`method` is missing", rid)
-        entry = self._entries.get(name)
-        if entry is None:
-            if request.params is not _ABSENT and _first_byte(request.params) not in b"{[":
-                return _invalid("`params` must be an object or an array", rid)
-            if is_notification:
-                self.log.debug("notification for unknown method %.100r ignored", name)
-                return None
-            return _error_bytes(errors.MethodNotFound(
-                f"method not found: `{name[:_NAME_SHOWN]}`").to_wire(), rid)
-        try:
-            params = _decode_params(entry, request.params)
-        except errors.InvalidRequest as exc:
-            # Not a request object at all, so not a notification either: answered.
-            return _error_bytes(exc.to_wire(), rid)
-        except LlmdError as exc:
-            if is_notification:
-                self.log.debug("notification %s ignored: %s", name, exc.message)
-                return None
-            return _error_bytes(exc.to_wire(), rid)
-        ctx = CallContext(rid, is_notification, session)
-        if is_notification:
-            await self._notify(entry.method, params, ctx)
-            return None
-        return await self._call(entry.method, params, ctx)
-
-    async def _notify(self, method: Method, params: msgspec.Struct | None,
-                      ctx: CallContext) -> None:
-        try:
-            await method.handler(params, ctx)
-        except LlmdError as exc:
-            # The code, not the message: a run's message may quote what the CLI printed.
-            self.log.warning("notification %s failed: error %d", method.name, exc.code)
-        except Exception:
-            self.log.exception("notification %s failed", method.name)
-
-    async def _call(self, method: Method, params: msgspec.Struct | None,
-                    ctx: CallContext) -> Reply:
-        rid = ctx.request_id
-        key = request_key(rid)
-        inflight = ctx.session.inflight
-        with trio.CancelScope() as scope:
-            inflight[key] = scope
-            try:
-                result = await method.handler(params, ctx)
-            except LlmdError as exc:
-                return _error_bytes(exc.to_wire(), rid)
-            except Exception:
-                self.log.exception("method %s failed (request id %r)", method.name, rid)
-                return _error_bytes(_INTERNAL, rid)
-            finally:
-                # A later request with the same id may have replaced this registration.
-                if inflight.get(key) is scope:
-                    del inflight[key]
-            try:
-                return result_reply(result, rid)
-            except _ENCODE_FAILURES:
-                self.log.exception("result of %s could not be encoded (request id %r)",
-                                   method.name, rid)
-                return _error_bytes(_INTERNAL, rid)
-        # Reached only when this request's own scope caught the cancellation.
-        return _error_bytes(_CANCELLED, rid)
+        Raises:
+            InvalidRequest: ``params`` is neither an object nor an array.
+            InvalidParams: It does not fit the method.
+        """
+        return _decode_params(self, raw)
 
 
-def _compile(method: Method) -> _Entry:
-    struct = method.params
-    if struct is None:
-        return _Entry(method, None, (), ())
-    if not (isinstance(struct, type) and issubclass(struct, msgspec.Struct)):
-        raise ValueError(f"params of {method.name!r} must be a msgspec.Struct type")
-    fields = tuple(field.encode_name for field in msgspec.structs.fields(struct))
-    names = tuple(_encoder.encode(name) for name in fields)
-    return _Entry(method, msgspec.json.Decoder(struct), names, fields)
-
-
-def _decode_params(entry: _Entry, raw: msgspec.Raw) -> msgspec.Struct | None:
+def _decode_params(entry: Params, raw: msgspec.Raw) -> msgspec.Struct | None:
     """Decode ``params`` for a method.
 
     Raises:
@@ -553,7 +423,7 @@ def _decode_params(entry: _Entry, raw: msgspec.Raw) -> msgspec.Struct | None:
                 "invalid request: `params` must be an object or an array") from None
         if given:
             raise errors.InvalidParams(
-                f"invalid params: `{entry.method.name}` takes no params", {"path": "$"})
+                f"invalid params: `{entry.method}` takes no params", {"path": "$"})
         return None
     try:
         return decoder.decode(b"{}" if raw is _ABSENT else raw)
@@ -568,13 +438,13 @@ def _decode_params(entry: _Entry, raw: msgspec.Raw) -> msgspec.Struct | None:
         raise errors.InvalidParams(f"invalid params: {text}", data) from None
 
 
-def _decode_positional(entry: _Entry, decoder: msgspec.json.Decoder[msgspec.Struct],
+def _decode_positional(entry: Params, decoder: msgspec.json.Decoder[msgspec.Struct],
                        raw: msgspec.Raw) -> msgspec.Struct:
     """Map params given by position onto the struct's fields, in their order."""
     items = _positional_decoder.decode(raw)
     if len(items) > len(entry.names):
         raise errors.InvalidParams(
-            f"invalid params: `{entry.method.name}` takes at most {len(entry.names)} "
+            f"invalid params: `{entry.method}` takes at most {len(entry.names)} "
             f"params by position, got {len(items)}", {"path": f"$[{len(entry.names)}]"})
     # Rebuilt as an object, the params get exactly the checks of params given by name.
     pairs = zip(entry.names, items, strict=False)
@@ -587,7 +457,7 @@ def _decode_positional(entry: _Entry, decoder: msgspec.json.Decoder[msgspec.Stru
         raise errors.InvalidParams(f"invalid params: {text}", data) from None
 
 
-def _by_position(entry: _Entry, text: str, path: str) -> tuple[str, str]:
+def _by_position(entry: Params, text: str, path: str) -> tuple[str, str]:
     """Point a path at the position the client used (``$.prompt`` -> ``$[0]``)."""
     for index, field in enumerate(entry.fields):
         prefix = f"$.{field}"
@@ -611,4 +481,4 @@ def _invalid_from(data: bytes | msgspec.Raw, exc: msgspec.ValidationError) -> by
     if shape:
         wanted = "a request object or a batch array" if shape.group(1) else "a request object"
         text = f"expected {wanted}, got {shape.group(2)}"
-    return _invalid(text, request_id)
+    return invalid(text, request_id)

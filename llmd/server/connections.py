@@ -33,7 +33,8 @@ import trio
 
 from llmd.errors import InvalidRequest, ParseError
 from llmd.protocol.framing import Framer, FramingError, Message, TooLarge
-from llmd.protocol.jsonrpc import Dispatcher, Reply, Session, error_reply
+from llmd.protocol.jsonrpc import Reply, error_reply
+from llmd.server.dispatch import Dispatcher, Session
 
 log = logging.getLogger("llmd.server")
 

@@ -18,7 +18,7 @@ import trio
 from llmd import __version__
 from llmd.errors import InvalidParams, NoSuchJob
 from llmd.jobs.records import ALL_STATES, FINAL_STATES, JobRecord, RunParams, RunResult
-from llmd.protocol.jsonrpc import CallContext, Method
+from llmd.server.dispatch import CallContext, Method
 
 if TYPE_CHECKING:
     from llmd.daemon import Daemon

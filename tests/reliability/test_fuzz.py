@@ -38,7 +38,7 @@ from llmd.parsers import PARSERS, Signal, TextDelta, make_parser
 from llmd.parsers.ratelimit import DEFAULT_PATTERNS, classify
 from llmd.process.argv import FORCED_ENV, child_env, render
 from llmd.protocol.framing import Frame, Framer, FramingError, Message, TooLarge
-from llmd.protocol.jsonrpc import Dispatcher, Method, Session
+from llmd.server.dispatch import Dispatcher, Method, Session
 from tests.reliability.support import tally
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "real-clis"
