@@ -190,7 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from llmd.daemon import Daemon, load_registry  # noqa: PLC0415
     from llmd.paths import PathError  # noqa: PLC0415
-    from llmd.server.connections import AlreadyRunning  # noqa: PLC0415
+    from llmd.server.listener import AlreadyRunning  # noqa: PLC0415
     from llmd.systemd import activation as systemd  # noqa: PLC0415
 
     # First, before the environment is copied for any child.

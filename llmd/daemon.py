@@ -27,8 +27,9 @@ from llmd.jobs.store import JobStore, default_path
 from llmd.paths import PACKAGED_CONFIG, packaged_config, prepare_socket_dir
 from llmd.protocol.jsonrpc import encode_notification
 from llmd.server import methods
-from llmd.server.connections import Listener, Server
+from llmd.server.connections import Server
 from llmd.server.dispatch import Dispatcher
+from llmd.server.listener import Listener
 from llmd.systemd import activation as systemd
 from llmd.systemd.notify import Notifier
 
