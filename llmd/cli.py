@@ -53,7 +53,7 @@ def setup_logging(level: str, *, stream: TextIO | None = None,
         stream: Where to write (default ``sys.stderr``).
         env: Where to read ``JOURNAL_STREAM`` (default ``os.environ``).
     """
-    from llmd.systemd.activation import is_journal_stream  # noqa: PLC0415 - keeps check-config light
+    from llmd.systemd.runtime import is_journal_stream  # noqa: PLC0415 - keeps check-config light
 
     stream = sys.stderr if stream is None else stream
     handler = logging.StreamHandler(stream)
@@ -128,22 +128,22 @@ def _check_config(path: str | None) -> int:
 
 
 def _install_service(*, print_only: bool) -> int:
-    from llmd.systemd import activation as systemd  # noqa: PLC0415
+    from llmd.systemd import units as unit_files  # noqa: PLC0415
 
     try:
-        units = systemd.render_units(systemd.llmd_command())
+        units = unit_files.render_units(unit_files.llmd_command())
     except (RuntimeError, ValueError) as exc:
         print(f"llmd: cannot write the units: {exc}", file=sys.stderr)
         return 1
-    directory = systemd.user_unit_dir()
-    steps = systemd.next_steps(os.environ.get("PATH"))
+    directory = unit_files.user_unit_dir()
+    steps = unit_files.next_steps(os.environ.get("PATH"))
     if print_only:
         for name, text in units.items():
             print(f"# {directory / name}\n{text}")
         print(steps, end="")
         return 0
     try:
-        written = systemd.write_units(units, directory)
+        written = unit_files.write_units(units, directory)
     except OSError as exc:
         print(f"llmd: cannot write the units to {directory}: {exc}", file=sys.stderr)
         return 1
@@ -191,12 +191,12 @@ def _serve(args: argparse.Namespace) -> int:
     from llmd.daemon import Daemon, load_registry  # noqa: PLC0415
     from llmd.paths import PathError  # noqa: PLC0415
     from llmd.server.listener import AlreadyRunning  # noqa: PLC0415
-    from llmd.systemd import activation as systemd  # noqa: PLC0415
+    from llmd.systemd import activation  # noqa: PLC0415
 
     # First, before the environment is copied for any child.
     try:
-        activated = systemd.listen_socket()
-    except systemd.ActivationError as exc:
+        activated = activation.listen_socket()
+    except activation.ActivationError as exc:
         print(f"llmd: socket activation: {exc}", file=sys.stderr)
         return 1
     source = config_path(args.config)
@@ -217,7 +217,7 @@ def _serve(args: argparse.Namespace) -> int:
     if activated is None:
         daemon = Daemon(registry, path, default_socket=not explicit)
     else:
-        passed = systemd.socket_path_of(activated)
+        passed = activation.socket_path_of(activated)
         if explicit and passed is not None and passed != path:
             log.warning("serving %s, the socket systemd passed; %s is ignored", passed, path)
         # systemd made the socket's directory; nothing of ours is created or secured.

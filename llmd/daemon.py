@@ -30,7 +30,7 @@ from llmd.server import methods
 from llmd.server.connections import Server
 from llmd.server.dispatch import Dispatcher
 from llmd.server.listener import Listener
-from llmd.systemd import activation as systemd
+from llmd.systemd import runtime
 from llmd.systemd.notify import Notifier
 
 log = logging.getLogger("llmd")
@@ -79,7 +79,7 @@ class Daemon:
         self.notifier = Notifier()
         # STATUS= for `systemctl status`: looked at once a second and sent only when it
         # changed (call self.status.update() where job counts change to send it sooner).
-        self.status = systemd.StatusReporter(self.notifier, self._status_text, poll=1.0)
+        self.status = runtime.StatusReporter(self.notifier, self._status_text, poll=1.0)
 
     def _status_text(self) -> str:
         """The one line systemd shows for us."""
@@ -168,7 +168,7 @@ class Daemon:
                 # Before READY=1: a reload or stop sent at once must find its handler.
                 await nursery.start(self._watch_signals)
                 # Both return at once outside systemd (no NOTIFY_SOCKET, no WATCHDOG_USEC).
-                nursery.start_soon(systemd.watchdog, self.notifier, os.environ)
+                nursery.start_soon(runtime.watchdog, self.notifier, os.environ)
                 nursery.start_soon(self.status.run)
                 log.info("llmd serving %s with %d blueprints from %s", self.socket_path,
                          len(self.registry.blueprints), self.registry.source)

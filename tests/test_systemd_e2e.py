@@ -1,9 +1,5 @@
 """systemd integration against the real daemon: socket activation through
 ``systemd-socket-activate``, the watchdog and the status line over a notify socket.
-
-Tests marked ``needs_daemon_wiring`` exercise the watchdog and status tasks that
-``llmd/daemon.py`` starts once it imports ``llmd.systemd``; until then they are skipped
-with that reason.
 """
 
 from __future__ import annotations
@@ -24,16 +20,12 @@ from typing import Any
 import pytest
 import trio
 
-import llmd.daemon
 from tests.conftest import DaemonHandle, RawClient, registry_toml
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 needs_socket_activate = pytest.mark.skipif(
     SOCKET_ACTIVATE is None,
     reason="systemd-socket-activate is not installed (.ci/run installs the systemd package)")
-needs_daemon_wiring = pytest.mark.skipif(
-    not hasattr(llmd.daemon, "systemd"),
-    reason="llmd/daemon.py does not start llmd.systemd's watchdog and status tasks yet")
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -152,7 +144,6 @@ async def test_serve_leaves_a_socket_that_something_listens_on(short_tmp: Path,
 # --- needs the daemon.py wiring ------------------------------------------------
 
 
-@needs_daemon_wiring
 async def test_the_daemon_pings_the_watchdog(daemon_factory: Any, fake_bin: Path) -> None:
     d: DaemonHandle = await daemon_factory(blueprints(fake_bin), env={"WATCHDOG_USEC": "200000"})
     times: list[float] = []
@@ -166,7 +157,6 @@ async def test_the_daemon_pings_the_watchdog(daemon_factory: Any, fake_bin: Path
     assert min(gaps) >= 0.05, gaps
 
 
-@needs_daemon_wiring
 async def test_a_watchdog_for_another_pid_is_not_pinged(daemon_factory: Any,
                                                         fake_bin: Path) -> None:
     # 10 ms pings if it were ours: a reload round trip would see several.
@@ -186,7 +176,6 @@ async def test_a_watchdog_for_another_pid_is_not_pinged(daemon_factory: Any,
     assert not [n for n in d.notes + notes if "WATCHDOG=1" in n.splitlines()]
 
 
-@needs_daemon_wiring
 async def test_status_counts_running_jobs(daemon_factory: Any, fake_bin: Path) -> None:
     d: DaemonHandle = await daemon_factory(blueprints(fake_bin))
     client = await d.connect()

@@ -25,7 +25,8 @@ import pytest
 import trio
 
 from llmd.cli import main, setup_logging
-from llmd.systemd import activation as systemd
+from llmd.systemd import activation, runtime
+from llmd.systemd import units as unit_files
 from llmd.systemd.activation import ActivationError
 from llmd.systemd.notify import Notifier
 
@@ -41,18 +42,18 @@ needs_analyze = pytest.mark.skipif(
 
 def test_parse_listen_env_names_and_counts() -> None:
     env = {"LISTEN_PID": "42", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "other:llmd.sock"}
-    assert systemd.parse_listen_env(env, 42) == [(3, "other"), (4, "llmd.sock")]
-    assert systemd.parse_listen_env({"LISTEN_PID": "42", "LISTEN_FDS": "1"}, 42) == [
+    assert activation.parse_listen_env(env, 42) == [(3, "other"), (4, "llmd.sock")]
+    assert activation.parse_listen_env({"LISTEN_PID": "42", "LISTEN_FDS": "1"}, 42) == [
         (3, "unknown")]
-    assert systemd.parse_listen_env({"LISTEN_PID": "42", "LISTEN_FDS": "0"}, 42) == []
+    assert activation.parse_listen_env({"LISTEN_PID": "42", "LISTEN_FDS": "0"}, 42) == []
 
 
 def test_parse_listen_env_ignores_what_is_not_ours() -> None:
-    assert systemd.parse_listen_env({}, 42) == []
+    assert activation.parse_listen_env({}, 42) == []
     # Inherited from an activated parent: another pid.
-    assert systemd.parse_listen_env({"LISTEN_PID": "41", "LISTEN_FDS": "1"}, 42) == []
+    assert activation.parse_listen_env({"LISTEN_PID": "41", "LISTEN_FDS": "1"}, 42) == []
     # Not even for us, so not even parsed.
-    assert systemd.parse_listen_env({"LISTEN_PID": "41", "LISTEN_FDS": "x"}, 42) == []
+    assert activation.parse_listen_env({"LISTEN_PID": "41", "LISTEN_FDS": "x"}, 42) == []
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -64,29 +65,29 @@ def test_parse_listen_env_ignores_what_is_not_ours() -> None:
 ])
 def test_parse_listen_env_refuses_malformed_values(env: dict[str, str], message: str) -> None:
     with pytest.raises(ActivationError, match=re.escape(message)):
-        systemd.parse_listen_env(env, 42)
+        activation.parse_listen_env(env, 42)
 
 
 def test_choose_fd_prefers_our_name_then_the_first() -> None:
-    assert systemd.choose_fd([(3, "a"), (4, "llmd.sock"), (5, "llmd")]) == (4, "llmd.sock")
-    assert systemd.choose_fd([(3, "a"), (4, "llmd")]) == (4, "llmd")
-    assert systemd.choose_fd([(3, "a"), (4, "llmd.socket")]) == (4, "llmd.socket")
-    assert systemd.choose_fd([(3, "a"), (4, "b")]) == (3, "a")
+    assert activation.choose_fd([(3, "a"), (4, "llmd.sock"), (5, "llmd")]) == (4, "llmd.sock")
+    assert activation.choose_fd([(3, "a"), (4, "llmd")]) == (4, "llmd")
+    assert activation.choose_fd([(3, "a"), (4, "llmd.socket")]) == (4, "llmd.socket")
+    assert activation.choose_fd([(3, "a"), (4, "b")]) == (3, "a")
     with pytest.raises(ValueError, match="no descriptors"):
-        systemd.choose_fd([])
+        activation.choose_fd([])
 
 
 def test_listen_socket_with_another_pid_unsets_the_variables() -> None:
     env = {"LISTEN_PID": str(os.getpid() + 1), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "x",
            "OTHER": "kept"}
-    assert systemd.listen_socket(env) is None
+    assert activation.listen_socket(env) is None
     assert env == {"OTHER": "kept"}
 
 
 def test_listen_socket_unsets_the_variables_even_when_malformed() -> None:
     env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "many"}
     with pytest.raises(ActivationError):
-        systemd.listen_socket(env)
+        activation.listen_socket(env)
     assert env == {}
 
 
@@ -98,10 +99,10 @@ def test_socket_from_fd_accepts_a_listening_unix_stream_socket(short_tmp: Path) 
         listener.bind(str(short_tmp / "s"))
         listener.listen()
         fd = os.dup(listener.fileno())
-        sock = systemd.socket_from_fd(fd, "llmd.sock")
+        sock = activation.socket_from_fd(fd, "llmd.sock")
         with sock:
             assert sock.fileno() == fd
-            assert systemd.socket_path_of(sock) == short_tmp / "s"
+            assert activation.socket_path_of(sock) == short_tmp / "s"
 
 
 @pytest.mark.parametrize(("kind", "message"), [
@@ -141,7 +142,7 @@ def test_socket_from_fd_refuses_anything_else(kind: str, message: str) -> None:
         fd = r
     try:
         with pytest.raises(ActivationError, match=re.escape(f"fd {fd} (llmd.sock) {message}")):
-            systemd.socket_from_fd(fd, "llmd.sock")
+            activation.socket_from_fd(fd, "llmd.sock")
         if kind != "closed":
             os.fstat(fd)  # a refused descriptor is left open for its owner
     finally:
@@ -153,7 +154,7 @@ def test_socket_from_fd_refuses_anything_else(kind: str, message: str) -> None:
 
 CHILD = r"""
 import json, os, socket, sys
-from llmd.systemd import activation as systemd
+from llmd.systemd import activation
 
 spec = json.loads(sys.argv[1])
 for _ in spec["fds"]:
@@ -175,13 +176,13 @@ os.environ.update({"LISTEN_PID": str(os.getpid() if spec["mine"] else 1),
                    "LISTEN_FDS": str(len(fds)), **spec.get("env", {})})
 result = {}
 try:
-    sock = systemd.listen_socket()
-except systemd.ActivationError as exc:
+    sock = activation.listen_socket()
+except activation.ActivationError as exc:
     result["error"] = str(exc)
 else:
     if sock is not None:
         result.update(fd=sock.fileno(), family=sock.family.name, type=sock.type.name,
-                      path=str(systemd.socket_path_of(sock)))
+                      path=str(activation.socket_path_of(sock)))
 result["inheritable"] = [os.get_inheritable(n) for n in range(3, 3 + len(fds))]
 result["left"] = sorted(k for k in os.environ if k.startswith("LISTEN_"))
 print(json.dumps(result))
@@ -259,14 +260,14 @@ async def test_llmd_serve_exits_1_on_an_unusable_passed_fd(short_tmp: Path) -> N
 
 def test_watchdog_interval() -> None:
     pid = 1234
-    assert systemd.watchdog_interval({"WATCHDOG_USEC": "200000"}, pid) == 0.1
-    assert systemd.watchdog_interval(
+    assert runtime.watchdog_interval({"WATCHDOG_USEC": "200000"}, pid) == 0.1
+    assert runtime.watchdog_interval(
         {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1234"}, pid) == 15.0
-    assert systemd.watchdog_interval({"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"}, pid) \
+    assert runtime.watchdog_interval({"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"}, pid) \
         is None
     for bad in ({}, {"WATCHDOG_USEC": "0"}, {"WATCHDOG_USEC": "-5"}, {"WATCHDOG_USEC": "x"},
                 {"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "x"}):
-        assert systemd.watchdog_interval(bad, pid) is None
+        assert runtime.watchdog_interval(bad, pid) is None
 
 
 @pytest.fixture
@@ -288,7 +289,7 @@ async def test_watchdog_pings_every_half_period(autojump_clock: Any, notify: Any
     times: list[float] = []
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(systemd.watchdog, notifier, {"WATCHDOG_USEC": "200000"})
+            nursery.start_soon(runtime.watchdog, notifier, {"WATCHDOG_USEC": "200000"})
             while len(times) < 4:
                 assert await receiver.recv(100) == b"WATCHDOG=1"
                 times.append(trio.current_time())
@@ -299,16 +300,16 @@ async def test_watchdog_pings_every_half_period(autojump_clock: Any, notify: Any
 async def test_watchdog_returns_at_once_without_a_watchdog_for_us(short_tmp: Path) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(short_tmp / "nobody")})
     with trio.fail_after(5):
-        await systemd.watchdog(notifier, {})
-        await systemd.watchdog(notifier, {"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"})
-        await systemd.watchdog(Notifier({}), {"WATCHDOG_USEC": "200000"})
+        await runtime.watchdog(notifier, {})
+        await runtime.watchdog(notifier, {"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"})
+        await runtime.watchdog(Notifier({}), {"WATCHDOG_USEC": "200000"})
 
 
 async def test_status_is_rate_limited_and_always_the_latest(autojump_clock: Any,
                                                             notify: Any) -> None:
     receiver, notifier = notify
     state = {"text": "0 running"}
-    reporter = systemd.StatusReporter(notifier, lambda: state["text"], interval=1.0)
+    reporter = runtime.StatusReporter(notifier, lambda: state["text"], interval=1.0)
     got: list[tuple[float, bytes]] = []
 
     async def receive() -> None:
@@ -341,7 +342,7 @@ async def test_status_is_rate_limited_and_always_the_latest(autojump_clock: Any,
 async def test_status_polls_when_asked(autojump_clock: Any, notify: Any) -> None:
     receiver, notifier = notify
     state = {"text": "a"}
-    reporter = systemd.StatusReporter(notifier, lambda: state["text"], poll=2.0)
+    reporter = runtime.StatusReporter(notifier, lambda: state["text"], poll=2.0)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reporter.run)
@@ -355,7 +356,7 @@ async def test_status_polls_when_asked(autojump_clock: Any, notify: Any) -> None
 
 
 async def test_status_without_a_notify_socket_returns_at_once() -> None:
-    reporter = systemd.StatusReporter(Notifier({}), lambda: "x")
+    reporter = runtime.StatusReporter(Notifier({}), lambda: "x")
     with trio.fail_after(5):
         await reporter.run()
 
@@ -424,11 +425,11 @@ def test_plain_logging_outside_the_journal(short_tmp: Path) -> None:
 def test_is_journal_stream_needs_a_real_matching_descriptor(short_tmp: Path) -> None:
     with open(short_tmp / "x", "w") as stream:
         st = os.fstat(stream.fileno())
-        assert systemd.is_journal_stream(stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
-        assert not systemd.is_journal_stream(stream, {"JOURNAL_STREAM": f"{st.st_dev}:1"})
-        assert not systemd.is_journal_stream(stream, {})
-    assert not systemd.is_journal_stream(io.StringIO(), {"JOURNAL_STREAM": "1:2"})
-    assert not systemd.is_journal_stream(None, {"JOURNAL_STREAM": "1:2"})
+        assert runtime.is_journal_stream(stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        assert not runtime.is_journal_stream(stream, {"JOURNAL_STREAM": f"{st.st_dev}:1"})
+        assert not runtime.is_journal_stream(stream, {})
+    assert not runtime.is_journal_stream(io.StringIO(), {"JOURNAL_STREAM": "1:2"})
+    assert not runtime.is_journal_stream(None, {"JOURNAL_STREAM": "1:2"})
 
 
 # --- units -------------------------------------------------------------------
@@ -444,7 +445,7 @@ def _options(text: str) -> dict[str, list[str]]:
 
 
 def test_units_say_what_the_issue_asks() -> None:
-    units = systemd.render_units(["/opt/llmd/bin/llmd"])
+    units = unit_files.render_units(["/opt/llmd/bin/llmd"])
     sock = _options(units["llmd.socket"])
     assert sock["ListenStream"] == ["%t/llmd/llmd.sock"]
     assert sock["FileDescriptorName"] == ["llmd.sock"]
@@ -472,17 +473,17 @@ def test_units_say_what_the_issue_asks() -> None:
 
 
 def test_units_hide_nothing_from_the_clis() -> None:
-    for text in systemd.render_units(["/usr/bin/llmd"]).values():
+    for text in unit_files.render_units(["/usr/bin/llmd"]).values():
         options = _options(text)
-        assert not [o for o in systemd.UNSAFE_OPTIONS if o in options]
+        assert not [o for o in unit_files.UNSAFE_OPTIONS if o in options]
 
 
 def test_the_repository_units_are_the_rendered_ones() -> None:
-    rendered = systemd.render_units(["/usr/bin/llmd"])
+    rendered = unit_files.render_units(["/usr/bin/llmd"])
     for name, text in rendered.items():
         assert (REPO / "systemd" / name).read_text() == text, (
             f"systemd/{name} is out of date: regenerate it with "
-            "llmd.systemd.activation.render_units")
+            "llmd.systemd.units.render_units")
 
 
 @pytest.mark.parametrize(("arg", "quoted"), [
@@ -495,7 +496,7 @@ def test_the_repository_units_are_the_rendered_ones() -> None:
     ("", '""'),
 ])
 def test_exec_quote_arguments(arg: str, quoted: str) -> None:
-    assert systemd.exec_quote(arg) == quoted
+    assert unit_files.exec_quote(arg) == quoted
 
 
 @pytest.mark.parametrize(("arg", "quoted"), [
@@ -507,21 +508,21 @@ def test_exec_quote_arguments(arg: str, quoted: str) -> None:
     ("/opt/a $x/llmd", '"/opt/a $x/llmd"'),
 ])
 def test_exec_quote_the_program(arg: str, quoted: str) -> None:
-    assert systemd.exec_quote(arg, executable=True) == quoted
+    assert unit_files.exec_quote(arg, executable=True) == quoted
 
 
 def test_unit_values_refuse_what_systemd_cannot_read() -> None:
     with pytest.raises(ValueError, match="control character"):
-        systemd.exec_quote("/a\nb")
+        unit_files.exec_quote("/a\nb")
     for path in ('/a"b/llmd', "/a'b/llmd", "/a\\b/llmd"):
         with pytest.raises(ValueError, match="refuses quotes and backslashes"):
-            systemd.render_units([path])
+            unit_files.render_units([path])
     with pytest.raises(ValueError, match="absolute path"):
-        systemd.render_units(["llmd"])
+        unit_files.render_units(["llmd"])
     with pytest.raises(ValueError, match="control character"):
-        systemd.env_assignment("PATH", "/bin\n")
-    assert systemd.env_assignment("PATH", "/a:/b") == "PATH=/a:/b"
-    assert systemd.env_assignment("PATH", "/a b:/c%") == '"PATH=/a b:/c%%"'
+        unit_files.env_assignment("PATH", "/bin\n")
+    assert unit_files.env_assignment("PATH", "/a:/b") == "PATH=/a:/b"
+    assert unit_files.env_assignment("PATH", "/a b:/c%") == '"PATH=/a b:/c%%"'
 
 
 def _executable(path: Path) -> Path:
@@ -538,37 +539,37 @@ def test_llmd_command_order(short_tmp: Path) -> None:
     none: Any = lambda name: None  # noqa: E731
     found: Any = lambda name: str(on_path)  # noqa: E731
     # The running script itself...
-    assert systemd.llmd_command(str(script), scripts=str(scripts), which=found) == [
+    assert unit_files.llmd_command(str(script), scripts=str(scripts), which=found) == [
         str(script)]
     # ...a relative one is made absolute (symlinks are kept)...
     link = short_tmp / "link" / "llmd"
     link.parent.mkdir()
     link.symlink_to(script)
-    assert systemd.llmd_command(str(link), scripts="", which=none) == [str(link)]
+    assert unit_files.llmd_command(str(link), scripts="", which=none) == [str(link)]
     # ...`python -m llmd` (argv[0] is __main__.py): this environment's script...
     main_py = str(short_tmp / "src" / "llmd" / "__main__.py")
-    assert systemd.llmd_command(main_py, scripts=str(scripts), which=found) == [
+    assert unit_files.llmd_command(main_py, scripts=str(scripts), which=found) == [
         str(scripts / "llmd")]
     # ...then llmd on PATH...
-    assert systemd.llmd_command(main_py, scripts=str(short_tmp), which=found) == [
+    assert unit_files.llmd_command(main_py, scripts=str(short_tmp), which=found) == [
         str(on_path)]
     # ...and last, the interpreter itself.
-    assert systemd.llmd_command(main_py, scripts=str(short_tmp), which=none,
+    assert unit_files.llmd_command(main_py, scripts=str(short_tmp), which=none,
                                 executable="/opt/py/bin/python3") == [
         "/opt/py/bin/python3", "-m", "llmd"]
     # A file called llmd that cannot be run is not taken.
     (short_tmp / "noexec").mkdir()
     plain = short_tmp / "noexec" / "llmd"
     plain.write_text("")
-    assert systemd.llmd_command(str(plain), scripts="", which=found) == [str(on_path)]
+    assert unit_files.llmd_command(str(plain), scripts="", which=found) == [str(on_path)]
 
 
 def test_user_unit_dir() -> None:
-    assert systemd.user_unit_dir({"XDG_CONFIG_HOME": "/x/cfg", "HOME": "/h"}) == Path(
+    assert unit_files.user_unit_dir({"XDG_CONFIG_HOME": "/x/cfg", "HOME": "/h"}) == Path(
         "/x/cfg/systemd/user")
-    assert systemd.user_unit_dir({"HOME": "/h"}) == Path("/h/.config/systemd/user")
+    assert unit_files.user_unit_dir({"HOME": "/h"}) == Path("/h/.config/systemd/user")
     # A relative XDG_CONFIG_HOME is invalid by the specification: ignored.
-    assert systemd.user_unit_dir({"XDG_CONFIG_HOME": "cfg", "HOME": "/h"}) == Path(
+    assert unit_files.user_unit_dir({"XDG_CONFIG_HOME": "cfg", "HOME": "/h"}) == Path(
         "/h/.config/systemd/user")
 
 
@@ -600,7 +601,7 @@ def test_install_service_writes_both_units(user_env: dict[str, Path],
         assert stat.S_IMODE((unit_dir / name).stat().st_mode) == 0o644
     service = (unit_dir / "llmd.service").read_text()
     assert f'ExecStart="{user_env["llmd"]}" serve\n' in service
-    assert (unit_dir / "llmd.socket").read_text() == systemd.SOCKET_TEMPLATE
+    assert (unit_dir / "llmd.socket").read_text() == unit_files.SOCKET_TEMPLATE
     out = capsys.readouterr().out
     assert f"wrote {unit_dir / 'llmd.socket'}" in out
     for command in ("systemctl --user daemon-reload",
@@ -620,7 +621,7 @@ def test_install_service_print_writes_nothing(user_env: dict[str, Path],
     assert not (user_env["config"] / "systemd").exists()
     out = capsys.readouterr().out
     unit_dir = user_env["config"] / "systemd" / "user"
-    assert f"# {unit_dir / 'llmd.socket'}\n{systemd.SOCKET_TEMPLATE}" in out
+    assert f"# {unit_dir / 'llmd.socket'}\n{unit_files.SOCKET_TEMPLATE}" in out
     assert f"# {unit_dir / 'llmd.service'}\n" in out
     assert f'ExecStart="{user_env["llmd"]}" serve' in out
     assert "systemctl --user enable --now llmd.socket" in out
@@ -674,6 +675,6 @@ async def test_verify_would_catch_a_bad_unit(user_env: dict[str, Path]) -> None:
 async def test_odd_paths_survive_the_unit_syntax(user_env: dict[str, Path]) -> None:
     odd = _executable(user_env["home"] / "100% $weird; dir" / "llmd")
     unit_dir = user_env["config"] / "systemd" / "user"
-    systemd.write_units(systemd.render_units([str(odd)]), unit_dir)
+    unit_files.write_units(unit_files.render_units([str(odd)]), unit_dir)
     result = await verify(unit_dir, user_env)
     assert result.stderr.decode() == ""
