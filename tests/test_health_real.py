@@ -19,6 +19,7 @@ from llmd.config import Registry, parse_registry
 from llmd.errors import ExecutableMissing, RateLimited
 from llmd.health.monitor import HealthMonitor
 from llmd.process.supervisor import Attempt
+from llmd.routing import route
 from tests.conftest import assert_all_die
 
 SCRIPTS = {
@@ -93,7 +94,8 @@ async def test_each_state_from_a_real_executable(bindir: Path, tmp_path: Path) -
 
 
 async def test_rate_limited_blueprint_cools_down(bindir: Path) -> None:
-    mon = HealthMonitor(registry(good="goodcli"), {"PATH": str(bindir)})
+    reg = registry(good="goodcli")
+    mon = HealthMonitor(reg, {"PATH": str(bindir)})
     with trio.fail_after(10):
         assert (await mon.check("good"))["good"]["state"] == "healthy"
         mon.note_rate_limited("good", 30.0)
@@ -101,18 +103,19 @@ async def test_rate_limited_blueprint_cools_down(bindir: Path) -> None:
         assert entry["state"] == "cooling_down"
         assert entry["cooldown_until"] is not None and entry["version"] == "3.4.5"
         with pytest.raises(RateLimited) as info:
-            mon.route("good")
+            route(mon, reg, "good")
         assert 29 < info.value.data["retry_after_s"] <= 30
         # A probe meanwhile does not end the cooldown.
         assert (await mon.check("good"))["good"]["state"] == "cooling_down"
 
 
 async def test_missing_is_refused_by_route(bindir: Path) -> None:
-    mon = HealthMonitor(registry(gone="llmd-test-not-installed"), {"PATH": str(bindir)})
+    reg = registry(gone="llmd-test-not-installed")
+    mon = HealthMonitor(reg, {"PATH": str(bindir)})
     with trio.fail_after(10):
         await mon.check()
     with pytest.raises(ExecutableMissing) as info:
-        mon.route("gone")
+        route(mon, reg, "gone")
     assert info.value.code == -32002
 
 

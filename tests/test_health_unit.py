@@ -21,7 +21,8 @@ import trio.testing
 
 from llmd.config import Registry, parse_registry
 from llmd.errors import ExecutableMissing, RateLimited, UnknownBlueprint
-from llmd.health.monitor import HealthMonitor, Route, _version
+from llmd.health.monitor import HealthMonitor, _version
+from llmd.routing import Route, route
 
 EPOCH = 1_700_000_000.0
 
@@ -224,51 +225,60 @@ async def test_fallbacks_are_taken_in_order_skipping_unusable_ones(
     script = Script(sick=[Step(exit_code=2, stderr="boom")])
     mon = monitor(reg, script)
     await mon.check()
-    assert mon.route("a") == Route("a", "a")
+    assert route(mon, reg, "a") == Route("a", "a")
     mon.note_rate_limited("cool", 600)
     mon.note_rate_limited("a", 90)
-    assert mon.route("a") == Route(
+    assert route(mon, reg, "a") == Route(
         "fresh", "a", "a is rate limited until 2023-11-14T22:14:51.000Z; using fresh")
-    assert mon.route("a").swapped
+    assert route(mon, reg, "a").swapped
     mon.note_rate_limited("fresh", 600)
-    assert mon.route("a").blueprint == "good"
+    assert route(mon, reg, "a").blueprint == "good"
     mon.note_rate_limited("good", 600)
-    assert mon.route("a").blueprint == "later"
+    assert route(mon, reg, "a").blueprint == "later"
 
 
 async def test_an_unprobed_fallback_is_usable(autojump_clock: Any) -> None:
-    mon = monitor(registry("a", "b", a='fallbacks = ["b"]'), Script())
+    reg = registry("a", "b", a='fallbacks = ["b"]')
+    mon = monitor(reg, Script())
     mon.note_rate_limited("a", None)
     assert mon.status("b")["b"]["state"] == "unknown"
-    assert mon.route("a").blueprint == "b"
+    assert route(mon, reg, "a").blueprint == "b"
+    # A run with a session or a model stays with its CLI, and is told how long is left.
+    with pytest.raises(RateLimited) as info:
+        route(mon, reg, "a", pinned=True)
+    assert info.value.data == {"blueprint": "a", "retry_after_s": 60.0,
+                               "cooldown_until": "2023-11-14T22:14:20.000Z"}
+    assert "cannot move to a fallback" in info.value.message
 
 
 async def test_no_usable_fallback_is_rate_limited_with_retry_after(autojump_clock: Any) -> None:
     script = Script(b=[Step(exit_code=1, stdout="auth expired")])
-    mon = monitor(registry("a", "b", a='fallbacks = ["b"]'), script)
+    reg = registry("a", "b", a='fallbacks = ["b"]')
+    mon = monitor(reg, script)
     await mon.check()
     mon.note_rate_limited("a", 120)
     await trio.sleep(20)
     with pytest.raises(RateLimited) as info:
-        mon.route("a")
+        route(mon, reg, "a")
     assert info.value.code == -32004
     assert info.value.data == {"blueprint": "a", "retry_after_s": 100.0,
                                "cooldown_until": "2023-11-14T22:15:21.000Z"}
     assert "none of its fallbacks (b)" in info.value.message
     assert mon.status("b")["b"]["detail"] == "exit status 1: auth expired"
     await trio.sleep(100)
-    assert mon.route("a") == Route("a", "a")
+    assert route(mon, reg, "a") == Route("a", "a")
 
 
 async def test_a_blueprint_without_fallbacks_is_never_swapped(autojump_clock: Any) -> None:
     script = Script(a=[Step(exit_code=1, stderr="flaky")])
-    mon = monitor(registry("a", "b", b='fallbacks = ["a"]'), script)
+    reg = registry("a", "b", b='fallbacks = ["a"]')
+    mon = monitor(reg, script)
     await mon.check()
     # Unhealthy still runs: probes can be wrong.
-    assert mon.route("a") == Route("a", "a")
+    assert route(mon, reg, "a") == Route("a", "a")
     mon.note_rate_limited("a", None)
     with pytest.raises(RateLimited) as info:
-        mon.route("a")  # "b" is healthy, but "a" does not name it
+        route(mon, reg, "a")  # "b" is healthy, but "a" does not name it
     assert info.value.data["retry_after_s"] == 60.0
     assert "no fallbacks" in info.value.message
 
@@ -283,7 +293,7 @@ async def test_missing_executable_is_refused_without_a_spawn(autojump_clock: Any
     assert "'llmd-fake-cli'" in entry["detail"] and str(tmp_path) in entry["detail"]
     assert entry["latency_s"] is None
     with pytest.raises(ExecutableMissing) as info:
-        mon.route("a")
+        route(mon, reg, "a")
     assert info.value.code == -32002
     assert info.value.data == {"blueprint": "a", "executable": "llmd-fake-cli",
                                "path": str(tmp_path)}
@@ -293,7 +303,7 @@ async def test_missing_executable_is_refused_without_a_spawn(autojump_clock: Any
     program = tmp_path / "llmd-fake-cli"
     program.write_text("#!/bin/sh\n")
     program.chmod(0o755)
-    assert mon.route("a") == Route("a", "a")
+    assert route(mon, reg, "a") == Route("a", "a")
     assert (await mon.check("a"))["a"]["state"] == "healthy"
 
 
@@ -399,8 +409,9 @@ async def test_a_reload_cancels_the_probe_of_a_changed_blueprint(autojump_clock:
 
 
 async def test_unknown_names_are_refused(autojump_clock: Any) -> None:
-    mon = monitor(registry("a"), Script())
-    for call in (lambda: mon.status("zz"), lambda: mon.route("zz")):
+    reg = registry("a")
+    mon = monitor(reg, Script())
+    for call in (lambda: mon.status("zz"), lambda: route(mon, reg, "zz")):
         with pytest.raises(UnknownBlueprint) as info:
             call()
         assert info.value.code == -32001

@@ -1,12 +1,12 @@
 """Health checks: a scheduler that probes every blueprint in the background, a cache
-that answers at once, cooldowns after rate limits, and the routing of new runs.
+that answers at once, and cooldowns after rate limits (which :mod:`llmd.routing` reads).
 
 Invariants:
 - At most one probe per blueprint is in flight; a check that finds one running waits
   for its result instead of starting another.
 - Probes run in the monitor's own nursery (once :meth:`HealthMonitor.run` has started),
-  never in a request's task: :meth:`~HealthMonitor.status` and
-  :meth:`~HealthMonitor.route` only read the cache, and a cancelled ``health.check``
+  never in a request's task: :meth:`~HealthMonitor.status`, :meth:`~HealthMonitor.state`
+  and :meth:`~HealthMonitor.cooldown` only read the cache, and a cancelled ``health.check``
   does not kill a probe that others wait for.
 - A probe is bounded by its ``health.timeout``; past it the supervisor kills the
   probe's whole process group before the result is recorded.
@@ -36,7 +36,7 @@ from typing import Any, Literal, Protocol
 import trio
 
 from llmd.config import Blueprint, Registry
-from llmd.errors import ExecutableMissing, InvalidParams, RateLimited, UnknownBlueprint
+from llmd.errors import ExecutableMissing, InvalidParams, UnknownBlueprint
 from llmd.parsers import make_parser
 from llmd.process.argv import Invocation, child_env, render
 from llmd.process.supervisor import Attempt, describe_exit
@@ -44,9 +44,6 @@ from llmd.process.supervisor import Attempt, describe_exit
 log = logging.getLogger("llmd.health")
 
 HealthState = Literal["healthy", "unhealthy", "missing", "cooling_down", "unknown"]
-# What a fallback must be to take over a run; "unknown" counts because a blueprint
-# not probed yet is more likely fine than not, and refusing would strand the run.
-USABLE_FALLBACK: frozenset[str] = frozenset({"healthy", "unknown"})
 
 STARTUP_STAGGER = 10.0
 """First probes start uniformly in [0, min(interval, this)] s, not all at once."""
@@ -74,26 +71,6 @@ class ProbeProcess(Protocol):
 
     async def run(self) -> int:
         """Run the child to its end (killing its group when cancelled)."""
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where a new run goes.
-
-    Attributes:
-        blueprint: The blueprint to run.
-        requested: The blueprint the request named.
-        reason: Why it was swapped (``None`` when it was not).
-    """
-
-    blueprint: str
-    requested: str
-    reason: str | None = None
-
-    @property
-    def swapped(self) -> bool:
-        """Whether the run goes to a fallback."""
-        return self.blueprint != self.requested
 
 
 @dataclass(frozen=True)
@@ -132,7 +109,7 @@ class _Entry:
 
 
 class HealthMonitor:
-    """Probes blueprints, caches their health and routes runs around cooldowns.
+    """Probes blueprints, caches their health and keeps their cooldowns.
 
     Args:
         registry: The registry in force (replaced on reload with :meth:`set_registry`).
@@ -235,42 +212,43 @@ class HealthMonitor:
         self._settle(name, entry, now)
         self._wake.set()
 
-    def route(self, name: str) -> Route:
-        """Decide where a new run for ``name`` goes, from the cache (no probe, no wait;
-        only a cached ``missing`` costs a PATH lookup).
-
-        Returns:
-            The blueprint itself, or during its cooldown its first usable fallback.
+    def state(self, name: str) -> HealthState:
+        """The state of one blueprint now, from the cache (an expired cooldown ends here).
 
         Raises:
             UnknownBlueprint: No blueprint has that name.
-            ExecutableMissing: Its program is not installed (-32002).
-            RateLimited: It is cooling down and no fallback is usable (-32004).
+        """
+        return self._settle(name, self._get(name), trio.current_time())
+
+    def cooldown(self, name: str) -> tuple[str, float]:
+        """When the cooldown of a cooling-down blueprint ends: the wall-clock time (RFC
+        3339) and the seconds left.
+
+        Raises:
+            UnknownBlueprint: No blueprint has that name.
+            ValueError: It is not cooling down.
         """
         entry = self._get(name)
         now = trio.current_time()
-        state = self._settle(name, entry, now)
+        if self._settle(name, entry, now) != "cooling_down":
+            raise ValueError(f"{name} is not cooling down")
+        assert entry.cool_end is not None and entry.cool_until is not None
+        return entry.cool_until, round(max(entry.cool_end - now, 0.0), 3)
+
+    def check_installed(self, name: str) -> None:
+        """Refuse a blueprint whose program was missing at its last probe and still is.
+
+        A lookup is a few ``stat`` calls, cheap enough per run; it spares a user who just
+        installed the CLI from waiting up to an interval for the next probe (which a
+        program found again brings forward).
+
+        Raises:
+            UnknownBlueprint: No blueprint has that name.
+            ExecutableMissing: The program is still not found (-32002).
+        """
+        entry = self._get(name)
         if entry.probed == "missing":
-            self._still_missing(name, entry, now)
-        if state != "cooling_down":
-            # An unhealthy blueprint still runs: a probe can be wrong (a flaky
-            # `--version`, a login check stricter than the run), and the run's own
-            # error tells the client more than our guess would.
-            return Route(name, name)
-        assert entry.cool_end is not None
-        until = entry.cool_until
-        for other in entry.bp.fallbacks:
-            fallback = self._entries.get(other)
-            if fallback is not None and self._settle(other, fallback, now) in USABLE_FALLBACK:
-                return Route(other, name, f"{name} is rate limited until {until}; using {other}")
-        left = round(max(entry.cool_end - now, 0.0), 3)
-        if entry.bp.fallbacks:
-            why = (f"and none of its fallbacks ({', '.join(entry.bp.fallbacks)}) is usable "
-                   "now")
-        else:
-            why = "and it has no fallbacks"
-        raise RateLimited(f"{name!r} is rate limited until {until} {why}; retry in {left:g} s",
-                          {"blueprint": name, "retry_after_s": left, "cooldown_until": until})
+            self._still_missing(name, entry, trio.current_time())
 
     def set_registry(self, registry: Registry) -> None:
         """Follow a (re)loaded registry.

@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 import trio
 
+from llmd import routing
 from llmd.config import Blueprint, Registry
 from llmd.errors import (
     Busy,
@@ -41,7 +42,7 @@ from llmd.errors import (
     TimedOut,
     UnknownBlueprint,
 )
-from llmd.health.monitor import HealthMonitor, Route
+from llmd.health.monitor import HealthMonitor
 from llmd.jobs.records import FINAL_STATES, JobRecord, RunParams, RunResult, utc_now
 from llmd.jobs.retry import Backoff
 from llmd.jobs.store import JobRow, JobStore, ProcGroup
@@ -51,6 +52,7 @@ from llmd.parsers.ratelimit import Verdict, classify
 from llmd.process import argv as argv_mod
 from llmd.process import procs
 from llmd.process.supervisor import Attempt, Stream, describe_exit
+from llmd.routing import Route
 
 if sys.version_info < (3, 11):  # pragma: no cover - 3.10 only
     from exceptiongroup import BaseExceptionGroup
@@ -325,7 +327,8 @@ class JobManager:
     # --- internals ---------------------------------------------------------
 
     def _route(self, params: RunParams) -> Route | None:
-        """Where the health view sends this run; None: where it asked.
+        """Where the health view sends this run (:func:`llmd.routing.route`); None: where
+        it asked.
 
         Raises:
             ExecutableMissing: The program is known to be missing (no spawn is tried).
@@ -333,18 +336,10 @@ class JobManager:
         """
         if self.health is None:
             return None
-        route = self.health.route(params.blueprint)
-        if not route.swapped:
-            return None
-        if params.session is not None or params.model is not None:
-            # A session or a model name means nothing to another CLI.
-            status = self.health.status(params.blueprint)[params.blueprint]
-            raise RateLimited(f"{params.blueprint!r} is rate limited until "
-                              f"{status['cooldown_until']}; a run with a session or a model "
-                              "cannot move to a fallback",
-                              {"blueprint": params.blueprint,
-                               "cooldown_until": status["cooldown_until"]})
-        return route
+        # A session or a model name means nothing to another CLI.
+        route = routing.route(self.health, self.registry, params.blueprint,
+                              pinned=params.session is not None or params.model is not None)
+        return route if route.swapped else None
 
     def _spawned(self, job: Job, pid: int) -> None:
         job.pids.append(pid)

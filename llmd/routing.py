@@ -1,0 +1,88 @@
+"""Where a run goes: the blueprint it names, a fallback while that one cools down, or nowhere.
+
+Invariants:
+- Decided from health's cache alone (:class:`~llmd.health.monitor.HealthMonitor`): no probe,
+  no wait. Only a cached ``missing`` costs a PATH lookup, so that a CLI installed since
+  its probe runs at once.
+- An unhealthy blueprint still runs: a probe can be wrong (a flaky ``--version``, a login
+  check stricter than the run), and the run's own error tells the client more than a
+  guess would.
+- A cooling-down blueprint's runs go to the first of its ``fallbacks``, in the order
+  listed, that is usable (:data:`USABLE_FALLBACK`); with none, the run fails at once with
+  -32004 and how long is left.
+- A run that names a ``session`` or a ``model`` never moves to another CLI: they mean
+  nothing there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmd.config import Registry
+from llmd.errors import RateLimited
+from llmd.health.monitor import HealthMonitor
+
+# What a fallback must be to take over a run; "unknown" counts because a blueprint
+# not probed yet is more likely fine than not, and refusing would strand the run.
+USABLE_FALLBACK: frozenset[str] = frozenset({"healthy", "unknown"})
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a new run goes.
+
+    Attributes:
+        blueprint: The blueprint to run.
+        requested: The blueprint the request named.
+        reason: Why it was swapped (``None`` when it was not).
+    """
+
+    blueprint: str
+    requested: str
+    reason: str | None = None
+
+    @property
+    def swapped(self) -> bool:
+        """Whether the run goes to a fallback."""
+        return self.blueprint != self.requested
+
+
+def route(health: HealthMonitor, registry: Registry, name: str, *,
+          pinned: bool = False) -> Route:
+    """Decide where a new run of blueprint ``name`` goes.
+
+    Args:
+        health: The health cache.
+        registry: The registry in force (for the blueprint's ``fallbacks``).
+        name: The blueprint the request names.
+        pinned: The run names a session or a model, so it cannot move to another CLI.
+
+    Returns:
+        The blueprint itself, or during its cooldown its first usable fallback.
+
+    Raises:
+        UnknownBlueprint: No blueprint has that name (-32001).
+        ExecutableMissing: Its program is not installed (-32002).
+        RateLimited: It is cooling down and no fallback may take the run (-32004).
+    """
+    state = health.state(name)
+    health.check_installed(name)
+    if state != "cooling_down":
+        return Route(name, name)
+    until, left = health.cooldown(name)
+    fallbacks = registry.blueprints[name].fallbacks
+    usable = next((other for other in fallbacks
+                   if other in registry.blueprints
+                   and health.state(other) in USABLE_FALLBACK), None)
+    data = {"blueprint": name, "retry_after_s": left, "cooldown_until": until}
+    if usable is not None and pinned:
+        raise RateLimited(f"{name!r} is rate limited until {until}; a run with a session or "
+                          "a model cannot move to a fallback", data)
+    if usable is not None:
+        return Route(usable, name, f"{name} is rate limited until {until}; using {usable}")
+    if fallbacks:
+        why = f"and none of its fallbacks ({', '.join(fallbacks)}) is usable now"
+    else:
+        why = "and it has no fallbacks"
+    raise RateLimited(f"{name!r} is rate limited until {until} {why}; retry in {left:g} s",
+                      data)
