@@ -10,24 +10,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import Client
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.harness import Client, children, cpu_seconds, launch
 
 
 def main() -> int:
@@ -40,21 +32,18 @@ def main() -> int:
         lines += [f"[blueprints.b{i}]", 'command = ["/bin/cat"]', 'prompt = "stdin"',
                   f"[blueprints.b{i}.health]", 'command = ["/bin/sleep", "30"]',
                   "interval = 300", "timeout = 25"]
-    config = workdir / "llmd.toml"
-    config.write_text("\n".join(lines) + "\n")
-    path = str(workdir / "llmd.sock")
-    daemon = subprocess.Popen([sys.executable, "-m", "llmd", "serve", "--socket", path,
-                               "--config", str(config), "--log-level", "warning"])
+    daemon = launch(workdir, "\n".join(lines) + "\n")
+    path = str(daemon.socket)
     try:
-        while not os.path.exists(path):
-            time.sleep(0.02)
         checker = socket.socket(socket.AF_UNIX)
         checker.connect(path)
         # Start 50 probes that hang, and do not wait for them.
         checker.sendall(b'{"jsonrpc": "2.0", "id": 1, "method": "health.check"}\n')
-        time.sleep(0.5)
-        probes = sum(1 for p in Path("/proc").iterdir() if p.name.isdigit()
-                     and b"sleep\x0030" in _cmdline(p))
+        deadline = time.monotonic() + 10
+        while (probes := len(children(daemon.pid, "sleep\x0030"))) < 50:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         client = Client(path)
         times = []
         for _ in range(500):
@@ -67,8 +56,7 @@ def main() -> int:
         time.sleep(args.idle)
         cpu1 = cpu_seconds(daemon.pid)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
+        daemon.stop(timeout=60)
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"health.status with {probes} probes in flight: p50 "
           f"{statistics.median(times) * 1e3:.3f} ms, p90 "
@@ -76,13 +64,6 @@ def main() -> int:
     print(f"idle daemon CPU over {args.idle:g} s: {cpu1 - cpu0:.2f} s "
           "[no measurable CPU between probes]")
     return 0
-
-
-def _cmdline(proc: Path) -> bytes:
-    try:
-        return (proc / "cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ import argparse
 import os
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,10 +41,13 @@ from typing import Any
 # when it runs, would shadow the package.
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
 
 import anyio  # noqa: E402
 from mcp.client.session import ClientSession  # noqa: E402
 from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
+
+from tests.harness import launch, rss_kb  # noqa: E402
 
 ROOT = HERE.parent
 # Whether the kernel counts each thread's CPU time in nanoseconds (see cpu_s).
@@ -58,27 +59,6 @@ REGISTRY = """
 command = ["/bin/echo", "{prompt}"]
 description = "Echoes the prompt (a trivial CLI for measuring)."
 """
-
-
-def start_daemon(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    config = workdir / "llmd.toml"
-    config.write_text(REGISTRY)
-    sock = str(workdir / "llmd.sock")
-    env = {**os.environ, "XDG_STATE_HOME": str(workdir / "state")}
-    proc = subprocess.Popen([sys.executable, "-m", "llmd", "serve", "--socket", sock,
-                             "--config", str(config), "--log-level", "warning"], env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(sock)
-            return proc, sock
-        except OSError:
-            time.sleep(0.02)
-        finally:
-            probe.close()
-    proc.kill()
-    raise SystemExit("llmd did not start")
 
 
 def server_command() -> list[str]:
@@ -109,10 +89,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_kb(pid) / 1024
 
 
 def cpu_s(pid: int) -> float:
@@ -251,7 +228,8 @@ def main() -> int:
     calls = 100 if args.quick else 500
     starts = args.runs or (5 if args.quick else 20)
     workdir = Path(tempfile.mkdtemp(prefix="llmc-mcp-bench-"))
-    proc, sock = start_daemon(workdir)
+    daemon = launch(workdir, REGISTRY)
+    sock = str(daemon.socket)
     results: dict[str, Any] = {}
     try:
         anyio.run(cold_start, sock)  # writes the bytecode, as a first launch would
@@ -264,8 +242,7 @@ def main() -> int:
         times, facts = anyio.run(per_call, sock, calls)
         results = {"cold": colds, "bare": bare, **facts, **times}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     cold_ms = statistics.median(results["cold"]) * 1e3
     print(f"cold start to tools/list, p50 of {starts}: {cold_ms:.1f} ms "

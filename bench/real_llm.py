@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -19,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import Client
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.harness import Client, launch
 
 
 def main() -> int:
@@ -34,15 +33,11 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="llmd-bench-"))
     env = {**os.environ, "LLM_USER_PATH": str(workdir / "llm"), "NO_COLOR": "1",
            "PYTHONUNBUFFERED": "1"}
-    config = workdir / "llmd.toml"
-    config.write_text(f'[blueprints.llm]\ncommand = ["{llm}", "prompt", "-m", "echo"]\n'
-                      'prompt = "stdin"\n')
-    sock = str(workdir / "llmd.sock")
-    daemon = subprocess.Popen([sys.executable, "-m", "llmd", "serve", "--socket", sock,
-                               "--config", str(config), "--log-level", "warning"], env=env)
+    toml = (f'[blueprints.llm]\ncommand = ["{llm}", "prompt", "-m", "echo"]\n'
+            'prompt = "stdin"\n')
+    daemon = launch(workdir, toml, env=env)
+    sock = str(daemon.socket)
     try:
-        while not os.path.exists(sock):
-            time.sleep(0.02)
         client = Client(sock)
         direct, via = [], []
         for _ in range(args.n):
@@ -54,8 +49,7 @@ def main() -> int:
             client.call("llm.run", {"blueprint": "llm", "prompt": "hi"})
             via.append(time.perf_counter() - t)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
+        daemon.stop(timeout=60)
         shutil.rmtree(workdir, ignore_errors=True)
     d, v = statistics.median(direct), statistics.median(via)
     print(f"llm -m echo, p50 of {args.n}: direct {d * 1e3:.1f} ms, through llmd "

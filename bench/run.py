@@ -13,18 +13,17 @@ Figures (targets in brackets):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.harness import Client, Launched, fd_count, launch, rss_kb
 
 REGISTRY = """
 [store]
@@ -41,71 +40,17 @@ max_concurrency = 256
 """
 
 
-class Client:
-    """A minimal NDJSON client (the daemon's cost is measured, not the client's)."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
-        self.buf = b""
-        self.next_id = 0
-
-    def send(self, method: str, params: Any) -> int:
-        self.next_id += 1
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
-        if params is not None:
-            msg["params"] = params
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
-        return self.next_id
-
-    def recv(self) -> Any:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError("daemon closed the connection")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return json.loads(line)
-
-    def call(self, method: str, params: Any) -> Any:
-        self.send(method, params)
-        reply = self.recv()
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        return reply["result"]
-
-
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    return rss_kb(pid) / 1024
 
 
 def p50(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def start_daemon(workdir: Path, store: bool = True) -> tuple[subprocess.Popen[bytes], str]:
-    config = workdir / f"llmd-{store}.toml"
-    config.write_text(REGISTRY.format(store=str(store).lower()))
-    sock = str(workdir / f"llmd-{store}.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "llmd", "serve", "--socket", sock,
-                             "--config", str(config), "--log-level", "warning"],
-                            env={**os.environ, "XDG_STATE_HOME": str(workdir / "state")})
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            Client(sock).sock.close()
-            return proc, sock
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise SystemExit("llmd did not start")
+def start_daemon(workdir: Path, store: bool = True) -> Launched:
+    return launch(workdir, REGISTRY.format(store=str(store).lower()),
+                  sock=workdir / f"llmd-{store}.sock")
 
 
 def bench_overhead(sock: str, n: int) -> dict[str, float]:
@@ -162,7 +107,10 @@ def bench_concurrent(sock: str, pid: int, jobs: int) -> dict[str, float]:
         peak = max(peak, rss_mb(pid))
     wall = time.perf_counter() - t
     failed = [r for r in replies if "error" in r]
-    time.sleep(0.2)
+    # The jobs' pipes and pidfds are closed just after their answers: wait for that.
+    deadline = time.monotonic() + 5
+    while fd_count(pid) > fds_before and time.monotonic() < deadline:
+        time.sleep(0.01)
     return {"jobs": jobs, "failed": len(failed), "wall_s": wall, "rss_before_mb": rss_before,
             "rss_peak_mb": max(peak, rss_mb(pid)), "fds_before": fds_before,
             "fds_after": fd_count(pid)}
@@ -174,20 +122,19 @@ def main() -> int:
     args = parser.parse_args()
     n = 60 if args.quick else 300
     workdir = Path(tempfile.mkdtemp(prefix="llmd-bench-"))
-    proc, sock = start_daemon(workdir, store=False)
+    daemon = start_daemon(workdir, store=False)
     try:
-        core = bench_overhead(sock, n)
+        core = bench_overhead(str(daemon.socket), n)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-    proc, sock = start_daemon(workdir)
+        daemon.stop()
+    daemon = start_daemon(workdir)
     try:
+        sock = str(daemon.socket)
         over = bench_overhead(sock, n)
         cli = bench_client(sock, 10 if args.quick else 30)
-        conc = bench_concurrent(sock, proc.pid, 200)
+        conc = bench_concurrent(sock, daemon.pid, 200)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"core overhead (job store off), /bin/echo, p50 of {n}: direct "
           f"{core['direct_p50_ms']:.3f} ms, via llmd {core['daemon_p50_ms']:.3f} ms, added "

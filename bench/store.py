@@ -14,14 +14,13 @@ import argparse
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import Client
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.harness import Client, Launched, launch
 
 REGISTRY = """
 [store]
@@ -31,20 +30,11 @@ command = ["/bin/echo", "{{prompt}}"]
 """
 
 
-def start(workdir: Path, enabled: bool) -> tuple[subprocess.Popen[bytes], str]:
+def start(workdir: Path, enabled: bool) -> Launched:
     config = workdir / f"llmd-{enabled}.toml"
     config.write_text(REGISTRY.format(enabled=str(enabled).lower()))
-    sock = str(workdir / f"s-{enabled}.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "llmd", "serve", "--socket", sock,
-                             "--config", str(config), "--log-level", "warning"],
-                            env={"XDG_STATE_HOME": str(workdir / "state"), "PATH": "/usr/bin:/bin"})
-    for _ in range(1000):
-        try:
-            Client(sock).sock.close()
-            return proc, sock
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit("llmd did not start")
+    return launch(workdir, config=config, sock=workdir / f"s-{enabled}.sock",
+                  base_env={"PATH": "/usr/bin:/bin"})
 
 
 def p50_runs(socks: list[str], n: int) -> list[float]:
@@ -68,12 +58,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=10_000)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="llmd-bench-"))
-    procs: list[subprocess.Popen[bytes]] = []
+    daemons: list[Launched] = []
     try:
-        proc, sock_on = start(workdir, True)
-        procs.append(proc)
-        proc, sock_off = start(workdir, False)
-        procs.append(proc)
+        daemons.append(start(workdir, True))
+        daemons.append(start(workdir, False))
+        sock_on, sock_off = (str(daemon.socket) for daemon in daemons)
         client = Client(sock_on)
         for i in range(0, args.jobs, 100):  # filled through the daemon, 100 at a time
             for _ in range(100):
@@ -89,10 +78,10 @@ def main() -> int:
         assert len(jobs) == 50
         stored = client.call("daemon.info", None)["store"]
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=60)
+        for daemon in daemons:
+            daemon.proc.send_signal(signal.SIGTERM)
+        for daemon in daemons:
+            daemon.stop(timeout=60)
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"llm.run p50 with {args.jobs + 500} jobs stored: {on * 1e3:.3f} ms; store off: "
           f"{off * 1e3:.3f} ms; the store costs {(on - off) * 1e3:.3f} ms [<= 0.5 ms] "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import mmap
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -26,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.harness import launch, peak_rss_kb, reset_peak_rss, rss_kb
 
 TOTAL = 128 * 1024 * 1024
 ROUNDS = 7
@@ -111,23 +113,6 @@ class StreamClient:
                     return message
 
 
-def rss_kb(pid: int, field: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    return 0
-
-
-def reset_peak_rss(pid: int) -> None:
-    """Start the kernel's peak-RSS record (VmHWM) afresh from the current RSS."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def peak_rss_kb(pid: int) -> int:
-    """The daemon's exact peak RSS since :func:`reset_peak_rss`, sampled by the kernel."""
-    return rss_kb(pid, "VmHWM")
-
-
 def raw_pipe(workdir: Path) -> float:
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-S", str(workdir / "writer.py"), str(TOTAL)],
@@ -144,18 +129,11 @@ def raw_pipe(workdir: Path) -> float:
 
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="llmd-bench-"))
-    config = workdir / "llmd.toml"
-    config.write_text(registry(workdir))
-    sock = str(workdir / "llmd.sock")
     # BENCH_PY_ARGS="-m cProfile -o FILE" profiles the daemon.
-    daemon = subprocess.Popen([sys.executable, *os.environ.get("BENCH_PY_ARGS", "").split(),
-                               "-m", "llmd", "serve", "--socket", sock,
-                               "--config", str(config), "--log-level", "warning"])
+    daemon = launch(workdir, registry(workdir),
+                    python_args=os.environ.get("BENCH_PY_ARGS", "").split())
+    sock = str(daemon.socket)
     try:
-        for _ in range(500):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.02)
         # Rounds alternate the raw pipe and llmd, so both see the same machine load.
         ratios: list[tuple[float, float, float]] = []
         growth: list[tuple[int, int]] = []  # (RSS before a run, its peak)
@@ -189,8 +167,7 @@ def main() -> int:
 
         StreamClient(sock).run("tick", latency)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
+        daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"streaming 128 MiB in 64 KiB lines, medians of {ROUNDS} rounds alternating with a "
           f"raw pipe: {through / 1e6:.0f} MB/s through llmd vs {baseline / 1e6:.0f} MB/s raw pipe: "

@@ -26,6 +26,7 @@ import pytest
 import trio
 
 from tests.conftest import DaemonHandle, llmc, registry_toml
+from tests.harness import children
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -131,19 +132,6 @@ async def start_llmc(nursery: trio.Nursery, d: DaemonHandle, *args: str,
     return Llmc(proc, out, err)
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
-
-
 async def test_status_on_the_stderr_terminal_and_live_text_on_stdout(
         daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
     d: DaemonHandle = await daemon_factory(registry(fake_bin))
@@ -201,7 +189,7 @@ async def test_ctrl_c_cancels_the_job_and_exits_130(
         async with trio.open_nursery() as nursery:
             run = await start_llmc(nursery, d, "run", "hand", str(short_tmp / "never"))
             await run.out.wait_for(b"before\n")
-            [child] = _children(d.proc.pid)
+            [child] = children(d.proc.pid)
             run.proc.send_signal(signal.SIGINT)
             status, out, err = await run.finish()
         assert status == 130, err

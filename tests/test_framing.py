@@ -9,6 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from llmd.protocol.framing import MAX_HEADER_SECTION, Frame, Framer, FramingError, Message, TooLarge
+from tests.harness import feed_all
 
 NDJSON_STREAM = b'{"a":1}\n{"b":2}\r\n\n   \r\n{"c":[3]}\n'
 NDJSON_MESSAGES = [Message(b'{"a":1}'), Message(b'{"b":2}'), Message(b'{"c":[3]}')]
@@ -20,13 +21,6 @@ LSP_STREAM = (
     b'CONTENT-LENGTH:2\r\n\r\n{}'
 )
 LSP_MESSAGES = [Message(b'{"a":1}'), Message(b'{"b":[2]}'), Message(b"{}")]
-
-
-def feed_all(framer: Framer, chunks: list[bytes]) -> list[Frame]:
-    frames: list[Frame] = []
-    for chunk in chunks:
-        frames.extend(framer.feed(chunk))
-    return frames
 
 
 def bytewise(data: bytes) -> list[bytes]:

@@ -24,6 +24,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
 from tests.conftest import DaemonHandle, RawClient, alive, read_pids, registry_toml
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -434,8 +435,7 @@ async def test_a_cancelled_call_kills_the_process_group(
             with trio.CancelScope() as scope:
 
                 async def cancel_when_both_run() -> None:
-                    while len(read_pids(pidfile)) < 2:
-                        await trio.sleep(0.02)
+                    await wait_until(lambda: len(read_pids(pidfile)) >= 2)
                     scope.cancel()  # the SDK sends notifications/cancelled
 
                 async with trio.open_nursery() as nursery:
@@ -443,8 +443,7 @@ async def test_a_cancelled_call_kills_the_process_group(
                     await client.call_tool("run", {"blueprint": "hang", "prompt": ""})
             assert scope.cancelled_caught
             pids = read_pids(pidfile)
-            while any(alive(p) for p in pids):
-                await trio.sleep(0.02)
+            await wait_until(lambda: not any(alive(p) for p in pids))
             # The bridge goes on serving.
             after = await client.call_tool("run", {"blueprint": "say", "prompt": "still here"})
         raw: RawClient = await d.connect()

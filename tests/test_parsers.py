@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from llmd.config import KNOWN_PARSERS
 from llmd.parsers import PARSERS, ParseResult, Signal, TextDelta, make_parser
 from llmd.parsers.base import LineSplitter, decode_document
 from llmd.parsers.ratelimit import DEFAULT_PATTERNS, Verdict, classify
+from tests.harness import recorded_exit
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real-clis"
 HELLO = "Hello from the mock LLM server."
@@ -69,20 +69,6 @@ def random_chunks(data: str, seed: int) -> list[int]:
         sizes.append(size)
         total += size
     return sizes
-
-
-def recorded_exit(name: str) -> int | None:
-    """The recorded exit status: ``NAME.rc``, else what ``.time`` or ``.err`` says."""
-    rc = FIXTURES / f"{name}.rc"
-    if rc.exists():
-        return int(rc.read_text().strip())
-    for suffix in (".time", ".err"):
-        path = FIXTURES / f"{name}{suffix}"
-        if path.exists():
-            match = re.search(r"non-zero status (\d+)", path.read_text())
-            if match:
-                return int(match.group(1))
-    return None
 
 
 @dataclass(frozen=True)

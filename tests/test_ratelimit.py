@@ -19,20 +19,9 @@ from llmd.parsers.ratelimit import (
     last_error_line,
     verdict_from_message,
 )
+from tests.harness import recorded_exit
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real-clis"
-
-
-def recorded_exit(name: str) -> int | None:
-    rc = FIXTURES / f"{name}.rc"
-    if rc.exists():
-        return int(rc.read_text().strip())
-    for suffix in (".time", ".err"):
-        match = re.search(r"non-zero status (\d+)", (FIXTURES / f"{name}{suffix}").read_text()
-                          if (FIXTURES / f"{name}{suffix}").exists() else "")
-        if match:
-            return int(match.group(1))
-    return None
 
 
 def text_only(name: str) -> Verdict:

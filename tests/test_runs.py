@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from tests.conftest import alive, assert_all_die, llmc, read_pids, registry_toml
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -280,8 +281,7 @@ async def test_cancel_request_kills_the_group(
     with trio.fail_after(15):
         await client.send({"jsonrpc": "2.0", "id": "r1", "method": "llm.run",
                            "params": {"blueprint": "hang", "prompt": "x"}})
-        while len(read_pids(pidfile)) < 2:
-            await trio.sleep(0.02)
+        await wait_until(lambda: len(read_pids(pidfile)) >= 2)
         await client.send({"jsonrpc": "2.0", "method": "$/cancelRequest",
                            "params": {"id": "r1"}})
         reply = await client.recv()
@@ -305,11 +305,9 @@ async def test_disconnect_cancels_the_clients_runs(
     with trio.fail_after(15):
         await client.send({"jsonrpc": "2.0", "id": 1, "method": "llm.run",
                            "params": {"blueprint": "hang", "prompt": "x"}})
-        while len(read_pids(pidfile)) < 2:
-            await trio.sleep(0.02)
+        await wait_until(lambda: len(read_pids(pidfile)) >= 2)
         await client.aclose()
-        while any(alive(p) for p in read_pids(pidfile)):
-            await trio.sleep(0.02)
+        await wait_until(lambda: not any(alive(p) for p in read_pids(pidfile)))
         other = await d.connect()
         info = await other.call("daemon.info")
         assert info["result"]["jobs"]["running"] == 0
@@ -325,8 +323,7 @@ async def test_shutdown_kills_running_groups_and_removes_the_socket(
     with trio.fail_after(15):
         await client.send({"jsonrpc": "2.0", "id": 1, "method": "llm.run",
                            "params": {"blueprint": "hang", "prompt": "x"}})
-        while not read_pids(pidfile):
-            await trio.sleep(0.02)
+        await wait_until(lambda: bool(read_pids(pidfile)))
         assert await d.stop(signal.SIGTERM) == 0
         reply = await client.recv()
     assert reply["error"]["code"] == -32800

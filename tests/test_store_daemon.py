@@ -14,6 +14,7 @@ from llmd.config import parse_registry
 from llmd.daemon import Daemon
 from llmd.jobs.storedb import Database
 from tests.conftest import DaemonHandle, RawClient, alive, registry_toml
+from tests.harness import read_pids, wait_until
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -39,13 +40,12 @@ async def test_a_killed_daemon_loses_nothing_and_leaves_no_orphans(
         detached = await client.call("llm.run", {"blueprint": "hang", "prompt": "x",
                                                  "detach": True}, id=2)
         running = detached["result"]["job"]
-        while len(pidfile.read_text().split() if pidfile.exists() else []) < 2:
-            await trio.sleep(0.02)
+        await wait_until(lambda: len(read_pids(pidfile)) >= 2)
         # The store learns the child's process group a few ms after the spawn.
-        while b'"groups":[]' in _row(state, running) or _row(state, running) == b"":
-            await trio.sleep(0.02)
+        await wait_until(lambda: _row(state, running) != b""
+                         and b'"groups":[]' not in _row(state, running))
         assert await d.stop(signal.SIGKILL) == -signal.SIGKILL
-        orphans = [int(p) for p in pidfile.read_text().split()]
+        orphans = read_pids(pidfile)
         assert all(alive(p) for p in orphans)  # nothing killed them yet
 
         d2: DaemonHandle = await daemon_factory(toml, env={"XDG_STATE_HOME": str(state)})
@@ -55,8 +55,7 @@ async def test_a_killed_daemon_loses_nothing_and_leaves_no_orphans(
         assert record["result"]["result"]["text"] == "kept"
         record = await client2.call("jobs.get", {"job": running}, id=2)
         assert record["result"]["state"] == "interrupted"
-        while any(alive(p) for p in orphans):
-            await trio.sleep(0.01)
+        await wait_until(lambda: not any(alive(p) for p in orphans))
         listed = await client2.call("jobs.list", {}, id=3)
         assert [j["job"] for j in listed["result"]["jobs"]] == [running, finished]
         info = await client2.call("daemon.info", id=4)

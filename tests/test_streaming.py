@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from tests.conftest import DaemonHandle, RawClient, llmc, registry_toml
+from tests.harness import children, wait_until
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -97,21 +98,6 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def _children(pid: int, word: str = "flood") -> list[int]:
-    """Children of ``pid`` whose command line holds ``word`` (not health probes)."""
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and word.encode() in cmdline:
-                kids.append(int(entry.name))
-    return kids
-
-
 def _written(pid: int) -> int:
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
         if line.startswith("wchar:"):
@@ -127,9 +113,8 @@ async def test_a_client_that_does_not_read_holds_the_child_not_memory(
     with trio.fail_after(60):
         await stuck.send({"jsonrpc": "2.0", "id": 1, "method": "llm.run",
                           "params": {"blueprint": "flood", "prompt": "", "stream": True}})
-        while not _children(d.proc.pid):
-            await trio.sleep(0.01)
-        [child] = _children(d.proc.pid)
+        await wait_until(lambda: bool(children(d.proc.pid, "flood")))
+        [child] = children(d.proc.pid, "flood")
         # Wait until the child stops making progress: it is blocked on its pipe.
         last, still = -1, 0
         while still < 5:
@@ -146,8 +131,7 @@ async def test_a_client_that_does_not_read_holds_the_child_not_memory(
         # Leaving cancels the stuck run and kills its child.
         await stuck.aclose()
         d.clients.remove(stuck)
-        while _children(d.proc.pid):
-            await trio.sleep(0.01)
+        await wait_until(lambda: not children(d.proc.pid, "flood"))
 
 
 async def test_cancel_from_another_connection(daemon_factory: Any, fake_bin: Path) -> None:

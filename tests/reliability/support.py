@@ -1,4 +1,6 @@
-"""Helpers of the reliability suite: /proc readings, the figures file, a shared daemon.
+"""Helpers of the reliability suite: the figures file, a shared daemon, abuse tools.
+
+The /proc readings and the waits are :mod:`tests.harness`'s (also importable from here).
 
 The figures: each test adds counts with :func:`tally`; after each test the suite's
 conftest appends them, as one JSON line ``{"test": NODEID, COUNT: N, ...}``, to the file
@@ -17,12 +19,9 @@ Counts (all optional, summed over the suite unless said otherwise):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket as stdsocket
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -32,11 +31,33 @@ from typing import Any
 
 import trio
 
-from tests.conftest import FAKECLI, RawClient, alive, registry_toml
+from tests.harness import (
+    RawClient,
+    alive,
+    children,
+    cpu_seconds,
+    fd_count,
+    install_fakecli,
+    kill_quietly,
+    launch,
+    peak_rss_kb,
+    registry_toml,
+    rss_kb,
+    wait_until,
+)
+
+__all__ = [
+    "children",
+    "cpu_seconds",
+    "fd_count",
+    "kill_quietly",
+    "peak_rss_kb",
+    "rss_kb",
+    "wait_until",
+]
 
 REPORT_ENV = "LLMD_RELIABILITY_REPORT"
 MAX_COUNTS = frozenset({"held", "peak_rss_kb", "busy_latency_ms"})
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 _tallies: dict[str, float] = {}
 
@@ -58,61 +79,6 @@ def flush_tallies(test: str) -> None:
         return
     with open(path, "a") as f:
         f.write(json.dumps({"test": test, **counts}, sort_keys=True) + "\n")
-
-
-# --- /proc ----------------------------------------------------------------------------
-
-
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise LookupError(f"{field} not in /proc/{pid}/status")
-
-
-def rss_kb(pid: int) -> int:
-    """The resident set of ``pid`` now, in KiB."""
-    return _status_kb(pid, "VmRSS")
-
-
-def peak_rss_kb(pid: int) -> int:
-    """The largest resident set ``pid`` has had, in KiB."""
-    return _status_kb(pid, "VmHWM")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time ``pid`` has used."""
-    raw = Path(f"/proc/{pid}/stat").read_bytes()
-    fields = raw[raw.rfind(b")") + 2:].split()
-    # utime and stime are fields 14 and 15; the list starts at field 3.
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-def fd_count(pid: int) -> int:
-    """How many file descriptors ``pid`` holds."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def children(pid: int) -> list[int]:
-    """The direct children of ``pid``."""
-    found: list[int] = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            found += [int(x) for x in f.read().split()]
-    return found
-
-
-def kill_quietly(pids: list[int]) -> None:
-    """SIGKILL processes that a test made and may have left behind."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-async def wait_until(condition: Callable[[], bool], poll: float = 0.01) -> None:
-    """Poll ``condition`` until it holds (the caller bounds it with ``fail_after``)."""
-    while not condition():
-        await trio.sleep(poll)
 
 
 # --- talking to a daemon ------------------------------------------------------------------
@@ -229,14 +195,6 @@ def shared_registry(bindir: Path) -> str:
     }, daemon=SHARED_LIMITS)
 
 
-def install_fakecli(bindir: Path) -> None:
-    """Put ``fakecli`` in ``bindir`` as an executable with its own shebang."""
-    bindir.mkdir(parents=True, exist_ok=True)
-    target = bindir / "fakecli"
-    target.write_text(f"#!{sys.executable} -S\n" + FAKECLI.read_text())
-    target.chmod(0o755)
-
-
 class SharedDaemon:
     """A real ``llmd serve`` started once for the whole suite (synchronously).
 
@@ -248,52 +206,25 @@ class SharedDaemon:
         self.workdir = workdir
         self.bindir = workdir / "bin"
         install_fakecli(self.bindir)
-        self.config = workdir / "llmd.toml"
-        self.config.write_text(shared_registry(self.bindir))
-        self.socket = workdir / "run" / "llmd.sock"
         self.log_path = workdir / "daemon.log"
-        notify_path = workdir / "notify.sock"
-        self.env = {**os.environ, "NOTIFY_SOCKET": str(notify_path),
-                    "XDG_STATE_HOME": str(workdir / "state"), "PYTHONDONTWRITEBYTECODE": "1"}
-        for name in ("LLMD_SOCKET", "LLMD_CONFIG"):
-            self.env.pop(name, None)
-        with stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_DGRAM) as notify:
-            notify.bind(str(notify_path))
-            notify.settimeout(0.2)
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "llmd", "serve", "--socket", str(self.socket),
-                     "--config", str(self.config), "--log-level", "info"],
-                    env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    cwd=str(workdir))
-            deadline = time.monotonic() + 30
-            while True:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"llmd did not become ready:\n{self.log()}")
-                try:
-                    data = notify.recv(65536)
-                except TimeoutError:
-                    continue
-                if b"READY=1" in data.split(b"\n"):
-                    break
+        self.daemon = launch(workdir, shared_registry(self.bindir),
+                             sock=workdir / "run" / "llmd.sock", log_level="info",
+                             env={"PYTHONDONTWRITEBYTECODE": "1"}, log_path=self.log_path)
+        self.config = self.daemon.config
+        self.socket = self.daemon.socket
+        self.env = self.daemon.env
+        self.proc = self.daemon.proc
         self.pid = self.proc.pid
         self.rss_before_kb = 0
         self.fds_before = 0
 
     def log(self) -> str:
         """What the daemon logged so far."""
-        return self.log_path.read_text(errors="replace")
+        return self.daemon.log()
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it hangs; its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+        return self.daemon.stop()
 
 
 async def gather(*fns: Callable[[], Awaitable[None]]) -> None:

@@ -39,16 +39,10 @@ from llmd.parsers.ratelimit import DEFAULT_PATTERNS, classify
 from llmd.process.argv import FORCED_ENV, child_env, render
 from llmd.protocol.framing import Frame, Framer, FramingError, Message, TooLarge
 from llmd.server.dispatch import Dispatcher, Method, Session
+from tests.harness import feed_all
 from tests.reliability.support import tally
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "real-clis"
-
-
-def feed_all(framer: Framer, chunks: list[bytes]) -> list[Frame]:
-    frames: list[Frame] = []
-    for chunk in chunks:
-        frames.extend(framer.feed(chunk))
-    return frames
 
 
 @st.composite
