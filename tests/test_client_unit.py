@@ -787,6 +787,22 @@ def _record(**fields: Any) -> dict[str, Any]:
             "error": None, **fields}
 
 
+def test_table_columns_align_in_display_width() -> None:
+    rows = [["日本語", "wide"], ["ascii", "narrow"], ["e\u0301te\u0301", "combining"],
+            ["🚀🚀", "emoji"]]
+    text = output.table(["NAME", "NOTE"], rows, width=None)
+    starts = {output.display_width(line[:line.index(note)])
+              for line, note in zip(text.splitlines()[1:], ["wide", "narrow", "combining",
+                                                            "emoji"], strict=True)}
+    assert starts == {8}  # "日本語" is 6 columns wide, then two spaces
+    # Narrowed to fit 9 columns: the wide column is cut to 3, which holds one 2-column
+    # character, and the next column still starts where the header's does.
+    cut = output.table(["NAME", "NOTE"], [["日本語日本語日本語", "x"]], width=9, flex=0)
+    assert cut.splitlines() == ["NAM  NOTE", "日   x"]
+    assert output.truncate("日本語日本語", 7) == "日本..."
+    assert output.display_width("🚀") == 2 and output.display_width("e\u0301") == 1
+
+
 def test_jobs_table(serve: Any, monkeypatch: pytest.MonkeyPatch,
                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("COLUMNS", "100")

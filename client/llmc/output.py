@@ -92,13 +92,41 @@ def terminal_width(stream: TextIO | None = None) -> int | None:
         return None
 
 
+def display_width(text: str) -> int:
+    """The columns ``text`` takes on a terminal: East Asian wide and full-width characters
+    (CJK, most emoji) take two, combining marks, variation selectors and other zero-width
+    characters none."""
+    if text.isascii():
+        return len(text)
+    import unicodedata  # noqa: PLC0415 - only non-ASCII cells need it
+
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def cut(text: str, width: int) -> str:
+    """The longest start of ``text`` that takes at most ``width`` columns."""
+    if display_width(text) <= width:
+        return text
+    used = 0
+    for end, char in enumerate(text):
+        used += display_width(char)
+        if used > width:
+            return text[:end]
+    return text
+
+
 def truncate(text: str, width: int) -> str:
-    """Shorten ``text`` to ``width`` characters, marking the cut with ``...``."""
-    if len(text) <= width:
+    """Shorten ``text`` to ``width`` columns, marking the cut with ``...``."""
+    if display_width(text) <= width:
         return text
     if width <= 3:
-        return text[:max(width, 0)]
-    return text[:width - 3] + "..."
+        return cut(text, max(width, 0))
+    return cut(text, width - 3) + "..."
 
 
 def format_value(value: object) -> str:
@@ -142,7 +170,7 @@ MIN_FLEX_WIDTH = 8
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int | None,
           flex: int = -1, droppable: Sequence[int] = ()) -> str:
-    """Lay out rows in aligned columns that fit ``width``.
+    """Lay out rows in aligned columns that fit ``width`` (in terminal columns).
 
     To fit, the columns in ``droppable`` are left out (in that order) while the table could
     not fit even with the ``flex`` column narrowed to :data:`MIN_FLEX_WIDTH`; then the flex
@@ -161,7 +189,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int | No
     all_rows = [list(headers)] + [[one_line(cell) for cell in row] for row in rows]
     count = len(headers)
     flex %= count
-    widths = [max(len(row[i]) for row in all_rows) for i in range(count)]
+    widths = [max(display_width(row[i]) for row in all_rows) for i in range(count)]
     keep = list(range(count))
     if width is not None:
         def needed() -> int:
@@ -177,6 +205,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int | No
     for row in all_rows:
         cells = [(truncate(row[i], widths[i]) if i == flex else row[i], widths[i])
                  for i in keep]
-        line = "  ".join(f"{cell:<{size}}" for cell, size in cells).rstrip()
-        out.append((line if width is None else line[:width].rstrip()) + "\n")
+        # Padded to columns, not characters: CJK and emoji take two.
+        line = "  ".join(cell + " " * (size - display_width(cell)) for cell, size in cells)
+        line = line.rstrip()
+        out.append((line if width is None else cut(line, width).rstrip()) + "\n")
     return "".join(out)

@@ -20,7 +20,7 @@ import os
 import sys
 
 from llmc import exitcodes
-from llmc.output import PREFIX, is_tty, write
+from llmc.output import PREFIX, cut, is_tty, write
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -79,7 +79,8 @@ class StatusLine:
             return
         line = " ".join((PREFIX + text).split())
         # One column spare: writing the last column makes some terminals wrap at once.
-        line = line[:max(self._width() - 1, 0)]
+        # Cut by columns, not characters: a wide character takes two.
+        line = cut(line, max(self._width() - 1, 0))
         write(CLEAR + line, self.stream)
         self._set_visible(True)
 

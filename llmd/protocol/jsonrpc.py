@@ -126,6 +126,8 @@ _positional_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 # Failures of encoding a value: unsupported types, lone surrogates, cycles.
 ENCODE_FAILURES = (TypeError, ValueError, RecursionError, msgspec.EncodeError)
 
+# msgspec's own error texts, read for the path and field they name (pyproject.toml bounds
+# msgspec's version to the releases these are tested on).
 _AT_PATH = re.compile(r" - at `(\$[^`]*)`$")
 _NOT_OBJECT = re.compile(r"^Expected `object( \| array)?`, got (`\w+`)$")
 _FIELD_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]*)`")
