@@ -88,10 +88,6 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def rss_mb(pid: int) -> float:
-    return rss_kb(pid) / 1024
-
-
 def cpu_s(pid: int) -> float:
     """CPU time of a process's threads, in seconds.
 
@@ -210,7 +206,7 @@ async def per_call(sock: str, n: int) -> tuple[dict[str, list[float]], dict[str,
                     client_cpu[name] += time.process_time() - before[1]
             # CPU time, unlike wall time, does not depend on what else the machine runs.
             calls = len(times["via"])
-            facts = {"rss_mb": rss_mb(pid) if pid is not None else 0.0,
+            facts = {"rss_mb": rss_kb(pid) / 1024 if pid is not None else 0.0,
                      "cpu_ms": bridge_cpu["via"] / calls * 1e3,
                      "ping_cpu_ms": bridge_cpu["ping"] / calls * 1e3,
                      "straight_cpu_ms": client_cpu["daemon"] / calls * 1e3,

@@ -40,10 +40,6 @@ max_concurrency = 256
 """
 
 
-def rss_mb(pid: int) -> float:
-    return rss_kb(pid) / 1024
-
-
 def p50(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -96,7 +92,7 @@ def bench_concurrent(sock: str, pid: int, jobs: int) -> dict[str, float]:
     client = Client(sock)
     client.call("daemon.info", None)
     fds_before = fd_count(pid)
-    rss_before = rss_mb(pid)
+    rss_before = rss_kb(pid) / 1024
     t = time.perf_counter()
     for _ in range(jobs):
         client.send("llm.run", {"blueprint": "sleep1", "prompt": ""})
@@ -104,7 +100,7 @@ def bench_concurrent(sock: str, pid: int, jobs: int) -> dict[str, float]:
     replies = []
     for _ in range(jobs):
         replies.append(client.recv())
-        peak = max(peak, rss_mb(pid))
+        peak = max(peak, rss_kb(pid) / 1024)
     wall = time.perf_counter() - t
     failed = [r for r in replies if "error" in r]
     # The jobs' pipes and pidfds are closed just after their answers: wait for that.
@@ -112,7 +108,7 @@ def bench_concurrent(sock: str, pid: int, jobs: int) -> dict[str, float]:
     while fd_count(pid) > fds_before and time.monotonic() < deadline:
         time.sleep(0.01)
     return {"jobs": jobs, "failed": len(failed), "wall_s": wall, "rss_before_mb": rss_before,
-            "rss_peak_mb": max(peak, rss_mb(pid)), "fds_before": fds_before,
+            "rss_peak_mb": max(peak, rss_kb(pid) / 1024), "fds_before": fds_before,
             "fds_after": fd_count(pid)}
 
 

@@ -133,6 +133,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def bytes_written(pid: int) -> int:
+    """What ``pid`` has written so far, in bytes (pipes included)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
 def fd_count(pid: int) -> int:
     """How many file descriptors ``pid`` holds."""
     return len(os.listdir(f"/proc/{pid}/fd"))
@@ -501,6 +509,19 @@ async def wait_until(condition: Callable[[], bool], poll: float = 0.01) -> None:
     """Poll ``condition`` until it holds (the caller bounds it with ``fail_after``)."""
     while not condition():
         await trio.sleep(poll)
+
+
+async def until_stalled(pids: Callable[[], Iterable[int]], rounds: int = 5,
+                        poll: float = 0.05) -> int:
+    """Wait until the processes ``pids()`` names write nothing for ``rounds`` polls in a
+    row (blocked on a full pipe, say); what they wrote in all. The caller bounds it."""
+    last, still = -1, 0
+    while still < rounds:
+        await trio.sleep(poll)
+        now = sum(bytes_written(pid) for pid in pids())
+        still = still + 1 if now == last else 0
+        last = now
+    return last
 
 
 async def assert_all_die(pids: list[int]) -> None:

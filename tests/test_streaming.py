@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from tests.conftest import DaemonHandle, RawClient, llmc, registry_toml
-from tests.harness import children, wait_until
+from tests.harness import children, rss_kb, until_stalled, wait_until
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -91,24 +91,10 @@ async def test_output_is_forwarded_as_it_arrives(
     assert reply["result"]["text"] == "before\nafter\n"
 
 
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def _written(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("wchar:"):
-            return int(line.split()[1])
-    return 0
-
-
 async def test_a_client_that_does_not_read_holds_the_child_not_memory(
         daemon_factory: Any, fake_bin: Path) -> None:
     d: DaemonHandle = await daemon_factory(registry(fake_bin))
-    rss_before = _rss_kb(d.proc.pid)
+    rss_before = rss_kb(d.proc.pid)
     stuck = await d.connect()
     with trio.fail_after(60):
         await stuck.send({"jsonrpc": "2.0", "id": 1, "method": "llm.run",
@@ -116,14 +102,9 @@ async def test_a_client_that_does_not_read_holds_the_child_not_memory(
         await wait_until(lambda: bool(children(d.proc.pid, "flood")))
         [child] = children(d.proc.pid, "flood")
         # Wait until the child stops making progress: it is blocked on its pipe.
-        last, still = -1, 0
-        while still < 5:
-            await trio.sleep(0.05)
-            now = _written(child)
-            still = still + 1 if now == last else 0
-            last = now
+        last = await until_stalled(lambda: [child])
         assert last < 50_000_000  # of 400 MB: it was stopped, not drained
-        assert _rss_kb(d.proc.pid) - rss_before < 64 * 1024
+        assert rss_kb(d.proc.pid) - rss_before < 64 * 1024
         # Everyone else is still served.
         other = await d.connect()
         reply = await other.call("llm.run", {"blueprint": "lines", "prompt": ""})

@@ -26,6 +26,7 @@ from llmd.jobs.records import RunParams
 from llmd.protocol.framing import Framer, Message
 from llmd.server.methods import GetParams, HealthParams, JobParams, ListParams
 from tests.conftest import DaemonHandle, RawClient, registry_toml
+from tests.harness import until_stalled
 from tests.reliability.support import (
     SharedDaemon,
     Soak,
@@ -413,23 +414,9 @@ async def test_clients_that_never_read_cost_bounded_memory(daemon: SharedDaemon,
         await assert_healthy(daemon)
 
 
-def _written(pid: int) -> int:
-    with open(f"/proc/{pid}/io") as f:
-        for line in f:
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
-    return 0
-
-
 async def _until_stalled(daemon: SharedDaemon) -> int:
     """Poll the flood children until none writes any more; what they wrote in all."""
-    last, still = -1, 0
-    while still < 10:
-        await trio.sleep(0.05)
-        now = sum(_written(pid) for pid in children(daemon.pid))
-        still = still + 1 if now == last else 0
-        last = now
-    return last
+    return await until_stalled(lambda: children(daemon.pid), rounds=10)
 
 
 @pytest.mark.soak
