@@ -16,12 +16,13 @@ import os
 import select
 import socket as stdsocket
 import struct
+from typing import Any
 
 import trio
 
 from llmd.errors import InvalidRequest, ParseError
 from llmd.protocol.framing import Framer, FramingError, Message, TooLarge
-from llmd.protocol.jsonrpc import Reply, error_reply
+from llmd.protocol.jsonrpc import Reply, encode_notification, error_reply
 from llmd.server.dispatch import Dispatcher, Session
 
 log = logging.getLogger("llmd.server")
@@ -43,6 +44,10 @@ class Connection(Session):
         self.number = number
         self.send_lock = trio.Lock()
         self.closed = False
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        """Send a notification; a vanished peer is not an error here."""
+        await self.send(encode_notification(method, params))
 
     async def send(self, payload: Reply) -> None:
         """Send one framed message (one buffer or its parts); a vanished peer is not an

@@ -59,6 +59,14 @@ class Session:
     def __init__(self) -> None:
         self.inflight: dict[RequestKey, trio.CancelScope] = {}
 
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        """Send a notification to the peer (a session without a peer drops it).
+
+        Args:
+            method: The notification's method, such as ``llm.output``.
+            params: Its params, msgspec-encodable.
+        """
+
 
 @dataclass(frozen=True)
 class CallContext:
