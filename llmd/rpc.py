@@ -342,7 +342,7 @@ def _parse_error(detail: str) -> bytes:
 
 def _is_null(raw: msgspec.Raw) -> bool:
     with memoryview(raw) as view:
-        return view == b"null"
+        return view.nbytes == 4 and view.tobytes() == b"null"
 
 
 def _first_byte(raw: msgspec.Raw) -> int:
