@@ -7,7 +7,7 @@ daemon (to test reconnection) finds a new one on the same socket, started here.
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -66,9 +66,9 @@ async def run_suite(daemon_factory: Any, fake_bin: Path, short_tmp: Path,
                for line in lines if line.startswith("figure ")}
     results = [line for line in lines if not line.startswith(("figure ", "    "))]
     failures = [line for line in lines if not line.startswith(("ok ", "figure "))]
-    output = (done[0].stdout + done[0].stderr).decode(errors="replace")[-3000:]
-    assert not failures and done[0].returncode == 0, "\n".join(failures) + "\n" + output
-    return {"ok": [line.split()[1] for line in results], "figures": figures}
+    output = (done[0].stdout + done[0].stderr).decode(errors="replace")
+    assert not failures and done[0].returncode == 0, "\n".join(failures) + "\n" + output[-6000:]
+    return {"ok": [line.split()[1] for line in results], "figures": figures, "output": output}
 
 
 NVIM_TESTS = {"streaming_order_and_completeness", "non_ascii_text",
@@ -85,7 +85,7 @@ async def test_neovim_plugin(daemon_factory: Any, fake_bin: Path, short_tmp: Pat
     rtp = EDITORS / "nvim"
     found = await run_suite(daemon_factory, fake_bin, short_tmp, [
         nvim, "--headless", "-u", "NONE", "-i", "NONE", "--cmd", f"set rtp^={rtp}",
-        "--cmd", f"runtime plugin/llmd.lua", "-c", f"luafile {rtp / 'tests' / 'run.lua'}"],
+        "--cmd", "runtime plugin/llmd.lua", "-c", f"luafile {rtp / 'tests' / 'run.lua'}"],
         {"XDG_DATA_HOME": str(short_tmp / "data"), "XDG_STATE_HOME": str(short_tmp / "st")})
     assert set(found["ok"]) == NVIM_TESTS
     assert found["figures"]["flood_largest_gap_ms"] < GAP_BOUND_MS
@@ -104,3 +104,63 @@ def test_neovim_help_has_its_tags(tmp_path: Path) -> None:
     tags = (doc / "tags").read_text()
     for tag in ("llmd", ":Llmd", "llmd.run()", "llmd.setup()", "llmd.statusline()"):
         assert f"{tag}\t" in tags, tag
+
+
+EMACS_TESTS = 11
+
+
+def emacs_batch() -> str:
+    emacs = shutil.which("emacs")
+    if emacs is None:
+        pytest.skip("emacs is not installed")
+    return emacs
+
+
+async def test_emacs_package(daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
+    emacs = emacs_batch()
+    found = await run_suite(daemon_factory, fake_bin, short_tmp, [
+        emacs, "--batch", "-Q", "-L", str(EDITORS / "emacs"),
+        "-l", str(EDITORS / "emacs" / "tests" / "llmd-tests.el"),
+        "-f", "ert-run-tests-batch-and-exit"], {})
+    assert f"Ran {EMACS_TESTS} tests, {EMACS_TESTS} results as expected" in found["output"]
+    assert found["figures"]["flood_largest_gap_ms"] < GAP_BOUND_MS
+
+
+def test_emacs_package_compiles_clean_and_passes_checkdoc(tmp_path: Path) -> None:
+    emacs = emacs_batch()
+    source = tmp_path / "llmd.el"
+    shutil.copy(EDITORS / "emacs" / "llmd.el", source)
+    compiled = subprocess.run(
+        [emacs, "--batch", "-Q", "--eval", "(setq byte-compile-error-on-warn t)",
+         "-f", "batch-byte-compile", str(source)],
+        capture_output=True, timeout=120, check=False)
+    assert compiled.returncode == 0, compiled.stderr.decode(errors="replace")
+    assert (tmp_path / "llmd.elc").exists()
+    checked = subprocess.run(
+        [emacs, "--batch", "-Q", "--eval",
+         "(progn (require 'checkdoc) (setq checkdoc-arguments-in-order-flag t)"
+         f" (checkdoc-file {json.dumps(str(source))}))"],
+        capture_output=True, timeout=120, check=False)
+    assert checked.returncode == 0
+    assert b"Warning" not in checked.stderr, checked.stderr.decode(errors="replace")
+
+
+# package-lint 0.16 (Debian 12's elpa-package-lint) predates Emacs 28 and calls any
+# dependency on it "uninstallable in all released Emacs versions"; that one is ignored.
+STALE_PACKAGE_LINT = "This makes the package uninstallable in all released Emacs versions."
+
+
+def test_emacs_package_lint(tmp_path: Path) -> None:
+    emacs = emacs_batch()
+    found = sorted(Path("/usr/share/emacs/site-lisp/elpa").glob("package-lint-*"))
+    if not found:
+        pytest.skip("package-lint is not installed (Debian: elpa-package-lint)")
+    source = tmp_path / "llmd.el"
+    shutil.copy(EDITORS / "emacs" / "llmd.el", source)
+    done = subprocess.run(
+        [emacs, "--batch", "-Q", "-L", str(found[-1]), "--eval", "(require 'package-lint)",
+         "-f", "package-lint-batch-and-exit", str(source)],
+        capture_output=True, timeout=120, check=False)
+    problems = [line for line in done.stderr.decode(errors="replace").splitlines()
+                if ": warning: " in line or ": error: " in line]
+    assert [p for p in problems if STALE_PACKAGE_LINT not in p] == []
