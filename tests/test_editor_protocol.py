@@ -147,3 +147,20 @@ async def test_vscode_jsonrpc_client_from_node(daemon_factory: Any, fake_bin: Pa
     assert found["cancelled_own"] == -32800
     assert found["after"] is True
     assert found["unknown"] == -32001
+
+
+async def test_emacs_jsonrpc_el_client(daemon_factory: Any, fake_bin: Path) -> None:
+    emacs = shutil.which("emacs")
+    if emacs is None:
+        pytest.skip("emacs is not installed")
+    d: DaemonHandle = await daemon_factory(registry(fake_bin))
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [emacs, "--batch", "-Q", "-l",
+             str(HERE / "fixtures" / "editors" / "jsonrpc_client.el")],
+            capture_stdout=True, capture_stderr=True, check=False,
+            env={**os.environ, "LLMD_SOCKET": str(d.socket)})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    found = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert found == {"blueprints": ["echo", "lines", "slow"], "text": "héllo",
+                     "unknown": -32001}
