@@ -169,8 +169,8 @@ Signals `file-error' when the daemon cannot be reached."
 ON-REPLY is called once with (RESULT ERROR), from the process filter.
 ON-NOTIFY, if given, is called with (METHOD PARAMS) for each notification
 that belongs to this request.  Return the request's id, or nil when the
-daemon could not be reached (ON-REPLY has then been called with an error
-of code `llmd-unreachable')."
+daemon could not be reached (ON-REPLY is then called from a timer, with an
+error of code `llmd-unreachable'): ON-REPLY never runs before this returns."
   (condition-case err
       (let* ((process (llmd--connection))
              (id (cl-incf llmd--next-id))
@@ -181,9 +181,9 @@ of code `llmd-unreachable')."
         (llmd--send process message)
         id)
     (file-error
-     (funcall on-reply nil
-              (llmd--error (format "llmd is not reachable at %s: %s (start it with `llmd serve' or `systemctl --user start llmd.socket')"
-                                   (llmd-socket-path) (error-message-string err))))
+     (run-at-time 0 nil on-reply nil
+                  (llmd--error (format "llmd is not reachable at %s: %s (start it with `llmd serve' or `systemctl --user start llmd.socket')"
+                                       (llmd-socket-path) (error-message-string err))))
      nil)))
 
 ;;; Runs

@@ -109,8 +109,11 @@
                            (plist-get (plist-get missing :error) :message))))
   (let* ((llmd-socket (concat (getenv "LLMD_SOCKET") ".absent"))
          (llmd--process nil)
-         (gone (llmd-test--finish (llmd-test--run "echo" "x"))))
-    (should (= (plist-get (plist-get gone :error) :code) llmd-unreachable))))
+         (gone (llmd-test--finish (llmd-test--run "echo" "x")))
+         (to-buffer (llmd-run-to-buffer "echo" "x")))
+    (should (= (plist-get (plist-get gone :error) :code) llmd-unreachable))
+    (llmd-test--wait 10 (lambda () (llmd-handle-done to-buffer)) "the failed run")
+    (should-not (llmd-handle-job to-buffer))))
 
 (ert-deftest llmd-daemon-restart-between-two-runs ()
   (let* ((socket (getenv "LLMD_SOCKET"))
