@@ -40,6 +40,7 @@ from llmd.errors import (
     LlmdError,
     NoSuchJob,
     RateLimited,
+    ServerCancelled,
     TimedOut,
     UnknownBlueprint,
 )
@@ -241,13 +242,15 @@ class JobManager:
                 self._finish(job, "succeeded", result=result)
                 return result
             if job.cancel_requested:
-                raise Cancelled(job.cancel_reason, self._error_data(job, None, job.attempt))
+                raise ServerCancelled(job.cancel_reason,
+                                      self._error_data(job, None, job.attempt))
             where = "waiting in the queue" if job.in_queue else "its process group was killed"
             raise TimedOut(f"{job.blueprint!r} timed out after "
                            f"{self._timeout_of(job):g} s; {where}",
                            self._error_data(job, None, job.attempt))
         except LlmdError as exc:
-            state = {Cancelled: "cancelled", TimedOut: "timed_out"}.get(type(exc), "failed")
+            state = {Cancelled: "cancelled", ServerCancelled: "cancelled",
+                     TimedOut: "timed_out"}.get(type(exc), "failed")
             if state == "cancelled" and self.shutting_down:
                 state = "interrupted"
             self._finish(job, state, error=exc)

@@ -14,9 +14,12 @@ Invariants:
   id null.
 - Every request with an id runs in its own ``trio.CancelScope``, registered in
   ``Session.inflight`` under ``request_key(id)`` while it runs. ``$/cancelRequest``
-  cancels it, and it is then answered -32800. If a second request reuses an id already
-  in flight on the session, it replaces the first in ``inflight`` (both still run and are
-  answered; only the later one can be cancelled by id).
+  cancels it, and it is then answered -32800. A handler that fails with a cancellation
+  its own request did not ask for (``llm.cancel`` from any client, a daemon stop) is
+  answered -32802, LSP's ServerCancelled, with the same ``data``: a client that takes
+  -32800 for the echo of its own cancel still sees the answer. If a second request reuses
+  an id already in flight on the session, it replaces the first in ``inflight`` (both
+  still run and are answered; only the later one can be cancelled by id).
 - Text that is not JSON is -32700: invalid UTF-8 anywhere, ``NaN``/``Infinity``, lone
   surrogate escapes, trailing data, and nesting deeper than msgspec's limit (about
   1000 levels; msgspec raises ``RecursionError``). Valid JSON that is not a request
@@ -25,6 +28,9 @@ Invariants:
   are tolerated; of duplicate keys the last one counts.
 - The message is decoded once; ``params`` is kept raw and decoded straight into the
   method's ``msgspec.Struct``, so JSON types are checked strictly (no str-to-int).
+  ``"params": null`` is no params, and a member (or position) that is ``null`` is
+  absent: it takes the field's default, for every method alike (Emacs' jsonrpc.el
+  sends nil as null). Only params that fail to decode are rewritten that way.
   Params by position are matched to the struct's fields in order and checked the same
   way; error paths then name the position (``$[1]``).
 """
@@ -334,6 +340,11 @@ def _parse_error(detail: str) -> bytes:
     return _error_bytes(errors.ParseError(f"parse error: {detail}").to_wire(), None)
 
 
+def _is_null(raw: msgspec.Raw) -> bool:
+    with memoryview(raw) as view:
+        return view.nbytes == 4 and view.tobytes() == b"null"
+
+
 def _first_byte(raw: msgspec.Raw) -> int:
     with memoryview(raw) as view:
         return view[0] if view else 0
@@ -461,9 +472,12 @@ class Dispatcher:
         name = request.method
         if name is msgspec.UNSET:
             return _invalid("`method` is missing", rid)
+        raw_params = request.params
+        if raw_params is not _ABSENT and _is_null(raw_params):
+            raw_params = _ABSENT
         entry = self._entries.get(name)
         if entry is None:
-            if request.params is not _ABSENT and _first_byte(request.params) not in b"{[":
+            if raw_params is not _ABSENT and _first_byte(raw_params) not in b"{[":
                 return _invalid("`params` must be an object or an array", rid)
             if is_notification:
                 self.log.debug("notification for unknown method %.100r ignored", name)
@@ -471,7 +485,7 @@ class Dispatcher:
             return _error_bytes(errors.MethodNotFound(
                 f"method not found: `{name[:_NAME_SHOWN]}`").to_wire(), rid)
         try:
-            params = _decode_params(entry, request.params)
+            params = _decode_params(entry, raw_params)
         except errors.InvalidRequest as exc:
             # Not a request object at all, so not a notification either: answered.
             return _error_bytes(exc.to_wire(), rid)
@@ -506,7 +520,11 @@ class Dispatcher:
             try:
                 result = await method.handler(params, ctx)
             except LlmdError as exc:
-                return _error_bytes(exc.to_wire(), rid)
+                wire = exc.to_wire()
+                if exc.code == errors.CANCELLED and not scope.cancel_called:
+                    # Not this request's own $/cancelRequest: someone else cancelled it.
+                    wire["code"] = errors.SERVER_CANCELLED
+                return _error_bytes(wire, rid)
             except Exception:
                 self.log.exception("method %s failed (request id %r)", method.name, rid)
                 return _error_bytes(_INTERNAL, rid)
@@ -564,8 +582,18 @@ def _decode_params(entry: _Entry, raw: msgspec.Raw) -> msgspec.Struct | None:
         if first != ord("{"):
             raise errors.InvalidRequest(
                 "invalid request: `params` must be an object or an array") from None
-        text, data = _validation_data(exc)
-        raise errors.InvalidParams(f"invalid params: {text}", data) from None
+        failure = exc
+    # A null member is an absent one; kept off the hot path, as few clients send them.
+    members = {} if raw is _ABSENT else _structured_decoder.decode(raw)
+    assert isinstance(members, dict)
+    given = {name: value for name, value in members.items() if not _is_null(value)}
+    if len(given) < len(members):
+        try:
+            return decoder.decode(_encoder.encode(given))
+        except msgspec.ValidationError as exc:
+            failure = exc
+    text, data = _validation_data(failure)
+    raise errors.InvalidParams(f"invalid params: {text}", data) from None
 
 
 def _decode_positional(entry: _Entry, decoder: msgspec.json.Decoder[msgspec.Struct],
@@ -577,14 +605,23 @@ def _decode_positional(entry: _Entry, decoder: msgspec.json.Decoder[msgspec.Stru
             f"invalid params: `{entry.method.name}` takes at most {len(entry.names)} "
             f"params by position, got {len(items)}", {"path": f"$[{len(entry.names)}]"})
     # Rebuilt as an object, the params get exactly the checks of params given by name.
-    pairs = zip(entry.names, items, strict=False)
+    pairs = list(zip(entry.names, items, strict=False))
     members = b",".join(name + b":" + bytes(item) for name, item in pairs)
     try:
         return decoder.decode(b"{" + members + b"}")
     except msgspec.ValidationError as exc:
-        text, data = _validation_data(exc)
-        text, data["path"] = _by_position(entry, text, data["path"])
-        raise errors.InvalidParams(f"invalid params: {text}", data) from None
+        failure = exc
+    if any(_is_null(item) for _, item in pairs):
+        # A null in a position leaves that field absent, as a null member does.
+        members = b",".join(name + b":" + bytes(item) for name, item in pairs
+                            if not _is_null(item))
+        try:
+            return decoder.decode(b"{" + members + b"}")
+        except msgspec.ValidationError as exc:
+            failure = exc
+    text, data = _validation_data(failure)
+    text, data["path"] = _by_position(entry, text, data["path"])
+    raise errors.InvalidParams(f"invalid params: {text}", data) from None
 
 
 def _by_position(entry: _Entry, text: str, path: str) -> tuple[str, str]:

@@ -213,7 +213,7 @@ async def test_cancel_ends_a_running_job(autojump_clock: Any) -> None:
         nursery.start_soon(cancel_soon)
         with pytest.raises(Cancelled) as info:
             await jm.run(job)
-    assert info.value.code == -32800
+    assert info.value.code == -32802
     assert job.state == "cancelled"
     assert jm.cancel(job.id) is False
     assert jm.running == 0 and jm.queued == 0

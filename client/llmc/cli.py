@@ -19,7 +19,7 @@ Exit status:
  7    unknown blueprint (-32001) or its executable is missing (-32002)
  8    invalid configuration (-32008)
  9    run --json: the answer held no JSON value
-10    the run or job was cancelled (-32800) or cut short by a daemon stop
+10    the run or job was cancelled (-32800, -32802) or cut short by a daemon stop
 130   this llmc was interrupted (Ctrl-C); a run in flight is cancelled first
 ====  ==============================================================================
 

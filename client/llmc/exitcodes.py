@@ -34,7 +34,7 @@ TABLE: tuple[tuple[int, str], ...] = (
     (NOT_FOUND, "unknown blueprint (-32001) or its executable is missing (-32002)"),
     (BAD_CONFIG, "invalid configuration (-32008)"),
     (NO_JSON, "run --json: the answer held no JSON value"),
-    (CANCELLED, "the run or job was cancelled (-32800) or cut short by a daemon stop"),
+    (CANCELLED, "the run or job was cancelled (-32800, -32802) or cut short by a daemon stop"),
     (INTERRUPTED, "this llmc was interrupted (Ctrl-C); a run in flight is cancelled first"),
 )
 
@@ -49,6 +49,7 @@ _BY_RPC_CODE: dict[int, int] = {
     -32002: NOT_FOUND,
     -32008: BAD_CONFIG,
     -32800: CANCELLED,
+    -32802: CANCELLED,
 }
 
 
