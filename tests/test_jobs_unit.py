@@ -274,28 +274,34 @@ async def test_an_exception_of_one_job_fails_it_alone_with_32603(
     assert detached.error is not None and detached.error.code == -32603
 
 
+def closing_attempt(jm: JobManager, outcome: Step, answers: list[bool]) -> Any:
+    """Attempts that end with ``outcome``, llm.cancel landing as they close."""
+
+    class ClosingAttempt:
+        def __init__(self, invocation: Any, **_: Any) -> None:
+            self.exit_code: int | None = None
+            self.stdout = outcome.stdout
+            self.stderr_tail = outcome.stderr
+            self.truncated = False
+            self.duration = 0.0
+
+        async def run(self) -> int:
+            await trio.sleep(1)
+            self.exit_code = outcome.exit_code
+            job = next(j for j in jm.jobs.values() if j.state == "running")
+            answers.append(jm.cancel(job.id))  # the child has exited; nothing is recorded
+            return outcome.exit_code
+
+    return ClosingAttempt
+
+
 async def test_a_cancel_landing_while_the_attempt_closes_wins(autojump_clock: Any) -> None:
     """The seam: llm.cancel arrives after the child exited, before the outcome is
     recorded (no checkpoint left in between). It said True, so the job ends cancelled."""
     jm = manager(Script())
     answers: list[bool] = []
     for outcome in (Step(stdout="fine"), Step(exit_code=3, stderr="failed anyway")):
-
-        class ClosingAttempt:
-            def __init__(self, invocation: Any, **_: Any) -> None:
-                self.exit_code: int | None = None
-                self.stdout = outcome.stdout
-                self.stderr_tail = outcome.stderr
-                self.truncated = False
-                self.duration = 0.0
-
-            async def run(self) -> int:
-                await trio.sleep(1)
-                self.exit_code = outcome.exit_code
-                answers.append(jm.cancel(job.id))  # the attempt is closing
-                return outcome.exit_code
-
-        jm.attempt_factory = ClosingAttempt
+        jm.attempt_factory = closing_attempt(jm, outcome, answers)
         job = jm.submit(RunParams(blueprint="cli", prompt="p"))
         with pytest.raises(Cancelled):
             await jm.run(job)
