@@ -20,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -509,7 +510,9 @@ class JobManager:
         env = argv_mod.child_env(self.environ, bp)
         # The shell's notion of the working directory is the run's, not the daemon's.
         env.pop("OLDPWD", None)
-        env["PWD"] = params.cwd if params.cwd is not None else os.getcwd()
+        env.pop("PWD", None)
+        with contextlib.suppress(OSError):  # the daemon's own directory may be gone
+            env["PWD"] = params.cwd if params.cwd is not None else os.getcwd()
         program = shutil.which(bp.command[0], path=env.get("PATH", os.defpath))
         if program is None:
             raise ExecutableMissing(
