@@ -424,13 +424,13 @@ class JobManager:
         if started is not None:
             # Recorded so that a restarted daemon can kill what a crashed one left.
             job.groups.append(ProcGroup(pgid=pid, starttime=started))
-            if self.store is None:
-                return
-            if job.detached and not job.durable.is_set() and self.nursery is not None:
-                # Its id waits for this commit: a crash from now on finds the group.
-                self.nursery.start_soon(self._commit, job)
-            else:
-                self.store.save_soon(job.row())
+        if self.store is None:
+            return
+        if job.detached and not job.durable.is_set() and self.nursery is not None:
+            # Its id waits for this commit: a crash from now on finds the group.
+            self.nursery.start_soon(self._commit, job)
+        elif started is not None:
+            self.store.save_soon(job.row())
 
     def _leave_queue(self, job: Job) -> None:
         if job.in_queue:
@@ -483,8 +483,9 @@ class JobManager:
         if excess <= 0 and self._kept_chars <= KEEP_RESULT_CHARS:
             return
         gone: list[str] = []
-        for job in self.jobs.values():  # oldest first; live ones (at most the slots and
-            if excess <= 0 and self._kept_chars <= KEEP_RESULT_CHARS:  # queue) are skipped
+        # Oldest first; the live ones skipped are few (at most the slots and the queue).
+        for job in self.jobs.values():
+            if excess <= 0 and self._kept_chars <= KEEP_RESULT_CHARS:
                 break
             if job.state in FINAL_STATES:
                 gone.append(job.id)
