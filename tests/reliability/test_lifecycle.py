@@ -290,6 +290,7 @@ async def test_a_truncated_stream_stops_at_the_cap(daemon_factory: Any, fake_bin
     assert result["truncated"] is True
     assert len(result["text"]) == 100000
     assert "".join(streamed) == result["text"]
+    tally("requests")
 
 
 async def test_children_get_pwd_of_their_cwd_and_no_oldpwd(daemon_factory: Any, fake_bin: Path,
@@ -304,6 +305,7 @@ async def test_children_get_pwd_of_their_cwd_and_no_oldpwd(daemon_factory: Any, 
     env = json.loads(json.loads(shown.stdout)["text"])
     assert env["PWD"] == str(here)
     assert "OLDPWD" not in env
+    tally("requests")
 
 
 async def test_a_job_of_another_daemon_sharing_the_store(
@@ -349,6 +351,7 @@ async def test_a_job_of_another_daemon_sharing_the_store(
         assert late["result"] == {"job": job, "cancelled": False}
         missing = await restarted.call("llm.cancel", {"job": "nosuchjob"}, id=5)
         assert missing["error"]["code"] == -32007
+    tally("faults")
 
 
 async def test_a_lone_surrogate_escape_is_named(daemon_factory: Any, fake_bin: Path,
