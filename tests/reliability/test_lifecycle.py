@@ -332,13 +332,8 @@ async def test_a_job_of_another_daemon_sharing_the_store(
         assert refused["error"]["code"] == -32602
         assert "another llmd" in refused["error"]["message"]
         assert await state_of(client_a, job) == "running"  # B did not touch it
-
-        async def finish() -> None:
-            flag.touch()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(finish)
-            waited = await llmc(b, "job", job, "--wait")
+        flag.touch()
+        waited = await llmc(b, "job", job, "--wait")
         assert waited.returncode == 0, waited.stderr
         assert b"after" in waited.stdout
         # Finished, and not in B's memory (as after a restart): cancelled false, not -32007.
