@@ -345,6 +345,21 @@ def _is_null(raw: msgspec.Raw) -> bool:
         return view.nbytes == 4 and view.tobytes() == b"null"
 
 
+# A high-surrogate escape not followed by a low one (an escaped backslash before it is text).
+_LONE_HIGH = re.compile(rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])")
+
+
+def _lone_surrogate(data: bytes) -> str | None:
+    """What is wrong with text that has a lone high surrogate: msgspec calls it
+    truncated, which it is not. Looked at only once decoding has failed."""
+    found = _LONE_HIGH.search(data)
+    if found is None:
+        return None
+    escape = found.group().lstrip(b"\\").decode("ascii")
+    return (f"lone surrogate escape \\{escape} at byte {found.end() - 6}: a high "
+            "surrogate must be followed by a low one (\\udc00-\\udfff)")
+
+
 def _first_byte(raw: msgspec.Raw) -> int:
     with memoryview(raw) as view:
         return view[0] if view else 0
@@ -433,7 +448,10 @@ class Dispatcher:
                 _syntax_decoder.decode(data)
                 return _invalid_from(data, exc)
         except msgspec.DecodeError as exc:
-            return _parse_error(str(exc))
+            detail = str(exc)
+            if detail == "Input data was truncated":  # also msgspec's word for "\ud800"
+                detail = _lone_surrogate(data) or detail
+            return _parse_error(detail)
         except UnicodeDecodeError as exc:
             return _parse_error(f"invalid UTF-8 at byte {exc.start}")
         except RecursionError:
