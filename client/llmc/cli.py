@@ -10,7 +10,8 @@ Exit status:
 
 ====  ==============================================================================
  0    success
- 1    the CLI failed (-32005), another llmd error, or stdout was closed early
+ 1    the CLI failed (-32005), another llmd error, or stdout was closed early or could
+      not be written (a full disk)
  2    usage error: bad arguments, invalid params (-32602), unsupported method (-32601)
  3    llmd is not reachable, or it dropped the connection
  4    timed out (-32003), or job --wait --timeout ran out before the job ended
@@ -41,7 +42,7 @@ import os
 import sys
 
 from llmc import __version__, exitcodes
-from llmc.output import error, indented, write
+from llmc.output import OutputError, error, indented, write
 
 # typing costs milliseconds at start-up and is needed only by the type checker.
 TYPE_CHECKING = False
@@ -306,6 +307,15 @@ def main(argv: list[str] | None = None) -> int:
         error("interrupted")
         return exitcodes.INTERRUPTED
     except BrokenPipeError:
+        _silence_stdout()
+        return exitcodes.FAILED
+    except OutputError as exc:
+        # Part of the output is missing: the status says so, and a line says why (unless it
+        # is stderr that cannot be written).
+        import contextlib  # noqa: PLC0415 - only on this path
+
+        with contextlib.suppress(OutputError, OSError):
+            error(str(exc))
         _silence_stdout()
         return exitcodes.FAILED
 

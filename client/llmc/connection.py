@@ -10,6 +10,13 @@ Invariants:
   no raw ``OSError`` or ``json`` exception escapes :meth:`Connection.call`.
 - Stdlib only, and nothing heavier than ``socket`` and ``json``: this module is on the start-up
   path of every ``llmc`` command that talks to the daemon.
+- Only a daemon of the user's own uid is spoken to: the listener's uid (``SO_PEERCRED``) is
+  checked before a byte is sent, root's included, and the default socket's directory must be
+  the user's own and writable by no one else; anything else is :class:`DaemonUnavailable`.
+- A connect that meets a full listen backlog waits for room, within the connect timeout.
+- A request over the daemon's message limit is :class:`MessageTooLarge`: refused before it
+  is sent when it is large enough for the limit to matter (the limit is asked of
+  ``daemon.info`` once per connection), else read from the daemon's -32600 answer.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 import time
 
 # typing costs milliseconds at start-up and is needed only by the type checker.
@@ -74,6 +82,24 @@ class DaemonUnavailable(ClientError):
         super().__init__(message)
         self.path = path
         self.reason = reason
+
+
+class MessageTooLarge(ClientError):
+    """A request is larger than the daemon accepts (its ``max_message_bytes``).
+
+    Attributes:
+        size: The request's size in bytes (0 when not known).
+        limit: The daemon's limit in bytes.
+        method: The method of the request.
+    """
+
+    def __init__(self, size: int, limit: int, method: str) -> None:
+        what = f"{size} bytes" if size else "larger than that"
+        super().__init__(f"the {method} request is too large for llmd: it accepts messages of "
+                         f"at most {limit} bytes (max_message_bytes), this one is {what}")
+        self.size = size
+        self.limit = limit
+        self.method = method
 
 
 class ConnectionLost(ClientError):
@@ -133,6 +159,92 @@ def socket_path(explicit: str | None = None) -> str:
     return f"/tmp/llmd-{os.getuid()}/llmd.sock"  # noqa: S108 - the documented fallback
 
 
+def default_socket_path() -> str:
+    """The socket path used when neither ``--socket`` nor ``$LLMD_SOCKET`` names one."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.abspath(os.path.join(runtime, "llmd", "llmd.sock"))
+    return f"/tmp/llmd-{os.getuid()}/llmd.sock"  # noqa: S108 - the documented fallback
+
+
+def check_socket_dir(path: str) -> None:
+    """Refuse a socket directory that someone else could have set up (the default path's).
+
+    On shared ground such as ``/tmp`` another user can create ``llmd-$UID`` first and listen
+    in it; the daemon refuses such a directory, and so does the client.
+
+    Raises:
+        DaemonUnavailable: The directory is a symbolic link, another user's, or writable by
+            group or others (``reason`` ``"unsafe"``). A missing one passes: connecting then
+            says that llmd is not running.
+    """
+    directory = os.path.dirname(path)
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return
+    problem = ""
+    if stat.S_ISLNK(st.st_mode):
+        problem = f"is a symbolic link (owner uid {st.st_uid})"
+    elif st.st_uid != os.getuid():
+        problem = f"belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+    elif stat.S_IMODE(st.st_mode) & 0o022:
+        problem = (f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o}, owner uid "
+                   f"{st.st_uid})")
+    if problem:
+        raise DaemonUnavailable(
+            path, "unsafe", f"refusing to connect to {path}: its directory {directory} "
+            f"{problem}; another user could be listening there")
+
+
+def check_peer(sock: socket.socket, path: str) -> None:
+    """Refuse a listener that runs under another uid than ours (root's too).
+
+    Raises:
+        DaemonUnavailable: ``reason`` ``"foreign"``, naming the path and the uid found.
+    """
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:  # not Linux: the directory checks are all there is
+        return
+    creds = sock.getsockopt(socket.SOL_SOCKET, option, 12)
+    # struct ucred {pid_t pid; uid_t uid; gid_t gid;}, in the machine's byte order.
+    uid = int.from_bytes(creds[4:8], sys.byteorder)
+    if uid != os.getuid():
+        raise DaemonUnavailable(
+            path, "foreign", f"refusing to talk to {path}: it is served by uid {uid}, not by "
+            f"you (uid {os.getuid()}); llmd runs as the user it serves, so this is someone "
+            "else's listener")
+
+
+def _connect_waiting(sock: socket.socket, path: str, timeout: float | None) -> None:
+    """Connect, waiting for room when the listen backlog is full.
+
+    A non-blocking (or timed) connect to a Unix socket whose backlog is full fails at once
+    with EAGAIN; a blocking one waits for room for up to ``SO_SNDTIMEO``, which is set to
+    ``timeout`` (and back to none once connected).
+    """
+    sock.setblocking(True)
+    if timeout is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+    sock.connect(path)
+    if timeout is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0.0))
+
+
+def _timeval(seconds: float) -> bytes:
+    # struct timeval {time_t tv_sec; suseconds_t tv_usec;}: two longs.
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1_000_000)
+    if seconds > 0 and not whole and not micros:
+        micros = 1  # zero means "no timeout"
+    size = _LONG_SIZE
+    return whole.to_bytes(size, sys.byteorder) + micros.to_bytes(size, sys.byteorder)
+
+
+# The size of a C long: a pointer's on the platforms llmd runs on (LP64, ILP32).
+_LONG_SIZE = 8 if sys.maxsize > 2**32 else 4
+
+
 def _is_socket(path: str) -> bool:
     try:
         return stat.S_ISSOCK(os.stat(path).st_mode)
@@ -141,7 +253,7 @@ def _is_socket(path: str) -> bool:
 
 
 def _unavailable(path: str, exc: OSError, timeout: float | None) -> DaemonUnavailable:
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError | BlockingIOError):
         within = f" within {timeout:g} s" if timeout is not None else ""
         return DaemonUnavailable(
             path, "timeout", f"llmd at {path} did not accept the connection{within}")
@@ -203,13 +315,15 @@ class Connection:
             The connected :class:`Connection`.
 
         Raises:
-            DaemonUnavailable: No socket, nobody listening, permission denied, or no answer.
+            DaemonUnavailable: No socket, nobody listening, permission denied, no answer, or
+                a listener or (default path) directory that is not the user's own.
         """
+        if os.path.abspath(path) == default_socket_path():
+            check_socket_dir(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            sock.settimeout(None)
+            _connect_waiting(sock, path, timeout)
+            check_peer(sock, path)
         except OSError as exc:
             sock.close()
             raise _unavailable(path, exc, timeout) from None
