@@ -10,8 +10,7 @@ Exit status:
 
 ====  ==============================================================================
  0    success
- 1    the CLI failed (-32005), another llmd error, or stdout was closed early or could
-      not be written (a full disk)
+ 1    the CLI failed (-32005), another llmd error, or output could not be written
  2    usage error: bad arguments, invalid params (-32602), unsupported method (-32601)
  3    llmd is not reachable, or it dropped the connection
  4    timed out (-32003), or job --wait --timeout ran out before the job ended
@@ -368,6 +367,8 @@ def report(exc: Exception, raw: bool = False) -> int:
     if isinstance(exc, connection.RpcError):
         return _report_rpc(exc, raw)
     error(str(exc))
+    if isinstance(exc, connection.MessageTooLarge):
+        return exitcodes.USAGE
     if isinstance(exc, connection.DaemonUnavailable | connection.ConnectionLost):
         return exitcodes.UNREACHABLE
     if isinstance(exc, connection.CallTimeout):

@@ -52,8 +52,13 @@ MIN_WAIT = 0.001
 START_HINT = "start it with: llmd serve (or: systemctl --user start llmd.socket)"
 
 
-# Messages up to this size are sent with SIGINT held (see Connection._send).
+# Messages up to this size are sent with SIGINT held (see Connection._send); larger ones are
+# checked against the daemon's limit first.
 SMALL_MESSAGE = 65536
+LIMIT_QUERY_TIMEOUT = 30.0
+# After a send broken by the daemon's close: how long, and how much, to read for its reason.
+REFUSAL_WAIT = 1.0
+MAX_REFUSAL = 65536
 
 
 def _hold_sigint() -> set[int | signal.Signals] | None:
@@ -94,9 +99,11 @@ class MessageTooLarge(ClientError):
     """
 
     def __init__(self, size: int, limit: int, method: str) -> None:
-        what = f"{size} bytes" if size else "larger than that"
-        super().__init__(f"the {method} request is too large for llmd: it accepts messages of "
-                         f"at most {limit} bytes (max_message_bytes), this one is {what}")
+        what = "the prompt is" if method == "llm.run" else f"the {method} request is"
+        size_text = f"{size} bytes" if size else "larger"
+        super().__init__(f"{what} too large for llmd: the request is {size_text}, llmd "
+                         f"accepts at most {limit} bytes (max_message_bytes in its "
+                         "configuration)")
         self.size = size
         self.limit = limit
         self.method = method
@@ -302,6 +309,8 @@ class Connection:
         # A send cut short (by Ctrl-C) leaves half a line on the wire; anything sent after it
         # would be glued to that half, so the connection can only be closed.
         self._send_broken = False
+        # The daemon's message limit: None until asked, 0 when it did not say.
+        self._limit: int | None = None
 
     @classmethod
     def connect(cls, path: str, timeout: float | None = 5.0) -> Connection:
@@ -375,10 +384,14 @@ class Connection:
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = params
+        payload = _encode(message)
+        size = len(payload) - 1  # the daemon's limit does not count the newline
+        if size > SMALL_MESSAGE:
+            self._check_size(size, method)
         # Pending from before the send, so an interrupt right after it still knows what to cancel.
         self._pending = request_id
         try:
-            self._send(message, method)
+            self._send_bytes(payload, method)
         except ClientError:
             self._pending = None
             raise
@@ -398,7 +411,10 @@ class Connection:
             if reply_id != request_id and not (reply_id is None and "error" in incoming):
                 continue
             self._pending = None
-            return self._result(incoming, method)
+            try:
+                return self._result(incoming, method)
+            except RpcError as exc:
+                raise _too_large(exc, size, method) or exc from None
 
     def notify(self, method: str, params: dict[str, Any] | list[Any] | None = None) -> None:
         """Send a notification (no reply is expected).
@@ -432,6 +448,30 @@ class Connection:
             return False
         return True
 
+    def wait_pending(self, timeout: float) -> bool:
+        """Wait for the reply to the request in flight (after cancelling it), and drop it.
+
+        Args:
+            timeout: The most seconds to wait.
+
+        Returns:
+            True when the reply came (whatever it said); False on a timeout, a broken
+            connection, or when nothing was in flight.
+        """
+        request_id = self._pending
+        if request_id is None or self._sock is None:
+            return False
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                incoming = self._receive("a cancelled request", deadline, None)
+                if isinstance(incoming, dict) and "method" not in incoming and (
+                        incoming.get("id") == request_id):
+                    self._pending = None
+                    return True
+        except ClientError:
+            return False
+
     def close(self) -> None:
         """Close the socket; later calls raise :class:`ConnectionLost`."""
         sock, self._sock = self._sock, None
@@ -454,9 +494,24 @@ class Connection:
             raise ConnectionLost(f"cannot send {method}: an earlier send was interrupted")
         return self._sock
 
+    def _check_size(self, size: int, method: str) -> None:
+        """Refuse a request over the daemon's limit before sending it (see the invariants)."""
+        if self._limit is None:
+            self._limit = 0  # unknown, unless daemon.info says
+            try:
+                info = self.call("daemon.info", timeout=LIMIT_QUERY_TIMEOUT)
+            except RpcError:
+                info = None  # an older daemon: the -32600 answer will tell
+            limit = info.get("max_message_bytes") if isinstance(info, dict) else None
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+                self._limit = limit
+        if self._limit and size > self._limit:
+            raise MessageTooLarge(size, self._limit, method)
+
     def _send(self, message: dict[str, Any], method: str) -> None:
-        data = (json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n")
-        payload = data.encode("utf-8")
+        self._send_bytes(_encode(message), method)
+
+    def _send_bytes(self, payload: bytes, method: str) -> None:
         sock = self._live_socket(method)
         sock.settimeout(None)
         # A Ctrl-C that lands between a completed send and the flag below would leave the
@@ -468,6 +523,11 @@ class Connection:
             try:
                 sock.sendall(payload)
             except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                    # The daemon may have said why it closed (a message over its limit).
+                    refusal = self._refusal(sock)
+                    if refusal is not None:
+                        raise _too_large(refusal, len(payload) - 1, method) or refusal from None
                 raise ConnectionLost(
                     f"lost the connection to llmd while sending {method}: "
                     f"{exc.strerror or exc}") from None
@@ -475,6 +535,32 @@ class Connection:
         finally:
             if held is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def _refusal(self, sock: socket.socket) -> RpcError | None:
+        """The error the daemon sent before it closed the connection on us, if any."""
+        data = bytes(self._buffer)
+        sock.settimeout(REFUSAL_WAIT)
+        try:
+            while len(data) <= MAX_REFUSAL:
+                chunk = sock.recv(CHUNK_SIZE)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass  # ECONNRESET once the queued bytes are read, or nothing came in time
+        for line in data.split(b"\n"):
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(reply, dict) and reply.get("id") is None and "error" in reply:
+                try:
+                    self._result(reply, "")
+                except RpcError as exc:
+                    return exc
+                except ClientError:
+                    continue
+        return None
 
     def _receive(self, method: str, deadline: float | None, ticker: _Ticker | None) -> Any:
         while True:
@@ -569,6 +655,18 @@ class Connection:
         if "result" not in reply:
             raise ProtocolError(f"llmd sent a reply with neither result nor error for {method}")
         return reply["result"]
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    return (json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def _too_large(exc: RpcError, size: int, method: str) -> MessageTooLarge | None:
+    """The daemon's "message too large" answer as :class:`MessageTooLarge`, else None."""
+    limit = exc.data.get("max_message_bytes")
+    if exc.code != -32600 or not isinstance(limit, int) or isinstance(limit, bool):
+        return None
+    return MessageTooLarge(size, limit, method)
 
 
 class _Ticker:
