@@ -8,6 +8,8 @@ Every test drives the real client (a subprocess) against a real daemon or a real
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
 import shutil
@@ -15,11 +17,13 @@ import signal
 import socket as stdsocket
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import pytest
 import trio
+from llmc import output
 
 from tests.conftest import DaemonHandle, alive, llmc, read_pids, registry_toml
 
@@ -400,3 +404,63 @@ async def test_ctrl_c_off_a_terminal_waits_for_the_cancel(daemon_factory: Any, f
     assert status == 130
     assert stderr == b"llmc: interrupted\n"
     assert survivors == []
+
+
+# -- the writer's core -------------------------------------------------------------------------
+
+class _Trickle(io.BufferedIOBase):
+    """A destination that takes at most three bytes a call, then refuses with ENOSPC."""
+
+    def __init__(self, room: int) -> None:
+        self.taken = bytearray()
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if len(self.taken) >= self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        part = bytes(data[:min(3, self.room - len(self.taken))])
+        self.taken += part
+        return len(part)
+
+
+class _Text:
+    """A text stream over ``buffer``, as far as ``output.write`` looks."""
+
+    def __init__(self, buffer: _Trickle) -> None:
+        self.buffer = buffer
+
+    def flush(self) -> None:
+        pass
+
+
+def test_short_writes_are_completed_and_a_refusal_is_an_output_error() -> None:
+    whole = _Trickle(room=1000)
+    output.write("\u00fcber alles\n" * 20, cast("TextIO", _Text(whole)))
+    assert whole.taken.decode() == "\u00fcber alles\n" * 20
+    full = _Trickle(room=10)
+    with pytest.raises(output.OutputError, match="No space left on device"):
+        output.write("x" * 100, cast("TextIO", _Text(full)))
+    assert len(full.taken) == 10
+
+
+def test_a_non_blocking_pipe_gets_every_byte() -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    got = bytearray()
+
+    def drain() -> None:
+        while chunk := os.read(read_end, 65536):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        with open(write_end, "w", encoding="utf-8", closefd=True) as stream:
+            output.write("y" * 1_000_000, stream)
+    finally:
+        reader.join(timeout=30)
+        os.close(read_end)
+    assert bytes(got) == b"y" * 1_000_000
