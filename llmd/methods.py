@@ -159,7 +159,7 @@ def build(daemon: Daemon) -> list[Method]:
              "prompt": bp.prompt, "parser": bp.parser,
              "timeout_s": reg.timeout_for(bp, None), "max_concurrency": bp.max_concurrency,
              "takes_model": bool(bp.model_args), "resumes_sessions": bool(bp.resume_args),
-             "fallbacks": bp.fallbacks}
+             "fallbacks": bp.fallbacks, "kill_grace_s": bp.kill_grace}
             for name, bp in reg.blueprints.items()]}
 
     async def daemon_info(params: None, ctx: CallContext) -> dict[str, Any]:
@@ -170,6 +170,7 @@ def build(daemon: Daemon) -> list[Method]:
                 "jobs": {"queued": manager.queued, "running": manager.running,
                          "finished": manager.finished_count},
                 "connections": len(daemon.server.connections),
+                "max_message_bytes": daemon.server.max_message,
                 "store": daemon.store.info()}
 
     async def health_status(params: HealthParams, ctx: CallContext) -> dict[str, Any]:

@@ -25,7 +25,7 @@ INTERRUPTED = 130
 
 TABLE: tuple[tuple[int, str], ...] = (
     (OK, "success"),
-    (FAILED, "the CLI failed (-32005), another llmd error, or stdout was closed early"),
+    (FAILED, "the CLI failed (-32005), another llmd error, or output could not be written"),
     (USAGE, "usage error: bad arguments, invalid params (-32602), unsupported method (-32601)"),
     (UNREACHABLE, "llmd is not reachable, or it dropped the connection"),
     (TIMED_OUT, "timed out (-32003), or job --wait --timeout ran out before the job ended"),
