@@ -42,6 +42,7 @@ bench: venv
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/health.py
 	$(BIN)/python bench/mcp.py
+	$(BIN)/python bench/editors.py
 	$(BIN)/python -m bench.bench_parsers
 
 clean:

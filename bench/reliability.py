@@ -109,8 +109,10 @@ def section(totals: dict[str, float], counts: dict[str, int], bugs: list[str],
         "invalid UTF-8, 100,000-deep nesting, oversized and half messages, clients that "
         "never read, thousands of connects, 50 clients of 20 runs against low queue "
         "limits, 1,000 idle connections, running out of file descriptors, CLIs killed by "
-        "signals or escaping their process group, the registry deleted, the daemon killed "
-        "with SIGKILL. It runs in CI with the rest of the tests; "
+        "signals or escaping their process group, the registry deleted, a reload removing "
+        "what running jobs use, SIGTERM with a queue, the daemon killed with SIGKILL (also "
+        "right after a detached reply), cancels racing a run's end, a cwd removed under a "
+        "queued job, two daemons on one store. It runs in CI with the rest of the tests; "
         "`scripts/reliability-report` runs it alone and rewrites this section from its "
         "own counts, and `scripts/reliability-report --soak MINUTES` repeats the abuse and "
         "load loops for that long.")

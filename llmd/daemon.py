@@ -2,10 +2,10 @@
 
 Invariants:
 - Everything runs in one trio nursery; detached jobs live in it, not in a connection.
-- Shutdown: stop accepting and remove the socket; on SIGTERM let running jobs finish
-  for ``daemon.stop_grace`` seconds (SIGINT or a second signal: no wait); then cancel
-  every unfinished job (groups killed, callers answered, detached ones recorded
-  ``interrupted``) and return.
+- Shutdown: stop accepting and remove the socket; cancel the queued jobs (none starts
+  any more); on SIGTERM let running jobs finish for ``daemon.stop_grace`` seconds
+  (SIGINT or a second signal: no wait); then cancel every unfinished job (groups
+  killed, callers answered, detached ones recorded ``interrupted``) and return.
 - A reload that fails validation leaves the registry in force untouched.
 """
 
@@ -116,14 +116,9 @@ class Daemon:
         else:
             self.store = JobStore.disabled(self.store_path, "switched off in [store]")
         self.manager.store = self.store
-        if not self.store.available:
-            if cfg.enabled:  # the store logged why it could not open
-                log.warning("%s", self.store.problem)
-            return
-        report = await self.store.recover()
-        if report.interrupted or report.processes_killed:
-            log.info("recovered the job store: %d job(s) marked interrupted, %d orphaned "
-                     "process(es) killed", report.interrupted, report.processes_killed)
+        if self.store.available:
+            # The store logs what it recovered (and, when it cannot be used, why): once.
+            await self.store.recover()
 
     def request_stop(self, *, graceful: bool = False) -> None:
         """Begin shutting down.
@@ -183,6 +178,9 @@ class Daemon:
                 accepting.cancel()
                 self.listener.release()
                 self.manager.draining = True
+                # Queued jobs never start now: they end cancelled and their callers learn
+                # it at once.
+                self.manager.cancel_queued("cancelled: llmd is shutting down")
                 grace = self.registry.daemon.stop_grace
                 if self.manager.running or self.manager.queued:
                     log.info("letting running jobs finish for up to %g s", grace)

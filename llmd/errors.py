@@ -26,6 +26,8 @@ BUSY = -32006
 NO_SUCH_JOB = -32007
 INVALID_CONFIG = -32008
 CANCELLED = -32800
+# LSP's ServerCancelled: cancelled by something other than the request's own client.
+SERVER_CANCELLED = -32802
 
 
 class LlmdError(Exception):
@@ -144,6 +146,12 @@ class ConfigError(LlmdError):
 
 
 class Cancelled(LlmdError):
-    """The run was cancelled by ``llm.cancel``, ``$/cancelRequest`` or a disconnect."""
+    """The run was cancelled by ``$/cancelRequest`` or a disconnect."""
 
     code = CANCELLED
+
+
+class ServerCancelled(Cancelled):
+    """The run was cancelled from elsewhere: ``llm.cancel`` (any client), a daemon stop."""
+
+    code = SERVER_CANCELLED

@@ -187,6 +187,25 @@ def test_sniff_content_length_without_colon_is_ndjson() -> None:
     assert mode_of(framer) == "ndjson"
 
 
+def test_sniff_takes_content_type_first_for_lsp() -> None:
+    # The LSP base protocol lets the headers come in any order.
+    framer = Framer(1024)
+    stream = (b"Content-Type: application/vscode-jsonrpc; charset=utf-8\r\n"
+              b"Content-Length: 2\r\n\r\n{}")
+    assert feed_all(framer, bytewise(stream)) == [Message(b"{}")]
+    assert mode_of(framer) == "lsp"
+    assert Framer(1024).feed(b"content-TYPE:x\ncontent-length:3\n\n[1]") == [Message(b"[1]")]
+
+
+def test_sniff_waits_while_either_header_name_may_follow() -> None:
+    framer = Framer(1024)
+    for part in (b"c", b"ontent-", b"T"):
+        assert framer.feed(part) == []
+        assert mode_of(framer) == "unknown"
+    assert framer.feed(b"ypo\n") == [Message(b"content-Typo")]
+    assert mode_of(framer) == "ndjson"
+
+
 # --- LSP ---------------------------------------------------------------------------------
 
 
@@ -252,6 +271,29 @@ def test_lsp_missing_content_length_is_reported() -> None:
     # The sniff already chose LSP; the second section lacks its length.
     assert framer.feed(stream) == [
         Message(b"[]"), FramingError("header section without Content-Length"), Message(b"[1]")]
+
+
+@pytest.mark.parametrize("short", [0, 1, 5, 20])
+@pytest.mark.parametrize("first", [b"Content-Length: %d\r\n",
+                                   b"Content-Type: application/json\r\nContent-Length: %d\r\n"])
+def test_lsp_too_short_content_length_does_not_swallow_the_next_message(short: int,
+                                                                        first: bytes) -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"daemon.info","params":{"pad":"xxxxxxxxxx"}}'
+    good = b'{"jsonrpc":"2.0","id":2,"method":"daemon.info"}'
+    stream = (b"Content-Length: %d\r\n\r\n%b" % (len(body) - short - 1, body)
+              + first % len(good) + b"\r\n" + good
+              + b"Content-Length: 3\r\n\r\n[1]")
+    whole = Framer(1024).feed(stream)
+    assert [f for f in whole if isinstance(f, Message)][1:] == [Message(good), Message(b"[1]")]
+    assert sum(isinstance(f, FramingError) for f in whole) == 1
+    assert feed_all(Framer(1024), bytewise(stream)) == whole
+
+
+def test_lsp_header_names_must_be_tokens() -> None:
+    framer = Framer(1024)
+    stream = b'Content-Length: 2\r\n\r\n{}"x"}: 1\r\n\r\nContent-Length: 2\r\n\r\n[]'
+    assert framer.feed(stream) == [Message(b"{}"), FramingError("malformed header name: '\"x\"}'"),
+                                   Message(b"[]")]
 
 
 def test_lsp_keeps_reporting_each_bad_section() -> None:

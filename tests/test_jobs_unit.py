@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from llmd.config import parse_registry
-from llmd.errors import Busy, Cancelled, CliFailed, RateLimited, TimedOut
+from llmd.errors import Busy, Cancelled, CliFailed, InternalError, RateLimited, TimedOut
 from llmd.jobs.manager import JobManager
 from llmd.jobs.records import RunParams
 
@@ -213,7 +213,135 @@ async def test_cancel_ends_a_running_job(autojump_clock: Any) -> None:
         nursery.start_soon(cancel_soon)
         with pytest.raises(Cancelled) as info:
             await jm.run(job)
-    assert info.value.code == -32800
+    assert info.value.code == -32802
     assert job.state == "cancelled"
     assert jm.cancel(job.id) is False
     assert jm.running == 0 and jm.queued == 0
+
+
+async def test_a_reload_removing_the_blueprint_and_category_leaves_admitted_jobs_alone(
+        autojump_clock: Any) -> None:
+    script = Script(Step(seconds=10_000), Step(stdout="queued one ran"))
+    jm = manager(script, "[timeouts]\ncustom = 120\n")
+    running = jm.submit(RunParams(blueprint="cli", prompt="a", timeout="custom"))
+    queued = jm.submit(RunParams(blueprint="cli", prompt="b", timeout=600))
+    errors: list[Exception] = []
+
+    async def run(job: Any) -> None:
+        try:
+            await jm.run(job)
+        except TimedOut as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, running)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(run, queued)
+        await trio.testing.wait_all_tasks_blocked()
+        jm.set_registry(parse_registry('[blueprints.other]\ncommand = ["x", "{prompt}"]\n'))
+    # The timeout it was admitted with, not 0 s from a registry that lost it.
+    assert [str(e) for e in errors] and "after 120 s" in errors[0].args[0]
+    assert running.state == "timed_out"
+    assert queued.state == "succeeded" and queued.result is not None
+    assert queued.result.text == "queued one ran"
+
+
+class Broken(RuntimeError):
+    pass
+
+
+def broken_factory(*_: Any, **__: Any) -> Any:
+    raise Broken("a defect in one job's code path")
+
+
+async def test_an_exception_of_one_job_fails_it_alone_with_32603(
+        autojump_clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+    jm = manager(Script())
+    jm.attempt_factory = broken_factory
+    job = jm.submit(RunParams(blueprint="cli", prompt="p"))
+    with pytest.raises(InternalError) as info:
+        await jm.run(job)
+    assert info.value.code == -32603
+    assert job.state == "failed"
+    assert "internal error" in caplog.text and job.id in caplog.text
+    # Detached, in the daemon's nursery: the nursery (the daemon) goes on.
+    async with trio.open_nursery() as nursery:
+        jm.nursery = nursery
+        detached = jm.submit(RunParams(blueprint="cli", prompt="p", detach=True))
+        jm.start_detached(detached)
+        await detached.finished.wait()
+    assert detached.state == "failed"
+    assert detached.error is not None and detached.error.code == -32603
+
+
+def closing_attempt(jm: JobManager, outcome: Step, answers: list[bool]) -> Any:
+    """Attempts that end with ``outcome``, llm.cancel landing as they close."""
+
+    class ClosingAttempt:
+        def __init__(self, invocation: Any, **_: Any) -> None:
+            self.exit_code: int | None = None
+            self.stdout = outcome.stdout
+            self.stderr_tail = outcome.stderr
+            self.truncated = False
+            self.duration = 0.0
+
+        async def run(self) -> int:
+            await trio.sleep(1)
+            self.exit_code = outcome.exit_code
+            job = next(j for j in jm.jobs.values() if j.state == "running")
+            answers.append(jm.cancel(job.id))  # the child has exited; nothing is recorded
+            return outcome.exit_code
+
+    return ClosingAttempt
+
+
+async def test_a_cancel_landing_while_the_attempt_closes_wins(autojump_clock: Any) -> None:
+    """The seam: llm.cancel arrives after the child exited, before the outcome is
+    recorded (no checkpoint left in between). It said True, so the job ends cancelled."""
+    jm = manager(Script())
+    answers: list[bool] = []
+    for outcome in (Step(stdout="fine"), Step(exit_code=3, stderr="failed anyway")):
+        jm.attempt_factory = closing_attempt(jm, outcome, answers)
+        job = jm.submit(RunParams(blueprint="cli", prompt="p"))
+        with pytest.raises(Cancelled):
+            await jm.run(job)
+        assert job.state == "cancelled"
+        assert job.result is None
+    assert answers == [True, True]
+
+
+async def test_finished_jobs_are_evicted_whatever_is_still_running(
+        autojump_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("llmd.jobs.manager.KEEP_FINISHED", 5)
+    monkeypatch.setattr("llmd.jobs.manager.KEEP_RESULT_CHARS", 1000)
+    script = Script(Step(seconds=10_000), *[Step(stdout="x" * 300) for _ in range(20)])
+    jm = manager(script, "[blueprints.cli2]\ncommand = [\"/bin/sh\", \"{prompt}\"]\n"
+                         "max_concurrency = 4\n")
+    old = jm.submit(RunParams(blueprint="cli", prompt="old", timeout=100_000))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(jm.run, old)
+        await trio.testing.wait_all_tasks_blocked()
+        for n in range(20):
+            await jm.run(jm.submit(RunParams(blueprint="cli2", prompt=str(n))))
+            finished = [j for j in jm.jobs.values() if j.state == "succeeded"]
+            assert len(jm.jobs) <= 5
+            assert sum(len(j.result.text) for j in finished if j.result) <= 1000
+        assert old.id in jm.jobs  # the live one stays
+        nursery.cancel_scope.cancel()
+
+
+async def test_queued_jobs_cancelled_at_shutdown_never_start(autojump_clock: Any) -> None:
+    script = Script(Step(seconds=50, stdout="a"), Step(stdout="never"))
+    jm = manager(script)
+    first = jm.submit(RunParams(blueprint="cli", prompt="first", timeout=600))
+    second = jm.submit(RunParams(blueprint="cli", prompt="second", timeout=600))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(jm.run, first)
+        await trio.testing.wait_all_tasks_blocked()
+        jm.draining = True
+        assert jm.cancel_queued("cancelled: llmd is shutting down") == 1
+        with pytest.raises(Cancelled):
+            await jm.run(second)
+    assert first.state == "succeeded"
+    assert second.state == "cancelled" and second.started_at is None
+    assert [name for _t, name in script.started] == ["first"]

@@ -579,3 +579,7 @@ def test_error_texts_carry_the_facts_and_advice() -> None:
     assert "job j1" in text and "retry after 30 s" in text and "another blueprint" in text
     timed = mcp_tools.rpc_error_result(-32003, "timed out", {"output": "partial answer"})
     assert "partial answer" in timed["content"][0]["text"]
+    for code in (-32800, -32802):  # by the call's own cancel, or by the server
+        cancelled = mcp_tools.rpc_error_result(code, "cancelled", {"output": "so far"})
+        assert "so far" in cancelled["content"][0]["text"]
+        assert "Run it again" in cancelled["content"][0]["text"]

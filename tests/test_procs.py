@@ -129,3 +129,16 @@ def test_gone_group(spawned: list[subprocess.Popen[bytes]]) -> None:
     started = procs.process_start_time(child.pid) or 0
     child.wait(timeout=10)
     assert procs.kill_orphan_group(child.pid, started) == 0
+
+
+def test_a_zombie_is_not_the_same_process(spawned: list[subprocess.Popen[bytes]]) -> None:
+    child = start(spawned, "true")
+    started = procs.process_start_time(child.pid)
+    assert started is not None
+    # Exited but not reaped: /proc still shows the pid, with its start time.
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    assert procs.process_start_time(child.pid) == started
+    assert procs.is_same_process(child.pid, started) is False
+    assert procs.is_same_process(child.pid, None) is False
+    me = os.getpid()
+    assert procs.is_same_process(me, procs.process_start_time(me)) is True

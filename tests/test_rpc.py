@@ -231,7 +231,6 @@ async def test_all_notification_batch(dispatcher: Dispatcher) -> None:
     ('{"jsonrpc":"2.0","id":3}', 3),
     ('{"jsonrpc":"2.0","method":null,"id":3}', 3),
     ('{"jsonrpc":"2.0","method":"get_data","params":"x","id":4}', 4),
-    ('{"jsonrpc":"2.0","method":"get_data","params":null,"id":4}', 4),
     ('{"jsonrpc":"2.0","method":"subtract","params":7}', None),
     ('{"jsonrpc":"2.0","method":"nope","params":true,"id":5}', 5),
     ('{"jsonrpc":"2.0","method":"get_data","id":[1]}', None),
@@ -387,6 +386,57 @@ async def test_no_params_method_refuses_others(dispatcher: Dispatcher, params: s
                               "data": {"path": "$"}}
 
 
+@pytest.mark.parametrize("method", ["get_data", "sum", "echo"])
+async def test_null_params_are_no_params(dispatcher: Dispatcher, method: str) -> None:
+    reply = await call(dispatcher,
+                       f'{{"jsonrpc":"2.0","method":"{method}","params":null,"id":1}}')
+    if method == "echo":  # `prompt` is required: absent, not a wrong shape
+        assert reply["error"]["code"] == -32602
+        assert reply["error"]["data"] == {"path": "$.prompt"}
+    else:
+        assert "result" in reply
+
+
+async def test_null_params_of_an_unknown_method_is_method_not_found(
+        dispatcher: Dispatcher) -> None:
+    reply = await call(dispatcher, '{"jsonrpc":"2.0","method":"nope","params":null,"id":1}')
+    assert reply["error"]["code"] == -32601
+
+
+@pytest.mark.parametrize("params", [
+    '{"prompt":"p","count":null,"tags":null}', '["p",null,null]', '["p",null]',
+    '{"prompt":"p","count":null}'])
+async def test_null_members_take_the_default(dispatcher: Dispatcher, params: str) -> None:
+    reply = await call(dispatcher,
+                       f'{{"jsonrpc":"2.0","method":"echo","params":{params},"id":1}}')
+    assert reply["result"] == {"prompt": "p", "count": 1, "tags": [], "id": 1}
+
+
+@pytest.mark.parametrize(("params", "path"), [
+    ('{"prompt":null}', "$.prompt"), ('{"prompt":"p","count":null,"tags":"x"}', "$.tags"),
+    ('[null]', "$[0]"), ('["p",null,7]', "$[2]")])
+async def test_null_members_do_not_hide_other_errors(dispatcher: Dispatcher, params: str,
+                                                      path: str) -> None:
+    reply = await call(dispatcher,
+                       f'{{"jsonrpc":"2.0","method":"echo","params":{params},"id":1}}')
+    assert reply["error"]["code"] == -32602
+    assert reply["error"]["data"] == {"path": path}
+
+
+async def test_null_stays_a_value_where_the_field_takes_it() -> None:
+    class Maybe(msgspec.Struct, forbid_unknown_fields=True):
+        value: int | None = 5
+
+    async def show(params: Maybe, ctx: CallContext) -> Any:
+        return params.value
+
+    dispatcher = Dispatcher([Method("show", show, Maybe)])
+    for params in ('{"value":null}', "[null]"):
+        reply = await call(dispatcher, f'{{"jsonrpc":"2.0","method":"show","params":{params},'
+                                       '"id":1}')
+        assert reply["result"] is None
+
+
 async def test_context_carries_the_request_id(dispatcher: Dispatcher) -> None:
     reply = await call(dispatcher, '{"jsonrpc":"2.0","method":"echo","params":["p"],"id":"x"}')
     assert reply["result"] == {"prompt": "p", "count": 1, "tags": [], "id": "x"}
@@ -517,6 +567,44 @@ async def test_cancel_request(blocking: tuple[Dispatcher, Blocker]) -> None:
                                                     "message": "request cancelled"}, "id": 7}]
     assert blocker.ended == ["7"]
     assert session.inflight == {}
+
+
+async def test_a_cancellation_from_elsewhere_is_server_cancelled() -> None:
+    cancelled_elsewhere = trio.Event()
+
+    async def run(params: None, ctx: CallContext) -> None:
+        await cancelled_elsewhere.wait()
+        raise errors.Cancelled("cancelled by llm.cancel", {"job": "j1"})
+
+    dispatcher = Dispatcher([Method("llm.run", run)])
+    session = Session()
+    replies: list[Any] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await start(nursery, dispatcher, session,
+                        b'{"jsonrpc":"2.0","method":"llm.run","id":3}', replies)
+            cancelled_elsewhere.set()
+    assert replies == [{"jsonrpc": "2.0", "error": {
+        "code": -32802, "message": "cancelled by llm.cancel", "data": {"job": "j1"}}, "id": 3}]
+
+
+async def test_own_cancel_stays_minus_32800_whatever_the_handler_raises() -> None:
+    async def run(params: None, ctx: CallContext) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            # A handler that turns its own cancellation into an error still answers -32800.
+            raise errors.Cancelled("cancelled", {"job": "j2"})
+
+    dispatcher = Dispatcher([Method("llm.run", run)])
+    session = Session()
+    replies: list[Any] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await start(nursery, dispatcher, session,
+                        b'{"jsonrpc":"2.0","method":"llm.run","id":4}', replies)
+            await dispatcher.handle(cancel("4"), session)
+    assert [r["error"]["code"] for r in replies] == [-32800]
 
 
 async def test_cancel_matches_id_type(blocking: tuple[Dispatcher, Blocker]) -> None:

@@ -326,7 +326,7 @@ async def test_shutdown_kills_running_groups_and_removes_the_socket(
         await wait_until(lambda: bool(read_pids(pidfile)))
         assert await d.stop(signal.SIGTERM) == 0
         reply = await client.recv()
-    assert reply["error"]["code"] == -32800
+    assert reply["error"]["code"] == -32802
     assert "shutting down" in reply["error"]["message"]
     await assert_all_die(read_pids(pidfile))
     assert not d.socket.exists()
@@ -420,4 +420,4 @@ async def test_sigterm_lets_running_jobs_finish_sigint_does_not(
     if sig == signal.SIGTERM:
         assert reply["result"]["text"] == "before\nafter\n"
     else:
-        assert reply["error"]["code"] == -32800
+        assert reply["error"]["code"] == -32802

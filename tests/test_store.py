@@ -616,3 +616,21 @@ async def test_run_hands_write_behind_rows_over_after_the_delay(db: Path) -> Non
                 await store._ask("call", lambda d: None, None)
                 assert raw(db, "SELECT id, state FROM jobs") == [("late", "running")]
                 nursery.cancel_scope.cancel()
+
+
+async def test_recovery_takes_a_zombie_daemon_for_dead(
+        db: Path, spawned: list[subprocess.Popen[bytes]]) -> None:
+    with trio.fail_after(20):
+        zombie, zombie_start = sleeper(spawned)
+        orphan, orphan_start = sleeper(spawned)
+        zombie.send_signal(signal.SIGKILL)
+        os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped
+        async with await JobStore.open(db) as store:
+            assert await store.save_final(row(
+                "of-a-zombie", "running", 0, daemon_pid=zombie.pid, daemon_start=zombie_start,
+                groups=(ProcGroup(orphan.pid, orphan_start),)))
+            report = await store.recover()
+            assert report.interrupted == 1 and report.other_daemon_jobs == 0
+            assert orphan.wait(timeout=10) == -signal.SIGKILL
+            record = await store.get("of-a-zombie")
+            assert record is not None and record.state == "interrupted"

@@ -127,7 +127,7 @@ async def test_cancel_from_another_connection(daemon_factory: Any, fake_bin: Pat
         reply = await canceller.call("llm.cancel", {"job": job})
         assert reply["result"] == {"job": job, "cancelled": True}
         _notes, answer = await collect(runner, 1)
-        assert answer["error"]["code"] == -32800
+        assert answer["error"]["code"] == -32802
         assert answer["error"]["data"]["job"] == job
         reply = await canceller.call("llm.cancel", {"job": job}, id=2)
         assert reply["result"] == {"job": job, "cancelled": False}

@@ -10,7 +10,7 @@ Exit status:
 
 ====  ==============================================================================
  0    success
- 1    the CLI failed (-32005), another llmd error, or stdout was closed early
+ 1    the CLI failed (-32005), another llmd error, or output could not be written
  2    usage error: bad arguments, invalid params (-32602), unsupported method (-32601)
  3    llmd is not reachable, or it dropped the connection
  4    timed out (-32003), or job --wait --timeout ran out before the job ended
@@ -19,7 +19,7 @@ Exit status:
  7    unknown blueprint (-32001) or its executable is missing (-32002)
  8    invalid configuration (-32008)
  9    run --json: the answer held no JSON value
-10    the run or job was cancelled (-32800) or cut short by a daemon stop
+10    the run or job was cancelled (-32800, -32802) or cut short by a daemon stop
 130   this llmc was interrupted (Ctrl-C); a run in flight is cancelled first
 ====  ==============================================================================
 
@@ -41,7 +41,7 @@ import os
 import sys
 
 from llmc import __version__, exitcodes
-from llmc.output import error, indented, write
+from llmc.output import OutputError, error, indented, write
 
 # typing costs milliseconds at start-up and is needed only by the type checker.
 TYPE_CHECKING = False
@@ -308,6 +308,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return exitcodes.FAILED
+    except OutputError as exc:
+        # Part of the output is missing: the status says so, and a line says why (unless it
+        # is stderr that cannot be written).
+        import contextlib  # noqa: PLC0415 - only on this path
+
+        with contextlib.suppress(OutputError, OSError):
+            error(str(exc))
+        _silence_stdout()
+        return exitcodes.FAILED
 
 
 def _main(argv: list[str] | None) -> int:
@@ -358,6 +367,8 @@ def report(exc: Exception, raw: bool = False) -> int:
     if isinstance(exc, connection.RpcError):
         return _report_rpc(exc, raw)
     error(str(exc))
+    if isinstance(exc, connection.MessageTooLarge):
+        return exitcodes.USAGE
     if isinstance(exc, connection.DaemonUnavailable | connection.ConnectionLost):
         return exitcodes.UNREACHABLE
     if isinstance(exc, connection.CallTimeout):

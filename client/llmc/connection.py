@@ -10,6 +10,13 @@ Invariants:
   no raw ``OSError`` or ``json`` exception escapes :meth:`Connection.call`.
 - Stdlib only, and nothing heavier than ``socket`` and ``json``: this module is on the start-up
   path of every ``llmc`` command that talks to the daemon.
+- Only a daemon of the user's own uid is spoken to: the listener's uid (``SO_PEERCRED``) is
+  checked before a byte is sent, root's included, and the default socket's directory must be
+  the user's own and writable by no one else; anything else is :class:`DaemonUnavailable`.
+- A connect that meets a full listen backlog waits for room, within the connect timeout.
+- A request over the daemon's message limit is :class:`MessageTooLarge`: refused before it
+  is sent when it is large enough for the limit to matter (the limit is asked of
+  ``daemon.info`` once per connection), else read from the daemon's -32600 answer.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 import time
 
 # typing costs milliseconds at start-up and is needed only by the type checker.
@@ -44,8 +52,13 @@ MIN_WAIT = 0.001
 START_HINT = "start it with: llmd serve (or: systemctl --user start llmd.socket)"
 
 
-# Messages up to this size are sent with SIGINT held (see Connection._send).
+# Messages up to this size are sent with SIGINT held (see Connection._send); larger ones are
+# checked against the daemon's limit first.
 SMALL_MESSAGE = 65536
+LIMIT_QUERY_TIMEOUT = 30.0
+# After a send broken by the daemon's close: how long, and how much, to read for its reason.
+REFUSAL_WAIT = 1.0
+MAX_REFUSAL = 65536
 
 
 def _hold_sigint() -> set[int | signal.Signals] | None:
@@ -74,6 +87,26 @@ class DaemonUnavailable(ClientError):
         super().__init__(message)
         self.path = path
         self.reason = reason
+
+
+class MessageTooLarge(ClientError):
+    """A request is larger than the daemon accepts (its ``max_message_bytes``).
+
+    Attributes:
+        size: The request's size in bytes (0 when not known).
+        limit: The daemon's limit in bytes.
+        method: The method of the request.
+    """
+
+    def __init__(self, size: int, limit: int, method: str) -> None:
+        what = "the prompt is" if method == "llm.run" else f"the {method} request is"
+        size_text = f"{size} bytes" if size else "larger"
+        super().__init__(f"{what} too large for llmd: the request is {size_text}, llmd "
+                         f"accepts at most {limit} bytes (max_message_bytes in its "
+                         "configuration)")
+        self.size = size
+        self.limit = limit
+        self.method = method
 
 
 class ConnectionLost(ClientError):
@@ -133,6 +166,92 @@ def socket_path(explicit: str | None = None) -> str:
     return f"/tmp/llmd-{os.getuid()}/llmd.sock"  # noqa: S108 - the documented fallback
 
 
+def default_socket_path() -> str:
+    """The socket path used when neither ``--socket`` nor ``$LLMD_SOCKET`` names one."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.abspath(os.path.join(runtime, "llmd", "llmd.sock"))
+    return f"/tmp/llmd-{os.getuid()}/llmd.sock"  # noqa: S108 - the documented fallback
+
+
+def check_socket_dir(path: str) -> None:
+    """Refuse a socket directory that someone else could have set up (the default path's).
+
+    On shared ground such as ``/tmp`` another user can create ``llmd-$UID`` first and listen
+    in it; the daemon refuses such a directory, and so does the client.
+
+    Raises:
+        DaemonUnavailable: The directory is a symbolic link, another user's, or writable by
+            group or others (``reason`` ``"unsafe"``). A missing one passes: connecting then
+            says that llmd is not running.
+    """
+    directory = os.path.dirname(path)
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return
+    problem = ""
+    if stat.S_ISLNK(st.st_mode):
+        problem = f"is a symbolic link (owner uid {st.st_uid})"
+    elif st.st_uid != os.getuid():
+        problem = f"belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+    elif stat.S_IMODE(st.st_mode) & 0o022:
+        problem = (f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o}, owner uid "
+                   f"{st.st_uid})")
+    if problem:
+        raise DaemonUnavailable(
+            path, "unsafe", f"refusing to connect to {path}: its directory {directory} "
+            f"{problem}; another user could be listening there")
+
+
+def check_peer(sock: socket.socket, path: str) -> None:
+    """Refuse a listener that runs under another uid than ours (root's too).
+
+    Raises:
+        DaemonUnavailable: ``reason`` ``"foreign"``, naming the path and the uid found.
+    """
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:  # not Linux: the directory checks are all there is
+        return
+    creds = sock.getsockopt(socket.SOL_SOCKET, option, 12)
+    # struct ucred {pid_t pid; uid_t uid; gid_t gid;}, in the machine's byte order.
+    uid = int.from_bytes(creds[4:8], sys.byteorder)
+    if uid != os.getuid():
+        raise DaemonUnavailable(
+            path, "foreign", f"refusing to talk to {path}: it is served by uid {uid}, not by "
+            f"you (uid {os.getuid()}); llmd runs as the user it serves, so this is someone "
+            "else's listener")
+
+
+def _connect_waiting(sock: socket.socket, path: str, timeout: float | None) -> None:
+    """Connect, waiting for room when the listen backlog is full.
+
+    A non-blocking (or timed) connect to a Unix socket whose backlog is full fails at once
+    with EAGAIN; a blocking one waits for room for up to ``SO_SNDTIMEO``, which is set to
+    ``timeout`` (and back to none once connected).
+    """
+    sock.setblocking(True)
+    if timeout is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+    sock.connect(path)
+    if timeout is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0.0))
+
+
+def _timeval(seconds: float) -> bytes:
+    # struct timeval {time_t tv_sec; suseconds_t tv_usec;}: two longs.
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1_000_000)
+    if seconds > 0 and not whole and not micros:
+        micros = 1  # zero means "no timeout"
+    size = _LONG_SIZE
+    return whole.to_bytes(size, sys.byteorder) + micros.to_bytes(size, sys.byteorder)
+
+
+# The size of a C long: a pointer's on the platforms llmd runs on (LP64, ILP32).
+_LONG_SIZE = 8 if sys.maxsize > 2**32 else 4
+
+
 def _is_socket(path: str) -> bool:
     try:
         return stat.S_ISSOCK(os.stat(path).st_mode)
@@ -141,7 +260,7 @@ def _is_socket(path: str) -> bool:
 
 
 def _unavailable(path: str, exc: OSError, timeout: float | None) -> DaemonUnavailable:
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError | BlockingIOError):
         within = f" within {timeout:g} s" if timeout is not None else ""
         return DaemonUnavailable(
             path, "timeout", f"llmd at {path} did not accept the connection{within}")
@@ -190,6 +309,8 @@ class Connection:
         # A send cut short (by Ctrl-C) leaves half a line on the wire; anything sent after it
         # would be glued to that half, so the connection can only be closed.
         self._send_broken = False
+        # The daemon's message limit: None until asked, 0 when it did not say.
+        self._limit: int | None = None
 
     @classmethod
     def connect(cls, path: str, timeout: float | None = 5.0) -> Connection:
@@ -203,13 +324,15 @@ class Connection:
             The connected :class:`Connection`.
 
         Raises:
-            DaemonUnavailable: No socket, nobody listening, permission denied, or no answer.
+            DaemonUnavailable: No socket, nobody listening, permission denied, no answer, or
+                a listener or (default path) directory that is not the user's own.
         """
+        if os.path.abspath(path) == default_socket_path():
+            check_socket_dir(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            sock.settimeout(None)
+            _connect_waiting(sock, path, timeout)
+            check_peer(sock, path)
         except OSError as exc:
             sock.close()
             raise _unavailable(path, exc, timeout) from None
@@ -261,10 +384,14 @@ class Connection:
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = params
+        payload = _encode(message)
+        size = len(payload) - 1  # the daemon's limit does not count the newline
+        if size > SMALL_MESSAGE:
+            self._check_size(size, method)
         # Pending from before the send, so an interrupt right after it still knows what to cancel.
         self._pending = request_id
         try:
-            self._send(message, method)
+            self._send_bytes(payload, method)
         except ClientError:
             self._pending = None
             raise
@@ -284,7 +411,10 @@ class Connection:
             if reply_id != request_id and not (reply_id is None and "error" in incoming):
                 continue
             self._pending = None
-            return self._result(incoming, method)
+            try:
+                return self._result(incoming, method)
+            except RpcError as exc:
+                raise _too_large(exc, size, method) or exc from None
 
     def notify(self, method: str, params: dict[str, Any] | list[Any] | None = None) -> None:
         """Send a notification (no reply is expected).
@@ -318,6 +448,30 @@ class Connection:
             return False
         return True
 
+    def wait_pending(self, timeout: float) -> bool:
+        """Wait for the reply to the request in flight (after cancelling it), and drop it.
+
+        Args:
+            timeout: The most seconds to wait.
+
+        Returns:
+            True when the reply came (whatever it said); False on a timeout, a broken
+            connection, or when nothing was in flight.
+        """
+        request_id = self._pending
+        if request_id is None or self._sock is None:
+            return False
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                incoming = self._receive("a cancelled request", deadline, None)
+                if isinstance(incoming, dict) and "method" not in incoming and (
+                        incoming.get("id") == request_id):
+                    self._pending = None
+                    return True
+        except ClientError:
+            return False
+
     def close(self) -> None:
         """Close the socket; later calls raise :class:`ConnectionLost`."""
         sock, self._sock = self._sock, None
@@ -340,9 +494,24 @@ class Connection:
             raise ConnectionLost(f"cannot send {method}: an earlier send was interrupted")
         return self._sock
 
+    def _check_size(self, size: int, method: str) -> None:
+        """Refuse a request over the daemon's limit before sending it (see the invariants)."""
+        if self._limit is None:
+            self._limit = 0  # unknown, unless daemon.info says
+            try:
+                info = self.call("daemon.info", timeout=LIMIT_QUERY_TIMEOUT)
+            except RpcError:
+                info = None  # an older daemon: the -32600 answer will tell
+            limit = info.get("max_message_bytes") if isinstance(info, dict) else None
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+                self._limit = limit
+        if self._limit and size > self._limit:
+            raise MessageTooLarge(size, self._limit, method)
+
     def _send(self, message: dict[str, Any], method: str) -> None:
-        data = (json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n")
-        payload = data.encode("utf-8")
+        self._send_bytes(_encode(message), method)
+
+    def _send_bytes(self, payload: bytes, method: str) -> None:
         sock = self._live_socket(method)
         sock.settimeout(None)
         # A Ctrl-C that lands between a completed send and the flag below would leave the
@@ -354,6 +523,11 @@ class Connection:
             try:
                 sock.sendall(payload)
             except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                    # The daemon may have said why it closed (a message over its limit).
+                    refusal = self._refusal(sock)
+                    if refusal is not None:
+                        raise _too_large(refusal, len(payload) - 1, method) or refusal from None
                 raise ConnectionLost(
                     f"lost the connection to llmd while sending {method}: "
                     f"{exc.strerror or exc}") from None
@@ -361,6 +535,32 @@ class Connection:
         finally:
             if held is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def _refusal(self, sock: socket.socket) -> RpcError | None:
+        """The error the daemon sent before it closed the connection on us, if any."""
+        data = bytes(self._buffer)
+        sock.settimeout(REFUSAL_WAIT)
+        try:
+            while len(data) <= MAX_REFUSAL:
+                chunk = sock.recv(CHUNK_SIZE)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass  # ECONNRESET once the queued bytes are read, or nothing came in time
+        for line in data.split(b"\n"):
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(reply, dict) and reply.get("id") is None and "error" in reply:
+                try:
+                    self._result(reply, "")
+                except RpcError as exc:
+                    return exc
+                except ClientError:
+                    continue
+        return None
 
     def _receive(self, method: str, deadline: float | None, ticker: _Ticker | None) -> Any:
         while True:
@@ -455,6 +655,18 @@ class Connection:
         if "result" not in reply:
             raise ProtocolError(f"llmd sent a reply with neither result nor error for {method}")
         return reply["result"]
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    return (json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def _too_large(exc: RpcError, size: int, method: str) -> MessageTooLarge | None:
+    """The daemon's "message too large" answer as :class:`MessageTooLarge`, else None."""
+    limit = exc.data.get("max_message_bytes")
+    if exc.code != -32600 or not isinstance(limit, int) or isinstance(limit, bool):
+        return None
+    return MessageTooLarge(size, limit, method)
 
 
 class _Ticker:

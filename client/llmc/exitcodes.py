@@ -25,7 +25,7 @@ INTERRUPTED = 130
 
 TABLE: tuple[tuple[int, str], ...] = (
     (OK, "success"),
-    (FAILED, "the CLI failed (-32005), another llmd error, or stdout was closed early"),
+    (FAILED, "the CLI failed (-32005), another llmd error, or output could not be written"),
     (USAGE, "usage error: bad arguments, invalid params (-32602), unsupported method (-32601)"),
     (UNREACHABLE, "llmd is not reachable, or it dropped the connection"),
     (TIMED_OUT, "timed out (-32003), or job --wait --timeout ran out before the job ended"),
@@ -34,7 +34,7 @@ TABLE: tuple[tuple[int, str], ...] = (
     (NOT_FOUND, "unknown blueprint (-32001) or its executable is missing (-32002)"),
     (BAD_CONFIG, "invalid configuration (-32008)"),
     (NO_JSON, "run --json: the answer held no JSON value"),
-    (CANCELLED, "the run or job was cancelled (-32800) or cut short by a daemon stop"),
+    (CANCELLED, "the run or job was cancelled (-32800, -32802) or cut short by a daemon stop"),
     (INTERRUPTED, "this llmc was interrupted (Ctrl-C); a run in flight is cancelled first"),
 )
 
@@ -49,6 +49,7 @@ _BY_RPC_CODE: dict[int, int] = {
     -32002: NOT_FOUND,
     -32008: BAD_CONFIG,
     -32800: CANCELLED,
+    -32802: CANCELLED,
 }
 
 

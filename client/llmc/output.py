@@ -5,6 +5,9 @@ Invariants:
   exactly whatever the locale's encoding; characters that cannot be encoded are replaced rather
   than turned into a traceback.
 - Every error line starts with ``llmc: `` and is one line.
+- Every byte handed to :func:`write` is written, or it raises: short writes are completed
+  (a pipe or a disk may take part of a write and refuse the rest), a failure is
+  ``BrokenPipeError`` for a reader that went away and :class:`OutputError` for anything else.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-    from typing import Any, TextIO
+    from typing import Any, BinaryIO, TextIO
 
 PREFIX = "llmc: "
+
+
+class OutputError(Exception):
+    """Writing to stdout or stderr failed (a full disk, an I/O error); ``str()`` says so."""
 
 
 def write(text: str, stream: TextIO | None = None) -> None:
@@ -26,17 +33,53 @@ def write(text: str, stream: TextIO | None = None) -> None:
     Args:
         text: The text, written as is.
         stream: The destination; its binary ``buffer`` is used when it has one.
+
+    Raises:
+        BrokenPipeError: The reader went away.
+        OutputError: Not every byte could be written.
     """
     target = sys.stdout if stream is None else stream
-    buffer = getattr(target, "buffer", None)
-    if buffer is None:
-        target.write(text)
+    name = "standard error" if target is sys.stderr else "standard output"
+    try:
+        buffer = getattr(target, "buffer", None)
+        if buffer is None:
+            target.write(text)
+            target.flush()
+            return
+        # Text already written through the text layer must come out first.
         target.flush()
-        return
-    # Text already written through the text layer must come out first.
-    target.flush()
-    buffer.write(text.encode("utf-8", "replace"))
-    buffer.flush()
+        buffer.flush()
+        _write_all(buffer, text.encode("utf-8", "replace"))
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write to {name}: {exc.strerror or exc}") from None
+
+
+def _write_all(buffer: BinaryIO, data: bytes) -> None:
+    # Straight to the descriptor where there is one: a buffered writer reports a short
+    # write as a count that is easy to miss, and keeps what it could not write for a flush
+    # that may never be checked.
+    try:
+        fd = buffer.fileno()
+    except (OSError, ValueError, AttributeError):
+        fd = -1
+    view = memoryview(data)
+    while view:
+        if fd < 0:
+            written = buffer.write(view)
+        else:
+            try:
+                written = os.write(fd, view)
+            except BlockingIOError:
+                # Someone left the descriptor non-blocking: wait until it takes more.
+                import select  # noqa: PLC0415 - rare; kept off the start-up path
+
+                select.select([], [fd], [])
+                continue
+        view = view[written or 0:]
+    if fd < 0:
+        buffer.flush()
 
 
 def one_line(text: str) -> str:

@@ -28,6 +28,7 @@ from llmc.statusline import StatusLine, quit_on_next_interrupt
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
     from typing import Any, TextIO
 
     from llmc.connection import Connection
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 # How long, after Ctrl-C, to wait for llmd to cancel the run and for the job to end; closing
 # the connection cancels the run anyway, so this only lets llmc exit knowing that it is done.
 CANCEL_TIMEOUT = 5.0
+# llmd's default kill_grace, for when it cannot be asked; and how long asking may take.
+DEFAULT_KILL_GRACE = 5.0
+GRACE_QUERY_TIMEOUT = 2.0
 
 
 def read_prompt(argument: str | None) -> str:
@@ -226,18 +230,23 @@ class Streamer:
             error(message)
 
 
-def cancel_run(conn: Connection, job: str | None) -> None:
+def cancel_run(conn: Connection, job: str | None,
+               grace: Callable[[], float] | None = None) -> None:
     """Cancel an interrupted run, and wait a little for it to end.
 
     With the job id (from the first ``llm.state``) this sends ``llm.cancel`` and then waits
     with ``jobs.get`` until the job has ended: unlike ``$/cancelRequest``, that is answered,
     so llmc exits once the CLI's processes are gone and the job is recorded cancelled, rather
-    than leaving both to race with its disconnect. Before the id is known,
-    ``$/cancelRequest`` is all there is. Either way, closing the connection cancels the run
-    too, and a second Ctrl-C stops the waiting.
+    than leaving both to race with its disconnect. Before the id is known (always, for a run
+    that is neither streamed nor shown on a status line), ``$/cancelRequest`` is sent and the
+    run's own answer (-32800, given once its processes are gone) is waited for, for at most
+    ``grace()`` + 1 s: the daemon's SIGTERM-to-SIGKILL grace, and a second for the rest.
+    Either way, closing the connection cancels the run too, and a second Ctrl-C stops the
+    waiting.
     """
     if job is None:
-        conn.cancel_pending()
+        if conn.cancel_pending() and grace is not None:
+            conn.wait_pending(grace() + 1.0)
         return
     deadline = time.monotonic() + CANCEL_TIMEOUT
     try:
@@ -248,6 +257,27 @@ def cancel_run(conn: Connection, job: str | None) -> None:
                       timeout=left + 1.0)
     except ClientError:
         return
+
+
+def kill_grace(args: argparse.Namespace) -> float:
+    """The longest ``kill_grace_s`` of the run's blueprint and its fallbacks, as llmd says.
+
+    Asked on a connection of its own, since the run's has a request in flight; when llmd
+    cannot say, the default grace.
+    """
+    try:
+        with connect(args) as other:
+            reply = other.call("blueprints.list", timeout=GRACE_QUERY_TIMEOUT)
+    except ClientError:
+        return DEFAULT_KILL_GRACE
+    entries = reply.get("blueprints") if isinstance(reply, dict) else None
+    by_name = {entry.get("name"): entry for entry in entries or [] if isinstance(entry, dict)}
+    entry = by_name.get(args.name) or {}
+    names = [args.name, *(entry.get("fallbacks") or [])]
+    graces = [grace for name in names
+              if isinstance(grace := (by_name.get(name) or {}).get("kill_grace_s"), int | float)
+              and not isinstance(grace, bool)]
+    return float(max(graces)) if graces else DEFAULT_KILL_GRACE
 
 
 def _wants_live(args: argparse.Namespace) -> bool:
@@ -276,7 +306,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 status.end_line()
                 if streamer.job is not None:
                     status.show(f"cancelling job {streamer.job} (Ctrl-C again: quit now)")
-            cancel_run(conn, streamer.job)
+            cancel_run(conn, streamer.job, lambda: kill_grace(args))
             if status is not None:
                 status.clear()
             raise

@@ -6,16 +6,26 @@ Invariants:
 - Slots are taken blueprint first, then global, both FIFO; a job waiting for its
   blueprint never holds a global slot. Beyond ``max_queue`` waiting jobs, ``Busy``.
 - Only rate limits are retried; a job's final state is set exactly once.
+- A job keeps the blueprint, timeout and rate-limit patterns it was admitted with: a
+  reload that removes or changes them touches only later runs.
+- No exception of one job ends the daemon: one that is not an ``LlmdError`` fails that job
+  with -32603 and one ERROR line.
+- ``cancel`` returning True means the job ends ``cancelled``: a cancel that lands after
+  the outcome is known but before it is recorded wins.
+- A detached job's record is committed before its id is given out: once its child is
+  spawned (with the process group recovery kills), or while it waits for a slot.
 - Every state change is published to the job's listeners in order; a listener that
   blocks slows that job alone (it is how back-pressure reaches the child's pipe).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import sys
@@ -39,6 +49,7 @@ from llmd.errors import (
     LlmdError,
     NoSuchJob,
     RateLimited,
+    ServerCancelled,
     TimedOut,
     UnknownBlueprint,
 )
@@ -76,10 +87,16 @@ def new_job_id() -> str:
 class Job:
     """One run, from request to final state."""
 
-    def __init__(self, job_id: str, params: RunParams, deadline: float) -> None:
+    def __init__(self, job_id: str, params: RunParams, deadline: float, *,
+                 bp: Blueprint | None = None, timeout: float = 0.0,
+                 rate_limit_res: tuple[re.Pattern[str], ...] = ()) -> None:
         self.id = job_id
         self.params = params
         self.blueprint = params.blueprint
+        # Resolved once, at admission: a reload never changes a job under way.
+        self.bp = bp
+        self.timeout = timeout
+        self.rate_limit_res = rate_limit_res
         self.deadline = deadline
         self.state = "queued"
         self.created_at = utc_now()
@@ -104,6 +121,11 @@ class Job:
         self.attempt: Attempt | None = None
         self.stored = False
         """Whether the final record is committed to the store."""
+        self.detached = False
+        self.durable = trio.Event()
+        """Set once a detached job's record can be found after a crash (see the module)."""
+        self.streamed_chars = 0
+        """Characters of the current attempt's stdout streamed so far."""
 
     def row(self) -> JobRow:
         """A snapshot for the store (fresh tuples: the store may write it later)."""
@@ -219,7 +241,8 @@ class JobManager:
                      or self.queued > 0)):
             raise Busy(f"the queue is full ({self.queued} waiting); try again later",
                        {"blueprint": params.blueprint})
-        job = Job(new_job_id(), params, trio.current_time() + timeout)
+        job = Job(new_job_id(), params, trio.current_time() + timeout, bp=bp, timeout=timeout,
+                  rate_limit_res=self.registry.rate_limit_res.get(params.blueprint, ()))
         if route is not None:
             job.requested, job.fallback_reason = route.requested, route.reason
             log.info("job %s: %s", job.id, route.reason)
@@ -240,16 +263,23 @@ class JobManager:
         try:
             with job.scope:
                 result = await self._execute(job)
-                self._finish(job, "succeeded", result=result)
-                return result
+                # A cancel that landed after the last checkpoint still wins (see cancel).
+                if not job.cancel_requested:
+                    self._finish(job, "succeeded", result=result)
+                    return result
             if job.cancel_requested:
-                raise Cancelled(job.cancel_reason, self._error_data(job, None, job.attempt))
+                raise ServerCancelled(job.cancel_reason,
+                                      self._error_data(job, None, job.attempt))
             where = "waiting in the queue" if job.in_queue else "its process group was killed"
             raise TimedOut(f"{job.blueprint!r} timed out after "
-                           f"{self._timeout_of(job):g} s; {where}",
+                           f"{job.timeout:g} s; {where}",
                            self._error_data(job, None, job.attempt))
         except LlmdError as exc:
-            state = {Cancelled: "cancelled", TimedOut: "timed_out"}.get(type(exc), "failed")
+            if job.cancel_requested and not isinstance(exc, Cancelled):
+                # The outcome was known, not yet recorded, when llm.cancel said True.
+                raise self._cancelled_instead(job, exc) from None
+            state = {Cancelled: "cancelled", ServerCancelled: "cancelled",
+                     TimedOut: "timed_out"}.get(type(exc), "failed")
             if state == "cancelled" and self.shutting_down:
                 state = "interrupted"
             self._finish(job, state, error=exc)
@@ -259,18 +289,34 @@ class JobManager:
                 # From outside: the request was cancelled, its client left, or shutdown.
                 state = "interrupted" if self.shutting_down else "cancelled"
                 self._finish(job, state, error=Cancelled("cancelled", {"job": job.id}))
-            else:
+                raise
+            if not _is_failure(exc):
                 self._finish(job, "failed", error=InternalError("internal error"))
-            raise
+                raise
+            # A defect of this job's code path: it fails alone, the daemon goes on.
+            log.error("job %s (%s): internal error", job.id, job.blueprint, exc_info=exc)
+            if job.cancel_requested:
+                raise self._cancelled_instead(job, None) from None
+            error = InternalError("internal error", {"job": job.id, "blueprint": job.blueprint})
+            self._finish(job, "failed", error=error)
+            raise error from None
         finally:
             with trio.CancelScope(shield=True):
                 await self._concluded(job)
+
+    def _cancelled_instead(self, job: Job, outcome: LlmdError | None) -> Cancelled:
+        state = "interrupted" if self.shutting_down else "cancelled"
+        error = ServerCancelled(job.cancel_reason,
+                                outcome.data if outcome is not None else {"job": job.id})
+        self._finish(job, state, error=error)
+        return error
 
     async def _concluded(self, job: Job) -> None:
         """Record the final state, then tell the job's listeners (bounded: they may not
         read). The record is on disk before the caller's answer is sent."""
         if self.store is not None and job.state in FINAL_STATES:
             job.stored = await self.store.save_final(job.row())
+        job.durable.set()
         if job.listeners and job.state in FINAL_STATES:
             extra = {"error": job.error.to_wire()} if job.error is not None else {}
             with trio.move_on_after(FINAL_NOTICE_LIMIT):
@@ -279,7 +325,22 @@ class JobManager:
     def start_detached(self, job: Job) -> None:
         """Run a job in the daemon's nursery, whatever happens to its client."""
         assert self.nursery is not None, "the daemon has not started the job manager"
+        job.detached = True
         self.nursery.start_soon(self._run_quietly, job)
+
+    async def detached_durable(self, job: Job) -> None:
+        """Return once a detached job's record would survive a crash of the daemon:
+        committed with its process group once spawned, or committed while it waits for a
+        slot, or final. Without a usable store, at once."""
+        if self.store is None or not self.store.available:
+            return
+        await job.durable.wait()
+
+    async def _commit(self, job: Job) -> None:
+        """Commit a detached job's live record now, then let its id be given out."""
+        if self.store is not None and job.state not in FINAL_STATES:
+            await self.store.save_final(job.row())
+        job.durable.set()
 
     async def _run_quietly(self, job: Job) -> None:
         try:
@@ -287,6 +348,8 @@ class JobManager:
         except LlmdError as exc:
             log.info("job %s (%s) ended %s: error %d", job.id, job.blueprint, job.state,
                      exc.code)
+        except Exception:  # run() contains them; this task must never end the daemon
+            log.exception("job %s (%s): internal error", job.id, job.blueprint)
 
     def cancel(self, job_id: str, reason: str = "cancelled by llm.cancel") -> bool:
         """Cancel a job; False when it had already finished.
@@ -301,6 +364,18 @@ class JobManager:
         job.cancel_reason = reason
         job.scope.cancel()
         return True
+
+    def cancel_queued(self, reason: str) -> int:
+        """Cancel every job still waiting for a slot (at shutdown: none of them may start).
+
+        Returns:
+            How many were cancelled.
+        """
+        queued = [job for job in self.jobs.values()
+                  if job.in_queue and job.state not in FINAL_STATES]
+        for job in queued:
+            self.cancel(job.id, reason)
+        return len(queued)
 
     def cancel_all(self, reason: str) -> None:
         """Cancel every job that has not finished (at shutdown)."""
@@ -347,19 +422,18 @@ class JobManager:
         if started is not None:
             # Recorded so that a restarted daemon can kill what a crashed one left.
             job.groups.append(ProcGroup(pgid=pid, starttime=started))
-            if self.store is not None:
-                self.store.save_soon(job.row())
+        if self.store is None:
+            return
+        if job.detached and not job.durable.is_set() and self.nursery is not None:
+            # Its id waits for this commit: a crash from now on finds the group.
+            self.nursery.start_soon(self._commit, job)
+        elif started is not None:
+            self.store.save_soon(job.row())
 
     def _leave_queue(self, job: Job) -> None:
         if job.in_queue:
             job.in_queue = False
             self.queued -= 1
-
-    def _timeout_of(self, job: Job) -> float:
-        bp = self.registry.blueprints.get(job.blueprint)
-        if bp is None:
-            return 0.0
-        return self.registry.timeout_for(bp, job.params.timeout)
 
     async def _publish(self, job: Job, method: str, payload: dict[str, Any]) -> None:
         for sink in list(job.listeners):
@@ -398,14 +472,25 @@ class JobManager:
             error.data.setdefault("state", state)
         job.attempt = None  # what it kept of the output is in the result now
         self._kept_chars += _result_chars(job)
-        # Finished jobs stay in memory for jobs.get up to a count and a size (the store
-        # has them all); past that the oldest go.
-        while len(self.jobs) > KEEP_FINISHED or self._kept_chars > KEEP_RESULT_CHARS:
-            oldest = next(iter(self.jobs.values()))
-            if oldest.state not in FINAL_STATES:
+        self._evict()
+
+    def _evict(self) -> None:
+        """Finished jobs stay in memory for jobs.get up to a count and a size (the store
+        has them all); past that the oldest finished go, whatever is still running."""
+        excess = len(self.jobs) - KEEP_FINISHED
+        if excess <= 0 and self._kept_chars <= KEEP_RESULT_CHARS:
+            return
+        gone: list[str] = []
+        # Oldest first; the live ones skipped are few (at most the slots and the queue).
+        for job in self.jobs.values():
+            if excess <= 0 and self._kept_chars <= KEEP_RESULT_CHARS:
                 break
-            del self.jobs[oldest.id]
-            self._kept_chars -= _result_chars(oldest)
+            if job.state in FINAL_STATES:
+                gone.append(job.id)
+                excess -= 1
+                self._kept_chars -= _result_chars(job)
+        for job_id in gone:
+            del self.jobs[job_id]
 
     def _error_data(self, job: Job, bp: Blueprint | None, attempt: Attempt | None = None,
                     **extra: Any) -> dict[str, Any]:
@@ -418,9 +503,15 @@ class JobManager:
         return data
 
     async def _execute(self, job: Job) -> RunResult:
-        bp = self.registry.blueprints[job.blueprint]
+        bp = job.bp
+        assert bp is not None, "jobs are made by submit()"
         params = job.params
         env = argv_mod.child_env(self.environ, bp)
+        # The shell's notion of the working directory is the run's, not the daemon's.
+        env.pop("OLDPWD", None)
+        env.pop("PWD", None)
+        with contextlib.suppress(OSError):  # the daemon's own directory may be gone
+            env["PWD"] = params.cwd if params.cwd is not None else os.getcwd()
         program = shutil.which(bp.command[0], path=env.get("PATH", os.defpath))
         if program is None:
             raise ExecutableMissing(
@@ -435,6 +526,9 @@ class JobManager:
         moved = ({"requested_blueprint": job.requested, "fallback_reason": job.fallback_reason}
                  if job.requested else {})
         await self._set_state(job, "queued", blueprint=job.blueprint, **moved)
+        if job.detached and not job.durable.is_set() and (
+                limiter.available_tokens < 1 or self._global.available_tokens < 1):
+            await self._commit(job)  # it waits for a slot: give its id out now
         async with limiter, self._global:
             self._leave_queue(job)
             self.running += 1
@@ -446,7 +540,7 @@ class JobManager:
     async def _attempts(self, job: Job, bp: Blueprint, inv: argv_mod.Invocation,
                         env: dict[str, str]) -> RunResult:
         backoff = Backoff(bp.retry.max_attempts, bp.retry.base_delay, bp.retry.max_delay)
-        patterns = self.registry.rate_limit_res[job.blueprint]
+        patterns = job.rate_limit_res
         job.started_at = utc_now()
         started = time.monotonic()
         while True:
@@ -494,11 +588,30 @@ class JobManager:
                     scope.cancel()
                 continue
             if job.listeners and event.text:
-                payload = {"job": job.id, "seq": job.seq, "stream": stream, "text": event.text}
-                job.seq += 1
+                text = event.text
                 if stream == "stdout":
+                    # The stream stops where the kept text does (max_output_bytes).
+                    room = self._stream_room(job)
+                    if len(text) > room:
+                        text = text[:room]
+                        if not text:
+                            continue
+                    job.streamed_chars += len(text)
                     job.streamed_stdout = True
+                payload = {"job": job.id, "seq": job.seq, "stream": stream, "text": text}
+                job.seq += 1
                 await self._publish(job, "llm.output", payload)
+
+    def _stream_room(self, job: Job) -> int:
+        """How many more characters of stdout may stream in this attempt."""
+        attempt, bp = job.attempt, job.bp
+        if attempt is None or bp is None:
+            return 0
+        if bp.parser == "text":
+            if not attempt.truncated:
+                return 1 << 62  # everything so far is kept
+            return attempt.kept_chars - job.streamed_chars
+        return bp.max_output_bytes - job.streamed_chars
 
     async def _one_attempt(self, job: Job, bp: Blueprint, inv: argv_mod.Invocation,
                            env: dict[str, str]) -> tuple[Attempt, ParseResult, Verdict | None]:
@@ -525,10 +638,16 @@ class JobManager:
             kill_grace=bp.kill_grace, on_output=on_output,
             on_spawn=lambda pid: self._spawned(job, pid))
         job.attempt = attempt
+        job.streamed_chars = 0
         with scope:
             try:
                 await attempt.run()
             except OSError as exc:
+                cwd = job.params.cwd
+                if cwd is not None and not os.path.isdir(cwd):
+                    # Checked at admission; gone while the job waited.
+                    raise InvalidParams(f"cwd {cwd!r} does not exist any more",
+                                        {"blueprint": job.blueprint, "cwd": cwd}) from None
                 if exc.errno in _OUT_OF_RESOURCES:
                     raise Busy(f"llmd cannot start {job.blueprint!r} now: {exc.strerror}; "
                                "try again later", {"blueprint": job.blueprint}) from None
@@ -567,6 +686,15 @@ def _result_chars(job: Job) -> int:
     if result is None:
         return 0
     return len(result.text) + (len(result.output) if result.output is not result.text else 0)
+
+
+def _is_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is an ordinary exception (possibly grouped, with cancellations),
+    not KeyboardInterrupt, SystemExit or the like."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [e for e in exc.exceptions if not _only_cancelled(e)]
+        return bool(leaves) and all(_is_failure(e) for e in leaves)
+    return isinstance(exc, Exception)
 
 
 def _only_cancelled(exc: BaseException) -> bool:

@@ -7,6 +7,7 @@ Invariants:
   one: its leader has the recorded start time, or (leader gone) each member started no
   earlier than the recorded leader. It never signals the calling process's own group.
 - Nothing here raises for a process that vanished meanwhile: it simply is not there.
+- A zombie is dead: it has exited, and only its parent has not reaped it yet.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ log = logging.getLogger("llmd.procs")
 _PROC = "/proc"
 # Fields of /proc/PID/stat counted from 1; the list after the comm's ")" starts at field 3.
 _FIRST_FIELD_AFTER_COMM = 3
+_STATE_FIELD = 3
 _PGRP_FIELD = 5
+# Zombie, dead: the process has exited, whatever its pid still shows.
+_DEAD_STATES = frozenset({"Z", "X", "x"})
 _STARTTIME_FIELD = 22
 
 
@@ -70,7 +74,8 @@ def boot_id() -> str | None:
 
 
 def is_same_process(pid: int, starttime: int | None) -> bool:
-    """Whether ``pid`` is alive and is the process that started at ``starttime``.
+    """Whether ``pid`` is alive (not a zombie) and is the process that started at
+    ``starttime``.
 
     Args:
         pid: A process id.
@@ -79,6 +84,9 @@ def is_same_process(pid: int, starttime: int | None) -> bool:
     """
     if pid <= 0:
         return False
+    fields = _stat_fields(pid)
+    if fields is not None and fields[_STATE_FIELD - _FIRST_FIELD_AFTER_COMM] in _DEAD_STATES:
+        return False  # a zombie (or dying) process has ended; only its parent has not looked
     if starttime is None:
         try:
             os.kill(pid, 0)
@@ -87,7 +95,7 @@ def is_same_process(pid: int, starttime: int | None) -> bool:
         except PermissionError:
             return True
         return True
-    return process_start_time(pid) == starttime
+    return fields is not None and _field(fields, _STARTTIME_FIELD) == starttime
 
 
 def _group_members_with_start(pgid: int) -> list[tuple[int, int]]:

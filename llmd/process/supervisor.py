@@ -90,6 +90,8 @@ class Attempt:
         self._stdout_text: str | None = None
         self._stdout_ended = False
         self.truncated = False
+        self.kept_chars = 0
+        """Characters of stdout kept so far (a prefix of what was streamed)."""
         self.stderr_tail = ""
         self.escaped = False
         self.killed = False
@@ -246,6 +248,7 @@ class Attempt:
             return
         self._pieces.append(text)
         self._piece_chars += len(text)
+        self.kept_chars += len(text)
         if self._piece_chars >= SEGMENT_CHARS:
             self._segments.append("".join(self._pieces))
             self._pieces, self._piece_chars = [], 0

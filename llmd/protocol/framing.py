@@ -2,9 +2,10 @@
 
 A connection speaks one of two framings, chosen once by its first non-whitespace bytes:
 
-- ``lsp``: those bytes start with ``Content-Length:`` (header name in any case). Each
-  message is a header section (``Name: value`` lines ended by ``\\r\\n``; a bare ``\\n``
-  is accepted too) closed by an empty line, then exactly ``Content-Length`` body bytes.
+- ``lsp``: those bytes start with ``Content-Length:`` or ``Content-Type:`` (header names
+  in any case; the headers may come in any order). Each message is a header section
+  (``Name: value`` lines ended by ``\\r\\n``; a bare ``\\n`` is accepted too) closed by an
+  empty line, then exactly ``Content-Length`` body bytes.
 - ``ndjson``: anything else. One message per ``\\n``-terminated line; a trailing ``\\r``
   is stripped and blank (all-whitespace) lines are skipped.
 
@@ -14,8 +15,12 @@ Invariants:
 - Frames come out in input order. A ``TooLarge`` frame is always the last one: the framer
   is then closed, and every later ``feed`` returns ``[]`` and discards its bytes.
 - A ``FramingError`` (LSP only) does not close the framer: it skips ahead to the next
-  ``Content-Length:`` it can find and parses from there; each malformed header section
-  found on the way is reported once.
+  ``Content-Length:`` it can find, starting just after the start of the bad line, and parses
+  from there; each malformed header section found on the way is reported once. A header
+  line with ``Content-Length:`` anywhere but at its start, or whose name is not an RFC 9110
+  token, is malformed: that is what the tail of a body cut short by a too-small
+  ``Content-Length`` looks like, and the well-formed header glued to it is then found
+  again rather than swallowed.
 - Each byte is scanned a bounded number of times: the scan position is remembered
   between feeds, so trickled input costs no more than input in one piece.
 """
@@ -41,6 +46,10 @@ MAX_HEADER_SECTION = 8192
 Mode: TypeAlias = Literal["unknown", "ndjson", "lsp"]
 
 _LSP_SNIFF = b"content-length:"
+# The header names the LSP base protocol defines; either may open a header section.
+_LSP_HEADERS = (_LSP_SNIFF, b"content-type:")
+# A header name is a token (RFC 9110, section 5.6.2).
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _RESYNC = re.compile(rb"(?i)content-length:")
 # Content-Length values past this many digits are absurd; int() on them would be slow.
 _MAX_LENGTH_DIGITS = 18
@@ -171,9 +180,12 @@ class Framer:
         # a peer grow the buffer without ever deciding.
         buf = self._buf = self._buf.lstrip(_WHITESPACE)
         head = bytes(buf[: len(_LSP_SNIFF)]).lower()
-        if not head or (len(head) < len(_LSP_SNIFF) and _LSP_SNIFF.startswith(head)):
+        if any(head.startswith(name) for name in _LSP_HEADERS):
+            self._mode = "lsp"
+        elif any(len(head) < len(name) and name.startswith(head) for name in _LSP_HEADERS):
             return "unknown"
-        self._mode = "lsp" if head == _LSP_SNIFF else "ndjson"
+        else:
+            self._mode = "ndjson"
         return self._mode
 
     # --- NDJSON ----------------------------------------------------------------------
@@ -274,7 +286,9 @@ class Framer:
                 return frames
             if isinstance(outcome, FramingError):
                 frames.append(outcome)
-                self._enter_resync(self._scan)
+                # From inside the bad line: a header glued to the tail of a body cut short
+                # starts there.
+                self._enter_resync(line_start + 1)
                 continue
             if not self._headers_seen or self._body_len >= 0:
                 # The headers are done with (blank lines between messages are dropped).
@@ -306,10 +320,16 @@ class Framer:
             self._body_len = self._content_length
             return None
         self._headers_seen = True
+        if _RESYNC.search(line, 1):
+            # The tail of a body cut short, with the next message's header glued to it.
+            return FramingError(f"malformed header line: {_show(line)}")
         colon = line.find(b":")
         if colon < 0:
             return FramingError(f"header line without a colon: {_show(line)}")
-        if bytes(line[:colon]).strip().lower() != b"content-length":
+        name = bytes(line[:colon]).rstrip(b" \t")
+        if not _TOKEN.fullmatch(name):
+            return FramingError(f"malformed header name: {_show(name)}")
+        if name.lower() != b"content-length":
             return None  # Content-Type and the like carry nothing for us.
         value = bytes(line[colon + 1 :]).strip()
         if not value.isdigit():

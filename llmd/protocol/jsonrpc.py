@@ -15,7 +15,10 @@ Invariants:
   are tolerated; of duplicate keys the last one counts.
 - The message is decoded once; ``params`` is kept raw and decoded straight into the
   method's ``msgspec.Struct`` (:class:`Params`), so JSON types are checked strictly (no
-  str-to-int). Params by position are matched to the struct's fields in order and checked
+  str-to-int). ``"params": null`` is no params, and a member (or position) that is
+  ``null`` is absent: it takes the field's default, for every method alike (Emacs'
+  jsonrpc.el sends nil as null). Only params that fail to decode are rewritten that way.
+  Params by position are matched to the struct's fields in order and checked
   the same way; error paths then name the position (``$[1]``).
 - A reply that cannot be encoded becomes a bare -32603 (and a line in the ``llmd.rpc``
   log), never an exception; a struct's large strings are encoded apart and spliced in.
@@ -39,6 +42,7 @@ from llmd import errors
 from llmd.errors import LlmdError
 
 __all__ = [
+    "ABSENT",
     "CANCELLED",
     "ENCODE_FAILURES",
     "INTERNAL",
@@ -69,7 +73,8 @@ log = logging.getLogger("llmd.rpc")
 
 # --- wire shapes -----------------------------------------------------------------------
 
-_ABSENT = msgspec.Raw()
+ABSENT = msgspec.Raw()
+"""The raw params of a request that has none."""
 
 
 class Request(msgspec.Struct):
@@ -77,14 +82,14 @@ class Request(msgspec.Struct):
 
     jsonrpc: str | msgspec.UnsetType = msgspec.UNSET
     method: str | msgspec.UnsetType = msgspec.UNSET
-    params: msgspec.Raw = _ABSENT
+    params: msgspec.Raw = ABSENT
     id: int | float | str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class _IdProbe(msgspec.Struct):
     """Just the id of an invalid request, to echo it if it is valid on its own."""
 
-    id: msgspec.Raw = _ABSENT
+    id: msgspec.Raw = ABSENT
 
 
 class _ResultReply(msgspec.Struct, gc=False):
@@ -281,6 +286,26 @@ def _parse_error(detail: str) -> bytes:
     return error_bytes(errors.ParseError(f"parse error: {detail}").to_wire(), None)
 
 
+# A high-surrogate escape not followed by a low one (an escaped backslash before it is text).
+_LONE_HIGH = re.compile(rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])")
+
+
+def _lone_surrogate(data: bytes) -> str | None:
+    """What is wrong with text that has a lone high surrogate: msgspec calls it
+    truncated, which it is not. Looked at only once decoding has failed."""
+    found = _LONE_HIGH.search(data)
+    if found is None:
+        return None
+    escape = found.group().lstrip(b"\\").decode("ascii")
+    return (f"lone surrogate escape \\{escape} at byte {found.end() - 6}: a high "
+            "surrogate must be followed by a low one (\\udc00-\\udfff)")
+
+
+def _is_null(raw: msgspec.Raw) -> bool:
+    with memoryview(raw) as view:
+        return view.nbytes == 4 and view.tobytes() == b"null"
+
+
 def _first_byte(raw: msgspec.Raw) -> int:
     with memoryview(raw) as view:
         return view[0] if view else 0
@@ -321,7 +346,10 @@ def decode_message(data: bytes) -> Request | list[msgspec.Raw] | bytes:
             _syntax_decoder.decode(data)
             return _invalid_from(data, exc)
     except msgspec.DecodeError as exc:
-        return _parse_error(str(exc))
+        detail = str(exc)
+        if detail == "Input data was truncated":  # also msgspec's word for "\ud800"
+            detail = _lone_surrogate(data) or detail
+        return _parse_error(detail)
     except UnicodeDecodeError as exc:
         return _parse_error(f"invalid UTF-8 at byte {exc.start}")
     except RecursionError:
@@ -336,12 +364,14 @@ def decode_element(item: msgspec.Raw) -> Request | bytes:
         return _invalid_from(item, exc)
 
 
-def check_request(request: Request) -> tuple[str, RequestId, bool] | bytes:
-    """The method name, id and whether it is a notification; or the -32600 reply.
+def check_request(request: Request) -> tuple[str, RequestId, bool, msgspec.Raw] | bytes:
+    """The method name, id, whether it is a notification and the raw params; or the
+    -32600 reply.
 
     Returns:
-        ``(method, id, is_notification)`` (the id None for a notification), or the
-        error reply when ``jsonrpc`` is not "2.0" or ``method`` is missing.
+        ``(method, id, is_notification, params)`` (the id None for a notification; params
+        :data:`ABSENT` when absent or ``null``), or the error reply when ``jsonrpc`` is not
+        "2.0" or ``method`` is missing.
     """
     request_id = request.id
     is_notification = request_id is msgspec.UNSET
@@ -351,13 +381,16 @@ def check_request(request: Request) -> tuple[str, RequestId, bool] | bytes:
     name = request.method
     if name is msgspec.UNSET:
         return invalid("`method` is missing", rid)
-    return name, rid, is_notification
+    params = request.params
+    if params is not ABSENT and _is_null(params):
+        params = ABSENT
+    return name, rid, is_notification, params
 
 
-def unknown_method(request: Request, name: str, rid: RequestId,
+def unknown_method(params: msgspec.Raw, name: str, rid: RequestId,
                    is_notification: bool) -> bytes | None:
     """The reply to a request for a method that does not exist (None for a notification)."""
-    if request.params is not _ABSENT and _first_byte(request.params) not in b"{[":
+    if params is not ABSENT and _first_byte(params) not in b"{[":
         return invalid("`params` must be an object or an array", rid)
     if is_notification:
         log.debug("notification for unknown method %.100r ignored", name)
@@ -416,7 +449,7 @@ def _decode_params(entry: Params, raw: msgspec.Raw) -> msgspec.Struct | None:
     """
     decoder = entry.decoder
     if decoder is None:
-        if raw is _ABSENT:
+        if raw is ABSENT:
             return None
         try:
             given = _structured_decoder.decode(raw)
@@ -428,16 +461,26 @@ def _decode_params(entry: Params, raw: msgspec.Raw) -> msgspec.Struct | None:
                 f"invalid params: `{entry.method}` takes no params", {"path": "$"})
         return None
     try:
-        return decoder.decode(b"{}" if raw is _ABSENT else raw)
+        return decoder.decode(b"{}" if raw is ABSENT else raw)
     except msgspec.ValidationError as exc:
-        first = ord("{") if raw is _ABSENT else _first_byte(raw)
+        first = ord("{") if raw is ABSENT else _first_byte(raw)
         if first == ord("["):
             return _decode_positional(entry, decoder, raw)
         if first != ord("{"):
             raise errors.InvalidRequest(
                 "invalid request: `params` must be an object or an array") from None
-        text, data = _validation_data(exc)
-        raise errors.InvalidParams(f"invalid params: {text}", data) from None
+        failure = exc
+    # A null member is an absent one; kept off the hot path, as few clients send them.
+    members = {} if raw is ABSENT else _structured_decoder.decode(raw)
+    assert isinstance(members, dict)
+    given = {name: value for name, value in members.items() if not _is_null(value)}
+    if len(given) < len(members):
+        try:
+            return decoder.decode(_encoder.encode(given))
+        except msgspec.ValidationError as exc:
+            failure = exc
+    text, data = _validation_data(failure)
+    raise errors.InvalidParams(f"invalid params: {text}", data) from None
 
 
 def _decode_positional(entry: Params, decoder: msgspec.json.Decoder[msgspec.Struct],
@@ -449,14 +492,23 @@ def _decode_positional(entry: Params, decoder: msgspec.json.Decoder[msgspec.Stru
             f"invalid params: `{entry.method}` takes at most {len(entry.names)} "
             f"params by position, got {len(items)}", {"path": f"$[{len(entry.names)}]"})
     # Rebuilt as an object, the params get exactly the checks of params given by name.
-    pairs = zip(entry.names, items, strict=False)
+    pairs = list(zip(entry.names, items, strict=False))
     members = b",".join(name + b":" + bytes(item) for name, item in pairs)
     try:
         return decoder.decode(b"{" + members + b"}")
     except msgspec.ValidationError as exc:
-        text, data = _validation_data(exc)
-        text, data["path"] = _by_position(entry, text, data["path"])
-        raise errors.InvalidParams(f"invalid params: {text}", data) from None
+        failure = exc
+    if any(_is_null(item) for _, item in pairs):
+        # A null in a position leaves that field absent, as a null member does.
+        members = b",".join(name + b":" + bytes(item) for name, item in pairs
+                            if not _is_null(item))
+        try:
+            return decoder.decode(b"{" + members + b"}")
+        except msgspec.ValidationError as exc:
+            failure = exc
+    text, data = _validation_data(failure)
+    text, data["path"] = _by_position(entry, text, data["path"])
+    raise errors.InvalidParams(f"invalid params: {text}", data) from None
 
 
 def _by_position(entry: Params, text: str, path: str) -> tuple[str, str]:
@@ -474,7 +526,7 @@ def _invalid_from(data: bytes | msgspec.Raw, exc: msgspec.ValidationError) -> by
     request_id: RequestId = None
     try:
         raw_id = _probe_decoder.decode(data).id
-        if raw_id is not _ABSENT:
+        if raw_id is not ABSENT:
             request_id = _id_decoder.decode(raw_id)
     except msgspec.ValidationError:
         pass  # Not an object, or an unusable id: the reply's id is null.

@@ -174,7 +174,8 @@ class Server:
                     elif isinstance(frame, TooLarge):
                         await conn.send(error_reply(InvalidRequest(
                             f"message too large (limit {self.max_message} bytes); "
-                            "closing the connection"), None))
+                            "closing the connection",
+                            {"max_message_bytes": self.max_message}), None))
                         too_large = True
                 if too_large:
                     break

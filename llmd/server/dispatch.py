@@ -11,9 +11,12 @@ Invariants:
   without any exception text; the exception itself goes to the ``llmd.rpc`` log.
 - Every request with an id runs in its own ``trio.CancelScope``, registered in
   ``Session.inflight`` under ``request_key(id)`` while it runs. ``$/cancelRequest``
-  cancels it, and it is then answered -32800. If a second request reuses an id already
-  in flight on the session, it replaces the first in ``inflight`` (both still run and are
-  answered; only the later one can be cancelled by id).
+  cancels it, and it is then answered -32800. A handler that fails with a cancellation
+  its own request did not ask for (``llm.cancel`` from any client, a daemon stop) is
+  answered -32802, LSP's ServerCancelled, with the same ``data``: a client that takes
+  -32800 for the echo of its own cancel still sees the answer. If a second request reuses
+  an id already in flight on the session, it replaces the first in ``inflight`` (both
+  still run and are answered; only the later one can be cancelled by id).
 - The requests of a batch run concurrently; its reply holds theirs in the batch's order.
 """
 
@@ -197,12 +200,12 @@ class Dispatcher:
         head = jsonrpc.check_request(request)
         if isinstance(head, bytes):
             return head
-        name, rid, is_notification = head
+        name, rid, is_notification, raw_params = head
         entry = self._entries.get(name)
         if entry is None:
-            return jsonrpc.unknown_method(request, name, rid, is_notification)
+            return jsonrpc.unknown_method(raw_params, name, rid, is_notification)
         try:
-            params = entry.params.decode(request.params)
+            params = entry.params.decode(raw_params)
         except errors.InvalidRequest as exc:
             # Not a request object at all, so not a notification either: answered.
             return jsonrpc.error_bytes(exc.to_wire(), rid)
@@ -237,7 +240,11 @@ class Dispatcher:
             try:
                 result = await method.handler(params, ctx)
             except LlmdError as exc:
-                return jsonrpc.error_bytes(exc.to_wire(), rid)
+                wire = exc.to_wire()
+                if exc.code == errors.CANCELLED and not scope.cancel_called:
+                    # Not this request's own $/cancelRequest: someone else cancelled it.
+                    wire["code"] = errors.SERVER_CANCELLED
+                return jsonrpc.error_bytes(wire, rid)
             except Exception:
                 self.log.exception("method %s failed (request id %r)", method.name, rid)
                 return jsonrpc.error_bytes(jsonrpc.INTERNAL, rid)

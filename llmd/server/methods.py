@@ -4,6 +4,11 @@ Invariants:
 - Parameters are typed structs; unknown parameters are refused (-32602), so a client
   cannot smuggle options (environment, argv) into a run.
 - Handlers return structs or plain dicts that encode straight to the wire shape.
+- A detached run's id is sent only once its record would survive a crash of the daemon.
+- A job this daemon does not hold in memory is looked up in the store (finished long
+  ago, before a restart, or live under another daemon sharing the store): ``jobs.get``
+  with ``wait`` polls the store for it; ``llm.cancel`` says ``cancelled: false`` for a
+  finished one and -32602 for one another daemon runs.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ class HealthParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 MAX_LIST_LIMIT = 1_000_000
+# Polling the store for a job another daemon runs: first and longest interval (seconds).
+STORE_POLL_FIRST = 0.05
+STORE_POLL_MAX = 1.0
 
 
 class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -62,6 +70,7 @@ def build(daemon: Daemon) -> list[Method]:
         job = manager.submit(params)
         if params.detach:
             manager.start_detached(job)
+            await manager.detached_durable(job)
             return {"job": job.id, "state": job.state}
         if params.stream:
             session = ctx.session
@@ -77,6 +86,16 @@ def build(daemon: Daemon) -> list[Method]:
         return await manager.run(job)
 
     async def llm_cancel(params: JobParams, ctx: CallContext) -> dict[str, Any]:
+        if params.job not in manager.jobs:
+            stored = await daemon.store.get(params.job)
+            if stored is None:
+                raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
+            if stored.state not in FINAL_STATES:
+                raise InvalidParams(
+                    f"job {params.job!r} is {stored.state} under another llmd sharing this "
+                    "job store; cancel it through that daemon's socket",
+                    {"job": params.job, "state": stored.state})
+            return {"job": params.job, "cancelled": False}
         return {"job": params.job, "cancelled": manager.cancel(params.job)}
 
     async def jobs_get(params: GetParams, ctx: CallContext) -> JobRecord:
@@ -88,12 +107,28 @@ def build(daemon: Daemon) -> list[Method]:
             stored = await daemon.store.get(params.job)
             if stored is None:
                 raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
+            if params.wait and stored.state not in FINAL_STATES:
+                stored = await _poll_store(params.job, stored, params.timeout)
             return stored
         if params.wait and job.state not in FINAL_STATES:
             with trio.move_on_after(params.timeout if params.timeout is not None
                                     else float("inf")):
                 await job.finished.wait()
         return job.record()
+
+    async def _poll_store(job_id: str, record: JobRecord,
+                          timeout: float | None) -> JobRecord:
+        """Wait for a job another daemon runs to finish, as the shared store tells."""
+        delay = STORE_POLL_FIRST
+        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+            while record.state not in FINAL_STATES:
+                await trio.sleep(delay)
+                delay = min(delay * 1.5, STORE_POLL_MAX)
+                fresh = await daemon.store.get(job_id)
+                if fresh is None:  # pruned meanwhile: the last look is all there is
+                    break
+                record = fresh
+        return record
 
     async def jobs_list(params: ListParams, ctx: CallContext) -> dict[str, Any]:
         if params.limit < 1:
@@ -124,7 +159,7 @@ def build(daemon: Daemon) -> list[Method]:
              "prompt": bp.prompt, "parser": bp.parser,
              "timeout_s": reg.timeout_for(bp, None), "max_concurrency": bp.max_concurrency,
              "takes_model": bool(bp.model_args), "resumes_sessions": bool(bp.resume_args),
-             "fallbacks": bp.fallbacks}
+             "fallbacks": bp.fallbacks, "kill_grace_s": bp.kill_grace}
             for name, bp in reg.blueprints.items()]}
 
     async def daemon_info(params: None, ctx: CallContext) -> dict[str, Any]:
@@ -135,6 +170,7 @@ def build(daemon: Daemon) -> list[Method]:
                 "jobs": {"queued": manager.queued, "running": manager.running,
                          "finished": manager.finished_count},
                 "connections": len(daemon.server.connections),
+                "max_message_bytes": daemon.server.max_message,
                 "store": daemon.store.info()}
 
     async def health_status(params: HealthParams, ctx: CallContext) -> dict[str, Any]:

@@ -118,6 +118,38 @@ def test_lsp_recovers_every_message_around_malformed_headers(
     assert framer.buffered == 0 or parts[-1][1] is not None
 
 
+# JSON request bodies whose text holds colons and header-like words, never the resync token.
+request_bodies = st.builds(
+    lambda i, text: json.dumps({"jsonrpc": "2.0", "id": i, "method": "m",
+                                "params": {"t": text}}, ensure_ascii=False).encode(),
+    st.integers(0, 10**6),
+    st.text(st.sampled_from("ab: -\u00e9\r\n}Content-Type"), max_size=40),
+).filter(lambda body: b"content-length:" not in body.lower())
+
+
+@given(st.data(), st.lists(st.tuples(request_bodies, st.integers(0, 200), st.booleans()),
+                           min_size=1, max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_lsp_a_too_short_length_never_swallows_the_next_message(
+        data: st.DataObject, parts: list[tuple[bytes, int, bool]]) -> None:
+    tally("inputs")
+    stream = b""
+    expected: list[bytes] = []
+    for body, short, typed in parts:
+        # Cut 0 (well-formed) up to all but the first byte; the header order varies too.
+        length = len(body) - min(short, len(body) - 1)
+        headers = b"Content-Length: %d\r\n" % length
+        if typed:
+            headers = b"Content-Type: application/vscode-jsonrpc; charset=utf-8\r\n" + headers
+        stream += headers + b"\r\n" + body
+        expected.append(body[:length])
+    frames = feed_all(Framer(1024), data.draw(cuts_of(stream)))
+    bodies, errors, closed = summary(frames)
+    assert bodies == expected
+    assert errors <= sum(1 for _, short, _ in parts[:-1] if short)
+    assert not closed
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 

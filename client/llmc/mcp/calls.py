@@ -28,6 +28,7 @@ from llmc.connection import (
     Connection,
     ConnectionLost,
     DaemonUnavailable,
+    MessageTooLarge,
     ProtocolError,
     RpcError,
 )
@@ -282,6 +283,9 @@ class Runner:
                 return tools.error_result(f"This llmd does not support {exc.method}; update "
                                           "llmd to match llmc.")
             return tools.rpc_error_result(exc.code, exc.message, exc.data)
+        except MessageTooLarge as exc:
+            return tools.error_result(f"{exc}. Send a shorter prompt: put the bulk in a file "
+                                      "and ask for it to be read.")
         except ConnectionLost as exc:
             return tools.error_result(
                 f"{exc}. A `run` in flight ends with its connection; jobs from `start` "

@@ -398,6 +398,8 @@ _ADVICE = {
             "llmd keeps serving the last valid registry meanwhile.",
     -32800: "The job was cancelled (by `cancel`, another client, or llmd stopping). Run it "
             "again if it is still wanted.",
+    -32802: "The job was cancelled (by `cancel`, another client, or llmd stopping). Run it "
+            "again if it is still wanted.",
     -32602: "Fix the arguments and call again.",
 }
 
@@ -429,7 +431,7 @@ def rpc_error_result(code: int, message: str, data: dict[str, Any]) -> dict[str,
     if isinstance(stderr, str) and stderr.strip():
         lines.append("The CLI's stderr (end):\n" + _tail(stderr))
     output = data.get("output")
-    if code in (-32003, -32800) and isinstance(output, str) and output.strip():
+    if code in (-32003, -32800, -32802) and isinstance(output, str) and output.strip():
         lines.append("Its output so far (end):\n" + _tail(output))
     advice = _ADVICE.get(code)
     if advice:

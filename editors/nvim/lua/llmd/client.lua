@@ -1,0 +1,205 @@
+-- llmd's socket, spoken NDJSON (one JSON-RPC 2.0 message per line) through vim.loop.
+--
+-- Invariants:
+-- - One pipe per client, opened on the first request and opened again on the first request
+--   after it was lost (the daemon restarted); requests made while it connects are queued.
+-- - Nothing runs in the loop's fast context but byte handling: every decoded message is
+--   handed on through vim.schedule, in arrival order, so callbacks may touch buffers.
+-- - Every request gets exactly one callback: its reply, or an error object when the
+--   connection fails or is lost before the reply (code -32000, data.socket).
+-- - Notifications that carry a `request` id go to that request's on_notify.
+
+local uv = vim.loop
+
+local M = {}
+
+-- The code of the client-side errors: llmd not reachable, or the connection lost.
+M.UNREACHABLE = -32000
+
+local Client = {}
+Client.__index = Client
+
+---The daemon's default socket path (as llmd computes it).
+---@return string
+function M.default_socket()
+  local env = os.getenv("LLMD_SOCKET")
+  if env and env ~= "" then
+    return env
+  end
+  local runtime = os.getenv("XDG_RUNTIME_DIR")
+  if runtime and runtime ~= "" then
+    return runtime .. "/llmd/llmd.sock"
+  end
+  return "/tmp/llmd-" .. uv.getuid() .. "/llmd.sock"
+end
+
+---A client of the socket at `path`; nothing is opened until the first request.
+---@param path string
+function M.new(path)
+  return setmetatable({
+    path = path,
+    pipe = nil,
+    connected = false,
+    outbox = {},
+    partial = "",
+    next_id = 0,
+    pending = {},
+    generation = 0,
+  }, Client)
+end
+
+local function decode(line)
+  local ok, message = pcall(vim.json.decode, line, { luanil = { object = true, array = true } })
+  if ok and type(message) == "table" then
+    return message
+  end
+  return nil
+end
+
+function Client:_fail(generation, message)
+  for id, request in pairs(self.pending) do
+    if request.generation == generation then
+      self.pending[id] = nil
+      request.on_reply(nil, { code = M.UNREACHABLE, message = message, data = { socket = self.path } })
+    end
+  end
+end
+
+function Client:_lost(message)
+  local pipe = self.pipe
+  local generation = self.generation
+  self.pipe = nil
+  self.connected = false
+  self.partial = ""
+  self.outbox = {}
+  if pipe and not pipe:is_closing() then
+    pipe:close()
+  end
+  -- Scheduled behind the messages already read, so a reply that came before the loss
+  -- still reaches its request; requests on a newer pipe are not this pipe's.
+  vim.schedule(function()
+    self:_fail(generation, message)
+  end)
+end
+
+function Client:_dispatch(message)
+  if message.method ~= nil then
+    local params = message.params or {}
+    local request = params.request ~= nil and self.pending[params.request] or nil
+    if request and request.on_notify then
+      request.on_notify(message.method, params)
+    end
+    return
+  end
+  local request = self.pending[message.id]
+  if request == nil then
+    return
+  end
+  self.pending[message.id] = nil
+  request.on_reply(message.result, message.error)
+end
+
+function Client:_on_read(err, data)
+  if err or data == nil then
+    self:_lost(err and ("connection to llmd lost: " .. err) or "connection to llmd lost")
+    return
+  end
+  local text = self.partial .. data
+  local lines = {}
+  local start = 1
+  while true do
+    local nl = text:find("\n", start, true)
+    if nl == nil then
+      break
+    end
+    lines[#lines + 1] = text:sub(start, nl - 1)
+    start = nl + 1
+  end
+  self.partial = text:sub(start)
+  if #lines == 0 then
+    return
+  end
+  vim.schedule(function()
+    for _, line in ipairs(lines) do
+      local message = decode(line)
+      if message then
+        self:_dispatch(message)
+      end
+    end
+  end)
+end
+
+function Client:_open()
+  local pipe = uv.new_pipe(false)
+  self.pipe = pipe
+  self.generation = self.generation + 1
+  self.connected = false
+  pipe:connect(self.path, function(err)
+    if self.pipe ~= pipe then
+      return
+    end
+    if err then
+      self:_lost("llmd is not reachable at " .. self.path .. ": " .. err
+        .. " (start it with `llmd serve` or `systemctl --user start llmd.socket`)")
+      return
+    end
+    self.connected = true
+    pipe:read_start(function(read_err, data)
+      if self.pipe == pipe then
+        self:_on_read(read_err, data)
+      end
+    end)
+    local outbox = self.outbox
+    self.outbox = {}
+    for _, line in ipairs(outbox) do
+      pipe:write(line)
+    end
+  end)
+end
+
+function Client:_send(message)
+  local line = vim.json.encode(message) .. "\n"
+  if self.pipe == nil then
+    self:_open()
+  end
+  if self.connected then
+    self.pipe:write(line)
+  else
+    self.outbox[#self.outbox + 1] = line
+  end
+end
+
+---Send a request.
+---@param method string
+---@param params table|nil  Omitted from the message when nil.
+---@param on_reply fun(result: any, err: table|nil)  Called once, from the main loop.
+---@param on_notify fun(method: string, params: table)|nil  Notifications of this request.
+---@return integer id
+function Client:request(method, params, on_reply, on_notify)
+  self.next_id = self.next_id + 1
+  local id = self.next_id
+  local request = { on_reply = on_reply, on_notify = on_notify }
+  self.pending[id] = request
+  self:_send({ jsonrpc = "2.0", id = id, method = method, params = params })
+  request.generation = self.generation
+  return id
+end
+
+---Send a notification (no reply).
+function Client:notify(method, params)
+  self:_send({ jsonrpc = "2.0", method = method, params = params })
+end
+
+---Whether a request is still waiting for its reply.
+function Client:is_pending(id)
+  return self.pending[id] ~= nil
+end
+
+---Close the pipe; requests in flight get the connection-lost error.
+function Client:close()
+  if self.pipe then
+    self:_lost("connection to llmd closed")
+  end
+end
+
+return M
