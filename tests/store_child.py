@@ -14,8 +14,9 @@ from pathlib import Path
 import msgspec
 import trio
 
-from llmd.jobs.records import RunResult, utc_now
+from llmd.jobs.records import RunResult
 from llmd.jobs.store import JobRow, JobStore
+from llmd.timestamps import utc_now
 
 
 async def main(path: Path, prefix: str, count: int) -> int:

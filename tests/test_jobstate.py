@@ -1,10 +1,13 @@
-"""The job state table, exhaustively: every pair of states, and the shape of the graph."""
+"""The job state table, exhaustively: every pair of states, and the shape of the graph;
+and the states as ``jobs.list`` takes them."""
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
+import trio
 
 from llmd.errors import InternalError
 from llmd.jobs.state import (
@@ -17,6 +20,8 @@ from llmd.jobs.state import (
     advance,
     can_follow,
 )
+from llmd.server.methods import MAX_LIST_LIMIT
+from tests.harness import DaemonFactory, registry_toml
 
 # Written out pair by pair, apart from the table's own shorthand.
 ALLOWED: set[tuple[str, str]] = {
@@ -73,3 +78,23 @@ def test_every_state_is_reached_from_the_start_and_succeeded_only_by_running() -
     assert {s for s in ALL_STATES if "succeeded" in TRANSITIONS[s]} == {"running"}
     assert {s for s in ALL_STATES if "retrying" in TRANSITIONS[s]} == {"running"}
     assert not any(INITIAL_STATE in TRANSITIONS[s] for s in ALL_STATES)
+
+
+async def test_jobs_list_takes_only_job_states_and_bounded_limits(
+        daemon_factory: DaemonFactory, fake_bin: Path) -> None:
+    d = await daemon_factory(registry_toml(fake_bin, {
+        "echo": {"command": ["@fakecli", "stdin"], "prompt": "stdin"}}))
+    client = await d.connect()
+    with trio.fail_after(20):
+        for n, (params, path) in enumerate([
+                ({"state": "done"}, "$.state"), ({"limit": 0}, "$.limit"),
+                ({"limit": MAX_LIST_LIMIT + 1}, "$.limit"), (["finished"], "$[0]")]):
+            reply = await client.call("jobs.list", params, id=n)
+            assert reply["error"]["code"] == -32602, reply
+            assert reply["error"]["data"]["path"] == path, reply
+        await client.call("llm.run", {"blueprint": "echo", "prompt": "x"}, id="run")
+        for state in sorted(ALL_STATES):
+            reply = await client.call("jobs.list", {"state": state, "limit": MAX_LIST_LIMIT},
+                                      id=state)
+            assert [job["state"] for job in reply["result"]["jobs"]] == (
+                ["succeeded"] if state == "succeeded" else []), reply

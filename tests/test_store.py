@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llmd.jobs.records import JobRecord, RunResult
+from llmd.jobs.state import JobState
 from llmd.jobs.store import JobRow, JobStore, ProcGroup, default_path
 from llmd.jobs.storedb import Database, _cap, is_busy, is_full
 from llmd.process import procs
@@ -46,7 +47,7 @@ def result(job: str, text: str = "the answer") -> RunResult:
                      stderr="a warning", exit_code=0, attempts=1, duration_s=0.5)
 
 
-def row(job: str, state: str = "succeeded", n: int = 0, **changes: Any) -> JobRow:
+def row(job: str, state: JobState = "succeeded", n: int = 0, **changes: Any) -> JobRow:
     final = state not in {"queued", "running", "retrying"}
     base = JobRow(job=job, blueprint="echo", state=state, created_at=ts(n),
                   started_at=ts(n), finished_at=ts(n) if final else None, attempts=1,
@@ -122,7 +123,7 @@ def stat_mode(path: Path) -> int:
 async def test_list_order_filter_limit_without_text(db: Path) -> None:
     with trio.fail_after(10):
         async with await JobStore.open(db) as store:
-            states = ["succeeded", "failed", "running", "succeeded", "cancelled"]
+            states: list[JobState] = ["succeeded", "failed", "running", "succeeded", "cancelled"]
             for n, state in enumerate(states):
                 store.save_soon(row(f"j{n}", state, n))
             await store.flush()

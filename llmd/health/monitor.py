@@ -21,7 +21,6 @@ Invariants:
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import math
 import os
@@ -40,6 +39,7 @@ from llmd.errors import ExecutableMissing, InvalidParams, UnknownBlueprint
 from llmd.parsers import make_parser
 from llmd.process.argv import Invocation, child_env, render
 from llmd.process.supervisor import Attempt, describe_exit
+from llmd.timestamps import rfc3339
 
 log = logging.getLogger("llmd.health")
 
@@ -208,7 +208,7 @@ class HealthMonitor:
         if entry.cool_end is not None and entry.cool_end >= now + seconds:
             return  # an earlier, longer cooldown stands
         entry.cool_end = now + seconds
-        entry.cool_until = _rfc3339(self.wall_clock() + seconds)
+        entry.cool_until = rfc3339(self.wall_clock() + seconds)
         self._settle(name, entry, now)
         self._wake.set()
 
@@ -400,7 +400,7 @@ class HealthMonitor:
 
     def _record(self, name: str, entry: _Entry, outcome: _Outcome) -> None:
         entry.probed = outcome.state
-        entry.checked_at = _rfc3339(self.wall_clock())
+        entry.checked_at = rfc3339(self.wall_clock())
         entry.latency_s = None if outcome.latency_s is None else round(outcome.latency_s, 3)
         entry.version = outcome.version
         entry.detail = outcome.detail
@@ -463,12 +463,6 @@ class HealthMonitor:
         return {"state": self._settle(name, entry, now), "checked_at": entry.checked_at,
                 "latency_s": entry.latency_s, "version": entry.version,
                 "detail": entry.detail, "cooldown_until": entry.cool_until}
-
-
-def _rfc3339(seconds: float) -> str:
-    """Format like :func:`llmd.jobs.records.utc_now`."""
-    moment = _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _PATH_SEARCHED = " (PATH searched: "

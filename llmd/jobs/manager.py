@@ -54,8 +54,9 @@ from llmd.errors import (
     UnknownBlueprint,
 )
 from llmd.health.monitor import HealthMonitor
-from llmd.jobs.records import FINAL_STATES, JobRecord, RunParams, RunResult, utc_now
+from llmd.jobs.records import JobRecord, RunParams, RunResult
 from llmd.jobs.retry import Backoff
+from llmd.jobs.state import FINAL_STATES, INITIAL_STATE, JobState, advance, can_follow
 from llmd.jobs.store import JobRow, JobStore, ProcGroup
 from llmd.parsers import Event, ParseResult, Signal, TextDelta, make_parser
 from llmd.parsers.jsonextract import extract_json
@@ -64,6 +65,7 @@ from llmd.process import argv as argv_mod
 from llmd.process import procs
 from llmd.process.supervisor import Attempt, Stream, describe_exit
 from llmd.routing import Route
+from llmd.timestamps import utc_now
 
 if sys.version_info < (3, 11):  # pragma: no cover - 3.10 only
     from exceptiongroup import BaseExceptionGroup
@@ -98,7 +100,7 @@ class Job:
         self.timeout = timeout
         self.rate_limit_res = rate_limit_res
         self.deadline = deadline
-        self.state = "queued"
+        self.state: JobState = INITIAL_STATE
         self.created_at = utc_now()
         self.started_at: str | None = None
         self.finished_at: str | None = None
@@ -112,7 +114,7 @@ class Job:
         self.listeners: list[EventSink] = []
         self.pids: list[int] = []
         self.in_queue = True
-        self.history: list[tuple[str, str]] = [("queued", self.created_at)]
+        self.history: list[tuple[JobState, str]] = [(self.state, self.created_at)]
         self.groups: list[ProcGroup] = []
         self.requested: str | None = None
         self.fallback_reason: str | None = None
@@ -278,8 +280,9 @@ class JobManager:
             if job.cancel_requested and not isinstance(exc, Cancelled):
                 # The outcome was known, not yet recorded, when llm.cancel said True.
                 raise self._cancelled_instead(job, exc) from None
-            state = {Cancelled: "cancelled", ServerCancelled: "cancelled",
-                     TimedOut: "timed_out"}.get(type(exc), "failed")
+            ends: dict[type[LlmdError], JobState] = {
+                Cancelled: "cancelled", ServerCancelled: "cancelled", TimedOut: "timed_out"}
+            state = ends.get(type(exc), "failed")
             if state == "cancelled" and self.shutting_down:
                 state = "interrupted"
             self._finish(job, state, error=exc)
@@ -287,8 +290,8 @@ class JobManager:
         except BaseException as exc:
             if _only_cancelled(exc):
                 # From outside: the request was cancelled, its client left, or shutdown.
-                state = "interrupted" if self.shutting_down else "cancelled"
-                self._finish(job, state, error=Cancelled("cancelled", {"job": job.id}))
+                self._finish(job, "interrupted" if self.shutting_down else "cancelled",
+                             error=Cancelled("cancelled", {"job": job.id}))
                 raise
             if not _is_failure(exc):
                 self._finish(job, "failed", error=InternalError("internal error"))
@@ -305,7 +308,7 @@ class JobManager:
                 await self._concluded(job)
 
     def _cancelled_instead(self, job: Job, outcome: LlmdError | None) -> Cancelled:
-        state = "interrupted" if self.shutting_down else "cancelled"
+        state: JobState = "interrupted" if self.shutting_down else "cancelled"
         error = ServerCancelled(job.cancel_reason,
                                 outcome.data if outcome is not None else {"job": job.id})
         self._finish(job, state, error=error)
@@ -439,20 +442,27 @@ class JobManager:
         for sink in list(job.listeners):
             await sink(method, payload)
 
-    async def _set_state(self, job: Job, state: str, **extra: Any) -> None:
+    async def _set_state(self, job: Job, state: JobState, **extra: Any) -> None:
+        """Change a live job's state (as the state table allows) and tell its listeners;
+        the same state again is told again (a new attempt, the final state)."""
         if job.state != state or state == "running":
             job.history.append((state, utc_now()))
-        job.state = state
+        if job.state != state:
+            # A change the table does not allow is a bug: it fails this job (-32603).
+            job.state = advance(job.state, state)
         log.debug("job %s: %s", job.id, state)
         if self.store is not None and state not in FINAL_STATES:
             self.store.save_soon(job.row())
         await self._publish(job, "llm.state", {"job": job.id, "state": state,
                                                "attempt": job.attempts, **extra})
 
-    def _finish(self, job: Job, state: str, *, result: RunResult | None = None,
+    def _finish(self, job: Job, state: JobState, *, result: RunResult | None = None,
                 error: LlmdError | None = None) -> None:
         if job.state in FINAL_STATES:
             return
+        if not can_follow(job.state, state):
+            # A bug, logged; the job still ends, or whoever waits for it would wait forever.
+            log.error("job %s: a job cannot go from %s to %s", job.id, job.state, state)
         self._leave_queue(job)
         job.state = state
         job.result = result

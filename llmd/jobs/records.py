@@ -1,22 +1,32 @@
 """Wire and record shapes: the run request, the run result and the job record.
 
+A job has three shapes, all derived from one source:
+
+- ``Job`` (:mod:`llmd.jobs.job`): the live job in the daemon's memory, with what only a
+  running job has (its cancel scope, deadline, listeners, the attempt in flight). It is
+  the source of the other two.
+- :class:`JobRecord` (here): the job as clients see it (``jobs.get``, ``jobs.list``);
+  ``Job.record()`` makes it, and the store gives it back for jobs no longer in memory.
+- ``JobRow`` (:mod:`llmd.jobs.storedb`): what the store keeps, a :class:`JobRecord` plus
+  what only recovery and auditing need (the request, the state history, the process
+  groups, the owning daemon); ``Job.row()`` makes it.
+
+Their ``state`` is a :data:`~llmd.jobs.state.JobState`, changed only as
+:mod:`llmd.jobs.state` allows.
+
 Invariants:
 - Field names are the wire names of API.md; these structs are what gets encoded.
 - Timestamps are RFC 3339 strings in UTC; durations are seconds as floats.
+- Frozen: a record handed out (or to the store's thread) never changes under its reader.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-from typing import Any, Literal, Union
+from typing import Any, Union
 
 import msgspec
 
-JobState = Literal["queued", "running", "retrying", "succeeded", "failed", "timed_out",
-                   "cancelled", "interrupted"]
-FINAL_STATES: frozenset[str] = frozenset(
-    {"succeeded", "failed", "timed_out", "cancelled", "interrupted"})
-ALL_STATES: frozenset[str] = FINAL_STATES | {"queued", "running", "retrying"}
+from llmd.jobs.state import JobState
 
 
 class RunParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -33,12 +43,12 @@ class RunParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     detach: bool = False
 
 
-class RunResult(msgspec.Struct, omit_defaults=False):
+class RunResult(msgspec.Struct, omit_defaults=False, frozen=True):
     """The answer of a finished run (API.md "Run result")."""
 
     job: str
     blueprint: str
-    state: str
+    state: JobState
     text: str
     output: str
     stderr: str
@@ -56,21 +66,15 @@ class RunResult(msgspec.Struct, omit_defaults=False):
     fallback_reason: str | None = None
 
 
-class JobRecord(msgspec.Struct):
-    """A job as ``jobs.get`` shows it."""
+class JobRecord(msgspec.Struct, frozen=True):
+    """A job as ``jobs.get`` shows it (API.md "Job record")."""
 
     job: str
     blueprint: str
-    state: str
+    state: JobState
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
     attempts: int = 0
     result: RunResult | None = None
     error: dict[str, Any] | None = None
-
-
-def utc_now() -> str:
-    """The current time as RFC 3339 in UTC with milliseconds."""
-    now = _dt.datetime.now(_dt.timezone.utc)
-    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -41,6 +41,7 @@ import msgspec
 import trio
 
 from llmd.jobs.records import JobRecord
+from llmd.jobs.state import JobState
 from llmd.jobs.storedb import (
     Database,
     Identity,
@@ -53,6 +54,7 @@ from llmd.jobs.storedb import (
     is_full,
 )
 from llmd.process import procs
+from llmd.timestamps import rfc3339
 
 __all__ = ["JobRow", "JobStore", "ProcGroup", "RecoveryReport", "default_path"]
 
@@ -71,10 +73,6 @@ def default_path(env: Mapping[str, str] | None = None) -> Path:
     if not os.path.isabs(state):  # the XDG spec: a relative path is to be ignored
         state = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".local", "state")
     return Path(state) / "llmd" / "jobs.db"
-
-
-def _rfc3339(when: _dt.datetime) -> str:
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class _Waiter:
@@ -267,7 +265,7 @@ class JobStore:
         """The record of ``job_id`` with its full (capped) result, or None."""
         return await self._call(lambda db: db.get(job_id), None)
 
-    async def list(self, state: str | None = None, limit: int = 50) -> list[JobRecord]:
+    async def list(self, state: JobState | None = None, limit: int = 50) -> list[JobRecord]:
         """Records newest first, optionally of one state; results without text and output."""
         if limit <= 0:
             return []
@@ -294,7 +292,7 @@ class JobStore:
         cutoff = ""  # sorts before every timestamp: no age limit
         if math.isfinite(self.max_age_days):
             try:
-                cutoff = _rfc3339(_dt.datetime.now(_dt.timezone.utc)
+                cutoff = rfc3339(_dt.datetime.now(_dt.timezone.utc)
                                   - _dt.timedelta(days=self.max_age_days))
             except OverflowError:
                 cutoff = ""

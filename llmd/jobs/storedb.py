@@ -30,18 +30,18 @@ from typing import Any, NamedTuple
 import msgspec
 
 from llmd.errors import Cancelled
-from llmd.jobs.records import FINAL_STATES, JobRecord, RunResult, utc_now
+from llmd.jobs.records import JobRecord, RunResult
+from llmd.jobs.state import LIVE_STATES, JobState
 from llmd.process import procs
+from llmd.timestamps import utc_now
 
 log = logging.getLogger("llmd.store")
 
 SCHEMA_VERSION = 1
-LIVE_STATES = frozenset({"queued", "running", "retrying"})
 _CHECKPOINT_BYTES = 1 << 20
 _BACKSTOP_PAGES = 10_000
 _KNOWN_JOBS = 4096
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
-assert frozenset({"succeeded", "failed", "timed_out", "cancelled", "interrupted"}) == FINAL_STATES
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -85,25 +85,18 @@ class ProcGroup(msgspec.Struct, frozen=True):
     starttime: int
 
 
-class JobRow(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the store keeps about a job: a snapshot, never mutated once handed over.
+class JobRow(JobRecord, frozen=True, kw_only=True):
+    """Everything the store keeps about a job: its record, and what recovery and auditing
+    need besides (see :mod:`llmd.jobs.records` for how the shapes relate). A snapshot,
+    never mutated once handed over.
 
     ``daemon_pid``, ``daemon_start`` and ``daemon_boot`` name the daemon that owns a live
     job; left None, the store fills in its own process.
     """
 
-    job: str
-    blueprint: str
-    state: str
-    created_at: str
-    started_at: str | None = None
-    finished_at: str | None = None
-    attempts: int = 0
-    request: dict[str, Any] = {}
+    request: dict[str, Any] = msgspec.field(default_factory=dict)
     exit_code: int | None = None
-    result: RunResult | None = None
-    error: dict[str, Any] | None = None
-    history: tuple[tuple[str, str], ...] = ()
+    history: tuple[tuple[JobState, str], ...] = ()
     groups: tuple[ProcGroup, ...] = ()
     daemon_pid: int | None = None
     daemon_start: int | None = None
@@ -393,7 +386,7 @@ class Database:
             " WHERE id = ?", (job_id,)).fetchone()
         return None if found is None else self._record(found[:9], found[9], found[10])
 
-    def list(self, state: str | None, limit: int) -> list[JobRecord]:
+    def list(self, state: JobState | None, limit: int) -> list[JobRecord]:
         """Up to ``limit`` records newest first, of ``state`` if given, without text/output."""
         conn = self._db()
         if state is None:

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 import msgspec
 import trio
 
 from llmd import __version__
 from llmd.errors import InvalidParams, NoSuchJob
-from llmd.jobs.records import ALL_STATES, FINAL_STATES, JobRecord, RunParams, RunResult
+from llmd.jobs.records import JobRecord, RunParams, RunResult
+from llmd.jobs.state import FINAL_STATES, JobState
 from llmd.server.dispatch import CallContext, Method
 
 if TYPE_CHECKING:
@@ -56,10 +57,12 @@ STORE_POLL_MAX = 1.0
 
 
 class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """``jobs.list`` parameters."""
+    """``jobs.list`` parameters: the state and the bounds of the limit are checked as the
+    params are decoded (-32602 with the path of the offending one)."""
 
-    state: str | None = None
-    limit: int = 50
+    state: Union[JobState, None] = None  # noqa: UP007 - msgspec needs a runtime Union on 3.10
+    # SQLite takes 64-bit integers only.
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 50
 
 
 def build(daemon: Daemon) -> list[Method]:
@@ -131,13 +134,6 @@ def build(daemon: Daemon) -> list[Method]:
         return record
 
     async def jobs_list(params: ListParams, ctx: CallContext) -> dict[str, Any]:
-        if params.limit < 1:
-            raise InvalidParams("limit must be at least 1")
-        if params.limit > MAX_LIST_LIMIT:  # SQLite takes 64-bit integers only
-            raise InvalidParams(f"limit must be at most {MAX_LIST_LIMIT}")
-        if params.state is not None and params.state not in ALL_STATES:
-            raise InvalidParams(f"unknown state {params.state!r} (states: "
-                                f"{', '.join(sorted(ALL_STATES))})")
         # The store has the finished jobs it committed (saved before their answer); memory
         # is fresher for live ones, and holds those a full disk kept out of the store.
         records = {r.job: r for r in await daemon.store.list(params.state, params.limit)}
