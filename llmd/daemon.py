@@ -1,7 +1,12 @@
 """The daemon: wire the registry, job manager, dispatcher and socket together.
 
 Invariants:
-- Everything runs in one trio nursery; detached jobs live in it, not in a connection.
+- Everything runs in one trio nursery; detached jobs live in the job manager's, which runs
+  in it, not in a connection's.
+- What serving needs is made in :meth:`Daemon.serve`, each part whole from the start: the
+  store is opened under the socket's lock, then the job manager is made with it, then the
+  methods with their :class:`~llmd.server.methods.MethodContext`, the dispatcher and the
+  server. Nothing is handed to a part after it is made.
 - Shutdown: stop accepting and remove the socket; cancel the queued jobs (none starts
   any more); on SIGTERM let running jobs finish for ``daemon.stop_grace`` seconds
   (SIGINT or a second signal: no wait); then cancel every unfinished job (groups
@@ -15,6 +20,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,6 @@ from llmd.health.monitor import HealthMonitor
 from llmd.jobs.manager import JobManager
 from llmd.jobs.store import JobStore, default_path
 from llmd.paths import PACKAGED_CONFIG, packaged_config, prepare_socket_dir
-from llmd.protocol.jsonrpc import encode_notification
 from llmd.server import methods
 from llmd.server.connections import Server
 from llmd.server.dispatch import Dispatcher
@@ -50,6 +55,15 @@ def load_registry(source: str) -> Registry:
     return load_file(source)
 
 
+@dataclass(frozen=True)
+class _Serving:
+    """The parts that exist while the daemon serves."""
+
+    store: JobStore
+    manager: JobManager
+    server: Server
+
+
 class Daemon:
     """One serving daemon.
 
@@ -68,12 +82,8 @@ class Daemon:
         self.health = HealthMonitor(registry, os.environ)
         self.store_path = (Path(registry.doc.store.path).expanduser()
                            if registry.doc.store.path else default_path())
-        self.store: JobStore  # opened in serve(), before any request can need it
-        self.manager = JobManager(registry, health=self.health)
-        self.dispatcher = Dispatcher(methods.build(self), log=logging.getLogger("llmd.rpc"))
-        self.server = Server(self.dispatcher, registry.daemon.max_message_bytes)
         self.listener = Listener(socket_path)
-        self.encode_notification = encode_notification
+        self._serving: _Serving | None = None
         self._stop = trio.Event()
         self._grace = trio.CancelScope()
         self.notifier = Notifier()
@@ -81,9 +91,36 @@ class Daemon:
         # changed (call self.status.update() where job counts change to send it sooner).
         self.status = runtime.StatusReporter(self.notifier, self._status_text, poll=1.0)
 
+    def _parts(self) -> _Serving:
+        if self._serving is None:
+            raise RuntimeError("llmd is not serving (see Daemon.serve)")
+        return self._serving
+
+    @property
+    def store(self) -> JobStore:
+        """The job store (while serving)."""
+        return self._parts().store
+
+    @property
+    def manager(self) -> JobManager:
+        """The job manager (while serving)."""
+        return self._parts().manager
+
+    @property
+    def uptime_s(self) -> float:
+        """Seconds since the daemon was made."""
+        return time.monotonic() - self.started
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return 0 if self._serving is None else len(self._serving.server.connections)
+
     def _status_text(self) -> str:
         """The one line systemd shows for us."""
-        jobs = self.manager
+        if self._serving is None:
+            return "starting"
+        jobs = self._serving.manager
         state = "stopping" if self._stop.is_set() else f"serving {self.socket_path}"
         return (f"{state}: {jobs.running} running, {jobs.queued} queued, "
                 f"{jobs.finished_count} finished")
@@ -100,25 +137,34 @@ class Daemon:
         finally:
             self.notifier.send("READY=1")
         self.registry = registry
-        self.manager.set_registry(registry)
         self.health.set_registry(registry)
-        self.server.max_message = registry.daemon.max_message_bytes
+        if self._serving is not None:
+            self._serving.manager.set_registry(registry)
+            self._serving.server.max_message = registry.daemon.max_message_bytes
         log.info("registry reloaded from %s: %d blueprints", registry.source,
                  len(registry.blueprints))
         return registry
 
-    async def _open_store(self) -> None:
+    async def _open_store(self) -> JobStore:
         cfg = self.registry.doc.store
         if cfg.enabled:
-            self.store = await JobStore.open(self.store_path, output_cap=cfg.output_cap,
-                                             max_age_days=cfg.max_age_days,
-                                             max_jobs=cfg.max_jobs)
+            store = await JobStore.open(self.store_path, output_cap=cfg.output_cap,
+                                        max_age_days=cfg.max_age_days, max_jobs=cfg.max_jobs)
         else:
-            self.store = JobStore.disabled(self.store_path, "switched off in [store]")
-        self.manager.store = self.store
-        if self.store.available:
+            store = JobStore.disabled(self.store_path, "switched off in [store]")
+        if store.available:
             # The store logs what it recovered (and, when it cannot be used, why): once.
-            await self.store.recover()
+            await store.recover()
+        return store
+
+    def _make_parts(self, store: JobStore) -> _Serving:
+        """The job manager, the methods and the server, around an open store."""
+        manager = JobManager(self.registry, health=self.health, store=store)
+        context = methods.MethodContext(host=self, manager=manager, store=store,
+                                        health=self.health)
+        dispatcher = Dispatcher(methods.build(context), log=logging.getLogger("llmd.rpc"))
+        return _Serving(store, manager,
+                        Server(dispatcher, self.registry.daemon.max_message_bytes))
 
     def request_stop(self, *, graceful: bool = False) -> None:
         """Begin shutting down.
@@ -142,18 +188,21 @@ class Daemon:
             # A socket systemd passed us lives in a directory systemd made.
             prepare_socket_dir(self.socket_path, default=self.default_socket)
         sock = await self.listener.bind()
+        store: JobStore | None = None
         try:
             # Under the single-instance lock: recovery may kill what a crashed daemon left.
-            await self._open_store()
+            store = await self._open_store()
+            parts = self._serving = self._make_parts(store)
+            manager, server = parts.manager, parts.server
             async with trio.open_nursery() as nursery:
-                self.manager.nursery = nursery
-                await nursery.start(self.store.run)
+                await nursery.start(store.run)
+                await nursery.start(manager.serve)
                 accepting = trio.CancelScope()
 
                 async def accept(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
                     with accepting:
                         # Connections live in the outer nursery, so they outlast accepting.
-                        await trio.serve_listeners(self.server.handle,
+                        await trio.serve_listeners(server.handle,
                                                    [trio.SocketListener(sock)],
                                                    handler_nursery=nursery,
                                                    task_status=task_status)
@@ -177,28 +226,28 @@ class Daemon:
                 # under socket activation, wait in systemd's for the next start).
                 accepting.cancel()
                 self.listener.release()
-                self.manager.draining = True
+                manager.draining = True
                 # Queued jobs never start now: they end cancelled and their callers learn
                 # it at once.
-                self.manager.cancel_queued("cancelled: llmd is shutting down")
+                manager.cancel_queued("cancelled: llmd is shutting down")
                 grace = self.registry.daemon.stop_grace
-                if self.manager.running or self.manager.queued:
+                if manager.running or manager.queued:
                     log.info("letting running jobs finish for up to %g s", grace)
                 with self._grace:
                     self._grace.deadline = trio.current_time() + grace
-                    await self.manager.wait_all_finished()
-                self.manager.shutting_down = True
-                self.manager.cancel_all("cancelled: llmd is shutting down")
+                    await manager.wait_all_finished()
+                manager.shutting_down = True
+                manager.cancel_all("cancelled: llmd is shutting down")
                 with trio.move_on_after(SHUTDOWN_LIMIT):
-                    await self.manager.wait_all_finished()
+                    await manager.wait_all_finished()
                     # Give the answers to the cancelled runs a moment to reach their clients.
                     with trio.move_on_after(1.0):
-                        await self.server.wait_idle()
+                        await server.wait_idle()
                 nursery.cancel_scope.cancel()
         finally:
-            if hasattr(self, "store"):
+            if store is not None:
                 with trio.CancelScope(shield=True):
-                    await self.store.aclose()
+                    await store.aclose()
             self.listener.release()
             self.notifier.close()
         log.info("stopped")

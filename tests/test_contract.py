@@ -22,8 +22,10 @@ from llmd import errors
 from llmd.config import parse_registry
 from llmd.daemon import Daemon
 from llmd.health.monitor import HealthState
+from llmd.jobs.manager import JobManager
 from llmd.jobs.records import JobRecord, RunResult
 from llmd.jobs.state import ALL_STATES
+from llmd.jobs.store import JobStore
 from llmd.server import methods
 from llmd.server.dispatch import CANCEL_REQUEST, Method
 from tests.harness import DaemonFactory, RawClient, registry_toml
@@ -92,9 +94,13 @@ def different(code: set[Any], doc: set[Any]) -> str:
 
 
 def method_table() -> list[Method]:
-    daemon = Daemon(parse_registry('[blueprints.a]\ncommand = ["a", "{prompt}"]\n'),
-                    Path("/nonexistent/llmd.sock"))
-    return methods.build(daemon)
+    """The daemon's methods (in trio: the parts they use are made as the daemon makes them)."""
+    registry = parse_registry('[blueprints.a]\ncommand = ["a", "{prompt}"]\n')
+    daemon = Daemon(registry, Path("/nonexistent/llmd.sock"))
+    store = JobStore.disabled(Path("/nonexistent/jobs.db"), "a test")
+    manager = JobManager(registry, health=daemon.health, store=store)
+    return methods.build(methods.MethodContext(host=daemon, manager=manager, store=store,
+                                               health=daemon.health))
 
 
 def fields(struct: type[msgspec.Struct] | None) -> set[str]:
@@ -205,7 +211,7 @@ def _keywords_given(tree: ast.Module, name: str) -> set[str]:
 # --- the comparisons ----------------------------------------------------------------------------
 
 
-def test_methods_and_their_params() -> None:
+async def test_methods_and_their_params() -> None:
     rows = method_rows()
     table = {method.name: method for method in method_table()}
     assert not different(set(table), set(rows)), different(set(table), set(rows))

@@ -264,12 +264,13 @@ async def test_an_exception_of_one_job_fails_it_alone_with_32603(
     assert info.value.code == -32603
     assert job.state == "failed"
     assert "internal error" in caplog.text and job.id in caplog.text
-    # Detached, in the daemon's nursery: the nursery (the daemon) goes on.
+    # Detached, in the manager's nursery: the manager (and the daemon) goes on.
     async with trio.open_nursery() as nursery:
-        jm.nursery = nursery
+        await nursery.start(jm.serve)
         detached = jm.submit(RunParams(blueprint="cli", prompt="p", detach=True))
         jm.start_detached(detached)
         await detached.finished.wait()
+        nursery.cancel_scope.cancel()
     assert detached.state == "failed"
     assert detached.error is not None and detached.error.code == -32603
 

@@ -183,7 +183,7 @@ class JobManager:
         self.finished_count = 0
         self.shutting_down = False
         self.draining = False
-        self.nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None
         self._global = trio.CapacityLimiter(registry.daemon.max_jobs)
         self._limiters: dict[str, trio.CapacityLimiter] = {}
         self.registry = registry
@@ -325,11 +325,30 @@ class JobManager:
             with trio.move_on_after(FINAL_NOTICE_LIMIT):
                 await self._set_state(job, job.state, **extra)
 
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        """Hold detached jobs (and their commits) in a nursery of the manager's own until
+        cancelled; cancelling it cancels them."""
+        if self._nursery is not None:
+            raise RuntimeError("the job manager is already serving")
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
     def start_detached(self, job: Job) -> None:
-        """Run a job in the daemon's nursery, whatever happens to its client."""
-        assert self.nursery is not None, "the daemon has not started the job manager"
+        """Run a job in the manager's nursery, whatever happens to its client.
+
+        Raises:
+            RuntimeError: :meth:`serve` is not running.
+        """
+        if self._nursery is None:
+            raise RuntimeError("the job manager is not serving (see JobManager.serve)")
         job.detached = True
-        self.nursery.start_soon(self._run_quietly, job)
+        self._nursery.start_soon(self._run_quietly, job)
 
     async def detached_durable(self, job: Job) -> None:
         """Return once a detached job's record would survive a crash of the daemon:
@@ -427,9 +446,9 @@ class JobManager:
             job.groups.append(ProcGroup(pgid=pid, starttime=started))
         if self.store is None:
             return
-        if job.detached and not job.durable.is_set() and self.nursery is not None:
+        if job.detached and not job.durable.is_set() and self._nursery is not None:
             # Its id waits for this commit: a crash from now on finds the group.
-            self.nursery.start_soon(self._commit, job)
+            self._nursery.start_soon(self._commit, job)
         elif started is not None:
             self.store.save_soon(job.row())
 

@@ -4,6 +4,9 @@ Invariants:
 - Parameters are typed structs; unknown parameters are refused (-32602), so a client
   cannot smuggle options (environment, argv) into a run.
 - Handlers return structs or plain dicts that encode straight to the wire shape.
+- A handler reaches only what its :class:`MethodContext` holds (the job manager, the job
+  store, health, and the :class:`Host`'s registry view) and the call's session, which
+  sends its notifications; nothing here imports the daemon.
 - A detached run's id is sent only once its record would survive a crash of the daemon.
 - A job this daemon does not hold in memory is looked up in the store (finished long
   ago, before a restart, or live under another daemon sharing the store): ``jobs.get``
@@ -14,20 +17,22 @@ Invariants:
 from __future__ import annotations
 
 import os
-import time
-from typing import TYPE_CHECKING, Annotated, Any, Union
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Protocol, Union
 
 import msgspec
 import trio
 
 from llmd import __version__
+from llmd.config import Registry
 from llmd.errors import InvalidParams, NoSuchJob
+from llmd.health.monitor import HealthMonitor
+from llmd.jobs.manager import JobManager
 from llmd.jobs.records import JobRecord, RunParams, RunResult
 from llmd.jobs.state import FINAL_STATES, JobState
+from llmd.jobs.store import JobStore
 from llmd.server.dispatch import CallContext, Method
-
-if TYPE_CHECKING:
-    from llmd.daemon import Daemon
 
 
 class JobParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -65,9 +70,42 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 50
 
 
-def build(daemon: Daemon) -> list[Method]:
-    """The method table of a daemon."""
-    manager = daemon.manager
+class Host(Protocol):
+    """What the methods need of the daemon that serves them."""
+
+    @property
+    def registry(self) -> Registry:
+        """The registry in force (a reload replaces it)."""
+
+    @property
+    def socket_path(self) -> Path:
+        """The socket served."""
+
+    @property
+    def uptime_s(self) -> float:
+        """Seconds since the daemon started."""
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+
+    def reload(self) -> Registry:
+        """Re-read the registry (raises ConfigError, keeping the old one, if invalid)."""
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """Everything the methods use, made whole before the first request."""
+
+    host: Host
+    manager: JobManager
+    store: JobStore
+    health: HealthMonitor
+
+
+def build(context: MethodContext) -> list[Method]:
+    """The method table, around what the methods use."""
+    host, manager, store, health = context.host, context.manager, context.store, context.health
 
     async def llm_run(params: RunParams, ctx: CallContext) -> RunResult | dict[str, Any]:
         job = manager.submit(params)
@@ -80,17 +118,14 @@ def build(daemon: Daemon) -> list[Method]:
             request = ctx.request_id
 
             async def forward(method: str, payload: dict[str, Any]) -> None:
-                sender = getattr(session, "send", None)
-                if sender is not None:
-                    await sender(daemon.encode_notification(method,
-                                                            {**payload, "request": request}))
+                await session.notify(method, {**payload, "request": request})
 
             job.listeners.append(forward)
         return await manager.run(job)
 
     async def llm_cancel(params: JobParams, ctx: CallContext) -> dict[str, Any]:
         if params.job not in manager.jobs:
-            stored = await daemon.store.get(params.job)
+            stored = await store.get(params.job)
             if stored is None:
                 raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
             if stored.state not in FINAL_STATES:
@@ -107,7 +142,7 @@ def build(daemon: Daemon) -> list[Method]:
         job = manager.jobs.get(params.job)
         if job is None:
             # Finished long ago, or before a restart: the store has it.
-            stored = await daemon.store.get(params.job)
+            stored = await store.get(params.job)
             if stored is None:
                 raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
             if params.wait and stored.state not in FINAL_STATES:
@@ -127,7 +162,7 @@ def build(daemon: Daemon) -> list[Method]:
             while record.state not in FINAL_STATES:
                 await trio.sleep(delay)
                 delay = min(delay * 1.5, STORE_POLL_MAX)
-                fresh = await daemon.store.get(job_id)
+                fresh = await store.get(job_id)
                 if fresh is None:  # pruned meanwhile: the last look is all there is
                     break
                 record = fresh
@@ -136,7 +171,7 @@ def build(daemon: Daemon) -> list[Method]:
     async def jobs_list(params: ListParams, ctx: CallContext) -> dict[str, Any]:
         # The store has the finished jobs it committed (saved before their answer); memory
         # is fresher for live ones, and holds those a full disk kept out of the store.
-        records = {r.job: r for r in await daemon.store.list(params.state, params.limit)}
+        records = {r.job: r for r in await store.list(params.state, params.limit)}
         for job in manager.jobs.values():
             if job.stored and job.id not in records:
                 continue
@@ -149,7 +184,7 @@ def build(daemon: Daemon) -> list[Method]:
         return {"jobs": newest[:params.limit]}
 
     async def blueprints_list(params: None, ctx: CallContext) -> dict[str, Any]:
-        reg = daemon.registry
+        reg = host.registry
         return {"blueprints": [
             {"name": name, "description": bp.description, "command": bp.command,
              "prompt": bp.prompt, "parser": bp.parser,
@@ -159,24 +194,25 @@ def build(daemon: Daemon) -> list[Method]:
             for name, bp in reg.blueprints.items()]}
 
     async def daemon_info(params: None, ctx: CallContext) -> dict[str, Any]:
+        registry = host.registry
         return {"version": __version__, "pid": os.getpid(),
-                "uptime_s": round(time.monotonic() - daemon.started, 3),
-                "socket": str(daemon.socket_path), "config": daemon.registry.source,
-                "blueprints": len(daemon.registry.blueprints),
+                "uptime_s": round(host.uptime_s, 3),
+                "socket": str(host.socket_path), "config": registry.source,
+                "blueprints": len(registry.blueprints),
                 "jobs": {"queued": manager.queued, "running": manager.running,
                          "finished": manager.finished_count},
-                "connections": len(daemon.server.connections),
-                "max_message_bytes": daemon.server.max_message,
-                "store": daemon.store.info()}
+                "connections": host.connections,
+                "max_message_bytes": registry.daemon.max_message_bytes,
+                "store": store.info()}
 
     async def health_status(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
-        return {"blueprints": daemon.health.status(params.blueprint)}
+        return {"blueprints": health.status(params.blueprint)}
 
     async def health_check(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
-        return {"blueprints": await daemon.health.check(params.blueprint)}
+        return {"blueprints": await health.check(params.blueprint)}
 
     async def daemon_reload(params: None, ctx: CallContext) -> dict[str, Any]:
-        registry = daemon.reload()
+        registry = host.reload()
         return {"blueprints": sorted(registry.blueprints)}
 
     return [
