@@ -1,4 +1,8 @@
-"""The job manager: queueing, the retry loop, deadlines and job bookkeeping.
+"""The job manager: admission, the queue, the retry loop, deadlines and job bookkeeping.
+
+Each attempt is carried out by a driver (:mod:`llmd.drivers`); the manager decides which,
+and keeps what holds for every driver: retries, deadlines, cancellation, streaming to
+listeners, rate-limit classification, fallbacks and records.
 
 Invariants:
 - A run's deadline is fixed when the request arrives and bounds everything: the wait in
@@ -21,17 +25,14 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import random
-import re
-import secrets
 import shutil
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -39,6 +40,8 @@ import trio
 
 from llmd import routing
 from llmd.config import Blueprint, Registry
+from llmd.drivers import AttemptProcess, AttemptSpec, Driver, Outcome
+from llmd.drivers.oneshot import OneShot
 from llmd.errors import (
     Busy,
     Cancelled,
@@ -54,13 +57,14 @@ from llmd.errors import (
     UnknownBlueprint,
 )
 from llmd.health.monitor import HealthMonitor
-from llmd.jobs.records import JobRecord, RunParams, RunResult
+from llmd.jobs.job import Job, new_job_id
+from llmd.jobs.records import RunParams, RunResult
 from llmd.jobs.retry import Backoff
-from llmd.jobs.state import FINAL_STATES, INITIAL_STATE, JobState, advance, can_follow
-from llmd.jobs.store import JobRow, JobStore, ProcGroup
-from llmd.parsers import Event, ParseResult, Signal, TextDelta, make_parser
+from llmd.jobs.state import FINAL_STATES, JobState, advance, can_follow
+from llmd.jobs.store import JobStore, ProcGroup
+from llmd.parsers import ParseResult
 from llmd.parsers.jsonextract import extract_json
-from llmd.parsers.ratelimit import Verdict, classify
+from llmd.parsers.ratelimit import classify
 from llmd.process import argv as argv_mod
 from llmd.process import procs
 from llmd.process.supervisor import Attempt, Stream, describe_exit
@@ -72,85 +76,10 @@ if sys.version_info < (3, 11):  # pragma: no cover - 3.10 only
 
 log = logging.getLogger("llmd.jobs")
 
-EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 KEEP_FINISHED = 1000
 KEEP_RESULT_CHARS = 16 << 20
-# Spawn failures that say the daemon, not the CLI, ran out of something.
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
 # How long a final llm.state may wait for a client that does not read.
 FINAL_NOTICE_LIMIT = 1.0
-
-
-def new_job_id() -> str:
-    """A job id that sorts by creation time."""
-    return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(3)}"
-
-
-class Job:
-    """One run, from request to final state."""
-
-    def __init__(self, job_id: str, params: RunParams, deadline: float, *,
-                 bp: Blueprint | None = None, timeout: float = 0.0,
-                 rate_limit_res: tuple[re.Pattern[str], ...] = ()) -> None:
-        self.id = job_id
-        self.params = params
-        self.blueprint = params.blueprint
-        # Resolved once, at admission: a reload never changes a job under way.
-        self.bp = bp
-        self.timeout = timeout
-        self.rate_limit_res = rate_limit_res
-        self.deadline = deadline
-        self.state: JobState = INITIAL_STATE
-        self.created_at = utc_now()
-        self.started_at: str | None = None
-        self.finished_at: str | None = None
-        self.attempts = 0
-        self.result: RunResult | None = None
-        self.error: LlmdError | None = None
-        self.scope = trio.CancelScope(deadline=deadline)
-        self.cancel_requested = False
-        self.cancel_reason = "cancelled by llm.cancel"
-        self.finished = trio.Event()
-        self.listeners: list[EventSink] = []
-        self.pids: list[int] = []
-        self.in_queue = True
-        self.history: list[tuple[JobState, str]] = [(self.state, self.created_at)]
-        self.groups: list[ProcGroup] = []
-        self.requested: str | None = None
-        self.fallback_reason: str | None = None
-        self.seq = 0
-        self.streamed_stdout = False
-        self.attempt: Attempt | None = None
-        self.stored = False
-        """Whether the final record is committed to the store."""
-        self.detached = False
-        self.durable = trio.Event()
-        """Set once a detached job's record can be found after a crash (see the module)."""
-        self.streamed_chars = 0
-        """Characters of the current attempt's stdout streamed so far."""
-
-    def row(self) -> JobRow:
-        """A snapshot for the store (fresh tuples: the store may write it later)."""
-        error = self.error.to_wire() if self.error is not None else None
-        exit_code = (self.result.exit_code if self.result is not None
-                     else self.error.data.get("exit_code") if self.error is not None else None)
-        return JobRow(job=self.id, blueprint=self.blueprint, state=self.state,
-                      created_at=self.created_at, started_at=self.started_at,
-                      finished_at=self.finished_at, attempts=self.attempts,
-                      request=msgspec.structs.asdict(self.params), exit_code=exit_code,
-                      result=self.result, error=error, history=tuple(self.history),
-                      groups=tuple(self.groups))
-
-    def record(self, *, with_text: bool = True) -> JobRecord:
-        """The job as ``jobs.get`` shows it."""
-        result = self.result
-        if result is not None and not with_text:
-            result = RunResult(**{**{f: getattr(result, f) for f in result.__struct_fields__},
-                                  "text": "", "output": ""})
-        return JobRecord(job=self.id, blueprint=self.blueprint, state=self.state,
-                         created_at=self.created_at, started_at=self.started_at,
-                         finished_at=self.finished_at, attempts=self.attempts, result=result,
-                         error=self.error.to_wire() if self.error is not None else None)
 
 
 class JobManager:
@@ -521,7 +450,8 @@ class JobManager:
         for job_id in gone:
             del self.jobs[job_id]
 
-    def _error_data(self, job: Job, bp: Blueprint | None, attempt: Attempt | None = None,
+    def _error_data(self, job: Job, bp: Blueprint | None,
+                    attempt: AttemptProcess | None = None,
                     **extra: Any) -> dict[str, Any]:
         data: dict[str, Any] = {"job": job.id, "blueprint": job.blueprint,
                                 "attempts": job.attempts}
@@ -575,7 +505,8 @@ class JobManager:
         while True:
             job.attempts += 1
             await self._set_state(job, "running")
-            attempt, parsed, verdict = await self._one_attempt(job, bp, inv, env)
+            outcome = await self._one_attempt(job, bp, inv, env)
+            attempt, parsed, verdict = outcome.process, outcome.parsed, outcome.verdict
             if verdict is None:
                 verdict = classify(attempt.exit_code, attempt.stdout[-65536:],
                                    attempt.stderr_tail, patterns, parsed.error)
@@ -607,93 +538,29 @@ class JobManager:
                                   restart_output=restart)
             await trio.sleep(delay)
 
-    async def _forward(self, job: Job, stream: Stream, events: list[Event],
-                       early: list[Verdict], scope: trio.CancelScope) -> None:
-        for event in events:
-            if isinstance(event, Signal):
-                if event.verdict.kind != "ok" and not early:
-                    # The CLI would retry internally for minutes; the retry policy is ours.
-                    early.append(event.verdict)
-                    scope.cancel()
-                continue
-            if job.listeners and event.text:
-                text = event.text
-                if stream == "stdout":
-                    # The stream stops where the kept text does (max_output_bytes).
-                    room = self._stream_room(job)
-                    if len(text) > room:
-                        text = text[:room]
-                        if not text:
-                            continue
-                    job.streamed_chars += len(text)
-                    job.streamed_stdout = True
-                payload = {"job": job.id, "seq": job.seq, "stream": stream, "text": text}
-                job.seq += 1
-                await self._publish(job, "llm.output", payload)
-
-    def _stream_room(self, job: Job) -> int:
-        """How many more characters of stdout may stream in this attempt."""
-        attempt, bp = job.attempt, job.bp
-        if attempt is None or bp is None:
-            return 0
-        if bp.parser == "text":
-            if not attempt.truncated:
-                return 1 << 62  # everything so far is kept
-            return attempt.kept_chars - job.streamed_chars
-        return bp.max_output_bytes - job.streamed_chars
+    def _driver(self, job: Job) -> Driver:
+        """How this job's attempts are carried out: a process each, today."""
+        return OneShot(self.attempt_factory)
 
     async def _one_attempt(self, job: Job, bp: Blueprint, inv: argv_mod.Invocation,
-                           env: dict[str, str]) -> tuple[Attempt, ParseResult, Verdict | None]:
-        parser = make_parser(bp.parser)
-        early: list[Verdict] = []
-        scope = trio.CancelScope()
+                           env: dict[str, str]) -> Outcome:
+        attempt = self._driver(job).attempt(AttemptSpec(
+            blueprint=job.blueprint, bp=bp, invocation=inv, env=env, cwd=job.params.cwd,
+            on_spawn=lambda pid: self._spawned(job, pid)))
+        job.attempt = attempt.process
 
-        # Plain text needs no parsing, and its answer is the kept stdout itself.
-        plain = bp.parser == "text"
+        async def on_text(stream: Stream, text: str) -> None:
+            if not job.listeners:
+                return
+            if stream == "stdout":
+                job.streamed_stdout = True
+            payload = {"job": job.id, "seq": job.seq, "stream": stream, "text": text}
+            job.seq += 1
+            await self._publish(job, "llm.output", payload)
 
-        async def on_output(stream: Stream, text: str) -> None:
-            events: list[Event]
-            if stream == "stderr":
-                # Some CLIs tell of their internal retries on stderr only (gemini).
-                events = [TextDelta(text), *parser.feed_stderr(text)]
-            elif plain:
-                events = [TextDelta(text)]
-            else:
-                events = parser.feed(text)
-            await self._forward(job, stream, events, early, scope)
+        return await attempt.run(on_text)
 
-        attempt = self.attempt_factory(
-            inv, env=env, cwd=job.params.cwd, max_output_bytes=bp.max_output_bytes,
-            kill_grace=bp.kill_grace, on_output=on_output,
-            on_spawn=lambda pid: self._spawned(job, pid))
-        job.attempt = attempt
-        job.streamed_chars = 0
-        with scope:
-            try:
-                await attempt.run()
-            except OSError as exc:
-                cwd = job.params.cwd
-                if cwd is not None and not os.path.isdir(cwd):
-                    # Checked at admission; gone while the job waited.
-                    raise InvalidParams(f"cwd {cwd!r} does not exist any more",
-                                        {"blueprint": job.blueprint, "cwd": cwd}) from None
-                if exc.errno in _OUT_OF_RESOURCES:
-                    raise Busy(f"llmd cannot start {job.blueprint!r} now: {exc.strerror}; "
-                               "try again later", {"blueprint": job.blueprint}) from None
-                raise ExecutableMissing(
-                    f"{job.blueprint!r}: cannot run {inv.argv[0]!r}: {exc.strerror or exc}",
-                    {"blueprint": job.blueprint, "executable": inv.argv[0]}) from None
-        events, parsed = parser.finish()
-        if plain:
-            parsed.text = attempt.stdout
-        elif len(parsed.text) > bp.max_output_bytes:
-            parsed.text = parsed.text[:bp.max_output_bytes]
-            attempt.truncated = True
-        if not early:
-            await self._forward(job, "stdout", events, early, scope)
-        return attempt, parsed, (early[0] if early else None)
-
-    def _result(self, job: Job, attempt: Attempt, parsed: ParseResult,
+    def _result(self, job: Job, attempt: AttemptProcess, parsed: ParseResult,
                 duration: float) -> RunResult:
         text = parsed.text
         value: Any = None

@@ -1,0 +1,101 @@
+"""Drivers: how one attempt of a run talks to a CLI.
+
+The job manager decides what runs, when, how often and until when (admission, the queue,
+retries, deadlines, records); a driver carries out one attempt: it starts the CLI, streams
+its parsed text as it comes, can be cancelled, and ends with an :class:`Outcome`. Today
+there is one way, :mod:`llmd.drivers.oneshot` (a process per attempt); a driver that hands
+the prompt to a CLI started ahead of need fits the same interface.
+
+Invariants:
+- Whatever the driver, an attempt's children live in process groups of their own that a
+  cancellation kills (the supervisor's guarantee), and a rate-limit signal in the output
+  ends the attempt at once with its verdict: the retry policy is the manager's, never the
+  CLI's.
+- The text a driver streams is the text the outcome keeps: streaming stops where the kept
+  output stops (``max_output_bytes``).
+- A driver raises only errors of the family (:mod:`llmd.errors`) for a spawn that fails,
+  and ``trio.Cancelled`` when its scope is cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from llmd.config import Blueprint
+from llmd.parsers import ParseResult
+from llmd.parsers.ratelimit import Verdict
+from llmd.process.argv import Invocation
+from llmd.process.supervisor import Stream
+
+TextSink = Callable[[Stream, str], Awaitable[None]]
+"""Where an attempt's text goes as it comes: ``await sink(stream, text)``."""
+
+
+class AttemptProcess(Protocol):
+    """What is known of an attempt's CLI while it runs and once it has ended."""
+
+    exit_code: int | None
+    stderr_tail: str
+    truncated: bool
+    duration: float
+
+    @property
+    def stdout(self) -> str:
+        """The stdout kept so far (up to ``max_output_bytes``)."""
+
+
+@dataclass(frozen=True)
+class AttemptSpec:
+    """One attempt, as the job manager asks for it.
+
+    Attributes:
+        blueprint: The blueprint's name (for messages and error data).
+        bp: The blueprint (its parser, output cap and kill grace).
+        invocation: The argv (its program found on the PATH) and stdin.
+        env: The child's environment.
+        cwd: The child's working directory (None: the daemon's).
+        on_spawn: Told the pid of each child spawned (its process group's id).
+    """
+
+    blueprint: str
+    bp: Blueprint
+    invocation: Invocation
+    env: Mapping[str, str]
+    cwd: str | None
+    on_spawn: Callable[[int], None]
+
+
+@dataclass
+class Outcome:
+    """How an attempt ended.
+
+    Attributes:
+        process: The CLI's exit status, kept output and stderr.
+        parsed: What its output said (the answer's text, session, usage...).
+        verdict: A rate limit or failure signalled in the output, which ended the attempt
+            early; None when the attempt ran to its end (the manager classifies it then).
+    """
+
+    process: AttemptProcess
+    parsed: ParseResult
+    verdict: Verdict | None
+
+
+class RunningAttempt(Protocol):
+    """One attempt, made by a driver and run once."""
+
+    @property
+    def process(self) -> AttemptProcess:
+        """The CLI of this attempt (readable while it runs, e.g. after a timeout)."""
+
+    async def run(self, on_text: TextSink) -> Outcome:
+        """Run the attempt to its end, streaming its text to ``on_text``."""
+
+
+class Driver(Protocol):
+    """A way of carrying out attempts."""
+
+    def attempt(self, spec: AttemptSpec) -> RunningAttempt:
+        """Prepare one attempt (nothing is started before :meth:`RunningAttempt.run`)."""
