@@ -64,7 +64,6 @@ class Job:
         self.cancel_reason = "cancelled by llm.cancel"
         self.finished = trio.Event()
         self.listeners: list[EventSink] = []
-        self.pids: list[int] = []
         self.in_queue = True
         self.history: list[tuple[JobState, str]] = [(self.state, self.created_at)]
         self.groups: list[ProcGroup] = []

@@ -368,7 +368,6 @@ class JobManager:
         return route if route.swapped else None
 
     def _spawned(self, job: Job, pid: int) -> None:
-        job.pids.append(pid)
         started = procs.process_start_time(pid)
         if started is not None:
             # Recorded so that a restarted daemon can kill what a crashed one left.

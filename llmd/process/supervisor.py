@@ -93,8 +93,6 @@ class Attempt:
         self.kept_chars = 0
         """Characters of stdout kept so far (a prefix of what was streamed)."""
         self.stderr_tail = ""
-        self.escaped = False
-        self.killed = False
         self.started = 0.0
         self.duration = 0.0
 
@@ -147,7 +145,6 @@ class Attempt:
                     await out_done.wait()
                     await err_done.wait()
                 if not (out_done.is_set() and err_done.is_set()):
-                    self.escaped = True
                     log.warning("pid %d: a process outside its group still holds its output "
                                 "pipes; it escaped the process group", proc.pid)
                     nursery.cancel_scope.cancel()
@@ -178,7 +175,6 @@ class Attempt:
 
     async def _terminate(self, proc: trio.Process, pidfd: int) -> None:
         """SIGTERM the group, give it the grace period, then SIGKILL it."""
-        self.killed = True
         self._signal_group(signal.SIGTERM)
         with trio.move_on_after(self.kill_grace):
             await self._leader_exited(proc, pidfd)

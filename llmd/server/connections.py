@@ -37,11 +37,10 @@ HALF_CLOSE_POLL = 0.2
 class Connection(Session):
     """Per-connection state, shared by the requests running on it."""
 
-    def __init__(self, stream: trio.SocketStream, framer: Framer, number: int) -> None:
+    def __init__(self, stream: trio.SocketStream, framer: Framer) -> None:
         super().__init__()
         self.stream = stream
         self.framer = framer
-        self.number = number
         self.send_lock = trio.Lock()
         self.closed = False
 
@@ -126,7 +125,7 @@ class Server:
         with contextlib.suppress(OSError):
             # Room for a large chunk of streamed output per send: fewer round trips.
             stream.socket.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, SEND_BUFFER)
-        conn = Connection(stream, Framer(self.max_message), number)
+        conn = Connection(stream, Framer(self.max_message))
         self.connections.add(conn)
         try:
             await self._serve(conn)
