@@ -1,4 +1,4 @@
-"""Tests for llmd.framing: both framings, every split, limits, resynchronisation."""
+"""Tests for llmd.protocol.framing: both framings, every split, limits, resynchronisation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for llmd.rpc: the JSON-RPC 2.0 specification's examples, cancellation, robustness."""
+"""Tests for the JSON-RPC codec and dispatcher (llmd.protocol.jsonrpc, llmd.server.dispatch):
+the JSON-RPC 2.0 specification's examples, cancellation, robustness."""
 
 from __future__ import annotations
 
