@@ -80,11 +80,17 @@ class OneShotAttempt:
         """
         self._on_text = on_text
         spec, process = self.spec, self._process
-        with self._scope:
-            try:
-                await process.run()
-            except OSError as exc:
-                raise _spawn_failure(spec, exc) from None
+        try:
+            with self._scope:
+                try:
+                    await process.run()
+                except OSError as exc:
+                    raise _spawn_failure(spec, exc) from None
+        finally:
+            # The process and this attempt refer to each other (its on_output is ours): cut
+            # that, so that what it kept goes when the job lets go of it, not at a later
+            # garbage collection.
+            process.on_output = None
         events, parsed = self._parser.finish()
         if self._plain:
             parsed.text = process.stdout
