@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from tests.conftest import DaemonHandle
-from tests.harness import start_daemon
+from tests.harness import llmc, start_daemon
 from tests.mockllm import ANSWER, MockLLM, Request
 from tests.test_real_clis import (
     FAST,
@@ -136,6 +136,10 @@ async def test_second_run_is_served_warm_and_streams(daemon_factory: Any,
         assert first.result["warm"] is False and first.result["text"] == ANSWER
         info = await until_idle(d)
         assert info["processes"] == 1 and info["busy"] == 0 and info["rss_mb"] > 0
+        shown = (await llmc(d, "info")).stdout.decode()
+        assert "warm.processes: 1\n" in shown and "warm.idle: 1\n" in shown
+        status = (await llmc(d, "status")).stdout.decode()
+        assert "warm: 1 process (1 idle, 0 busy, " in status
         world.mock.gate("claude")
         second = await run(d, world, "claude", SECOND, stream=True, release=True)
         result = second.result
