@@ -60,7 +60,6 @@ STDERR_TAIL_CHARS = 16384
 # How long a killed group may take to go, beyond its kill grace.
 KILL_LIMIT = 2.0
 _LINE_START = '{"type":"'
-_RESULT_START = '{"type":"result"'
 
 
 def warm_key(spec: AttemptSpec) -> WarmKey | None:
@@ -232,16 +231,20 @@ class WarmPool:
         registry: The registry in force (see :meth:`set_registry`).
         groups_file: Where the live process groups are written for crash recovery
             (None: nowhere).
-        clock: The time the policy sees (tests may pass trio's).
+        clock: The time the policy sees.
+        process_factory: Makes a warm process, called like :class:`WarmProcess` (tests
+            swap in a scripted stand-in).
     """
 
     def __init__(self, registry: Registry, groups_file: Path | None = None, *,
-                 clock: Callable[[], float] = trio.current_time) -> None:
+                 clock: Callable[[], float] = trio.current_time,
+                 process_factory: Callable[..., WarmProcess] | None = None) -> None:
         self.core = PoolCore(registry.daemon.warm_max, _limits(registry))
         self.groups_file = groups_file
         self.clock = clock
         self.blueprints = dict(registry.blueprints)
         self.processes: dict[int, WarmProcess] = {}
+        self.process_factory = process_factory or WarmProcess
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
 
@@ -314,7 +317,7 @@ class WarmPool:
         for victim in evicted:
             log.debug("warm process of %s evicted", victim.key.blueprint)
             self._end(victim)
-        process = WarmProcess(slot, bp, self._gone)
+        process = self.process_factory(slot, bp, self._gone)
         self.processes[slot.id] = process
         self._nursery.start_soon(self._keep, key, process)
         self._wake.set()
@@ -331,6 +334,7 @@ class WarmPool:
         if not self.core.started(process.slot, self.clock()):
             process.kill()  # dropped while it started
         self._write_groups()
+        self._wake.set()  # its idle_ttl counts from now
 
     def _gone(self, process: WarmProcess) -> None:
         self.core.remove(process.slot)
@@ -410,6 +414,20 @@ def kill_leftovers(groups_file: Path) -> int:
         log.info("killed %d processes of warm process groups left by a previous llmd",
                  killed)
     return killed
+
+
+def _line_type(line: str) -> str | None:
+    """The ``type`` of a stream-json line; None when it is not one (off the protocol)."""
+    if line.startswith(_LINE_START):
+        end = line.find('"', len(_LINE_START), len(_LINE_START) + 64)
+        if end > 0:
+            return line[len(_LINE_START):end]
+    try:
+        event = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    kind = event.get("type") if isinstance(event, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _limits(registry: Registry) -> dict[str, Limits]:
@@ -628,7 +646,8 @@ class _Turn:
                 for line in lines.feed(text):
                     if not line.strip():
                         continue
-                    if not line.startswith(_LINE_START):
+                    kind = _line_type(line)
+                    if kind is None:
                         if not self._streamed:
                             self.failure = "printed something that is not stream-json"
                             return None
@@ -636,7 +655,7 @@ class _Turn:
                         break
                     self._keep(line + "\n")
                     await self._forward(parser.feed(line + "\n"), on_text)
-                    if line.startswith(_RESULT_START) or self._early is not None:
+                    if kind == "result" or self._early is not None:
                         answered = self._early is None
                         break
         finally:
