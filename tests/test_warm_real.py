@@ -135,7 +135,11 @@ async def test_second_run_is_served_warm_and_streams(daemon_factory: Any,
         first = await run(d, world, "claude", FIRST)
         assert first.result["warm"] is False and first.result["text"] == ANSWER
         info = await until_idle(d)
-        assert info["processes"] == 1 and info["busy"] == 0 and info["rss_mb"] > 0
+        assert info["processes"] == 1 and info["busy"] == 0
+        # The memory it holds shows once it has loaded (a moment on a busy machine).
+        with trio.fail_after(30):
+            while (await warm_info(d))["rss_mb"] < 20:
+                await trio.sleep(0.1)
         shown = (await llmc(d, "info")).stdout.decode()
         assert "warm.processes: 1\n" in shown and "warm.idle: 1\n" in shown
         status = (await llmc(d, "status")).stdout.decode()
