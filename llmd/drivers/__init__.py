@@ -3,8 +3,8 @@
 The job manager decides what runs, when, how often and until when (admission, the queue,
 retries, deadlines, records); a driver carries out one attempt: it starts the CLI, streams
 its parsed text as it comes, can be cancelled, and ends with an :class:`Outcome`. Health
-probes are attempts too, carried out by the one-shot driver. Today
-there are two: :mod:`llmd.drivers.oneshot` (a process per attempt) and
+probes are attempts too, carried out by the one-shot driver. There are two drivers:
+:mod:`llmd.drivers.oneshot` (a process per attempt) and
 :mod:`llmd.drivers.warm` (the prompt handed to a CLI started ahead of need, one-shot when
 none is ready; its policy is :mod:`llmd.drivers.pool`).
 
