@@ -622,10 +622,15 @@ class _Turn:
         prompt = (spec.invocation.stdin or b"").decode("utf-8", "surrogatepass")
         if process.pid is not None:
             spec.on_spawn(process.pid)
-        try:
-            await process.send(user_line(prompt))
-        except (trio.BrokenResourceError, OSError):
-            self.failure = "was gone"
+        # A process that does not read its stdin is hung as surely as a silent one.
+        with trio.move_on_after(HANDOFF_TIMEOUT) as handoff:
+            try:
+                await process.send(user_line(prompt))
+            except (trio.BrokenResourceError, OSError):
+                self.failure = "was gone"
+                return None
+        if handoff.cancelled_caught:
+            self.failure = f"did not read the prompt within {HANDOFF_TIMEOUT:g} s"
             return None
         answered = False
         ended = False
