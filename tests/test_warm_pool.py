@@ -384,3 +384,28 @@ async def test_a_reload_that_changes_the_blueprint_ends_its_processes(
         with trio.fail_after(5):
             await Scripted.made[0].dead.wait()
         assert jm.warm.core.counts()["processes"] == 0
+
+
+def error_result(n: int) -> list[str | None]:
+    return [json.dumps({"type": "result", "subtype": "success", "is_error": True,
+                        "result": "Invalid API key", "session_id": "S",
+                        "total_cost_usd": 0}) + "\n"]
+
+
+async def test_a_failed_turn_ends_the_process_and_the_run_fails_as_one_shot_would(
+        autojump_clock: Any) -> None:
+    from llmd.errors import CliFailed  # noqa: PLC0415
+
+    async with serving(4, error_result) as (jm, oneshot):
+        jm.prewarm("claude")
+        await until_idle(jm)
+        try:
+            await run(jm)
+        except CliFailed as exc:
+            assert exc.code == -32005
+        else:
+            raise AssertionError("the run succeeded")
+        with trio.fail_after(5):
+            await Scripted.made[0].dead.wait()
+        # Not replaced after a failure: the next run goes one-shot.
+        assert len(Scripted.made) == 1 and oneshot.started == []

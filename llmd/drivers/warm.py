@@ -491,7 +491,8 @@ class WarmAttempt:
             attempt: OneShotAttempt = self.oneshot.attempt(self.spec)
             self._current = attempt.process
             outcome = await attempt.run(on_text)
-        if key is not None and outcome.verdict is None and outcome.process.exit_code == 0:
+        if (key is not None and outcome.verdict is None and outcome.process.exit_code == 0
+                and not outcome.parsed.error):
             self.pool.replenish(key)
         return outcome
 
@@ -510,7 +511,8 @@ class WarmAttempt:
             self.pool.discard(process)
             await process.kill_and_wait()
             return None
-        if outcome.verdict is not None or turn.exit_code != 0:
+        if outcome.verdict is not None or turn.exit_code != 0 or outcome.parsed.error:
+            # A failed turn leaves a conversation no later run should continue here.
             self.pool.discard(process)
             await process.kill_and_wait()
         else:
