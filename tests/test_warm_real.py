@@ -308,3 +308,25 @@ async def test_prewarm_then_sigkilled_daemon_leaves_nothing(daemon_factory: Any,
             await until(lambda: not warm_pids(world), "the orphan warm processes killed")
         finally:
             await again.aclose()
+
+
+async def test_reload_and_sigterm_kill_warm_processes(daemon_factory: Any,
+                                                      world: World) -> None:
+    with trio.fail_after(TEST_LIMIT):
+        d = await start(daemon_factory, world)
+        await run(d, world, "claude")
+        await until_idle(d)
+        [pid] = warm_pids(world)
+        # A reload that changes the blueprint: its warm process is not used again.
+        d.config.write_text(registry(world, idle_ttl=300))
+        client = await d.connect()
+        assert "result" in await client.call("daemon.reload")
+        await until(lambda: pid not in warm_pids(world), "the process of the old blueprint")
+        await run(d, world, "claude")
+        await until_idle(d)
+        pids = warm_pids(world)
+        assert len(pids) == 1
+        for one in pids:
+            os.kill(one, signal.SIGSTOP)  # only the daemon's kill can end it now
+        assert await d.stop(signal.SIGTERM) == 0
+        await until(lambda: not warm_pids(world), "the warm processes killed on SIGTERM")
