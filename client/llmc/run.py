@@ -114,6 +114,12 @@ def run_params(args: argparse.Namespace, prompt: str, notify: bool = False) -> d
         params["session"] = args.session
     if args.detach:
         params["detach"] = True
+    if args.isolate or args.base is not None or args.edit:
+        params["isolate"] = "worktree"
+    if args.base is not None:
+        params["base"] = args.base
+    if args.edit:
+        params["edit"] = True
     return params
 
 
