@@ -356,3 +356,52 @@ async def test_git_never_sees_the_daemons_git_variables(short_tmp: Path) -> None
                                                       "GIT_OPTIONAL_LOCKS",
                                                       "GIT_CONFIG_NOSYSTEM")
                    for k in git_env(trees.environ))
+
+
+async def test_llmc_run_isolate_and_the_mark_in_llmc_jobs(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
+    repo = make_repo(short_tmp / "repo")
+    d, client = await start(daemon_factory, fake_bin)
+    with trio.fail_after(60):
+        started = await llmc(d, "run", "cwd", "x", "--isolate", "--edit", "--detach",
+                             cwd=str(repo / "."))
+        assert started.returncode == 0, started.stderr
+        job = started.stdout.decode().strip()
+        record = (await client.call("jobs.get", {"job": job, "wait": True}))["result"]
+        assert record["result"]["text"] == record["worktree"]["path"]
+        listed = await llmc(d, "jobs")
+        assert "succeeded*" in listed.stdout.decode()
+        assert "* unapplied" in listed.stdout.decode()
+        refused = await llmc(d, "run", "cwd", "x", "--isolate", cwd=str(short_tmp))
+        assert refused.returncode == 2 and b"git work tree" in refused.stderr
+        unsafe = await llmc(d, "run", "cwd", "x", "--edit", cwd=str(repo))
+        assert unsafe.returncode == 2 and b"--isolate" in unsafe.stderr
+        empty = await llmc(d, "diff", job)
+        assert empty.stdout == f"job {job} changed nothing\n".encode()
+        gone = await llmc(d, "discard", job)
+        assert gone.returncode == 0
+        listed = await llmc(d, "jobs", "--unapplied")
+        assert listed.stdout == b"no jobs\n"
+
+
+async def test_a_blueprint_may_isolate_by_default(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
+    repo = make_repo(short_tmp / "repo")
+    _, client = await start(daemon_factory, fake_bin, isolate="worktree")
+    with trio.fail_after(60):
+        isolated = (await client.call("llm.run", {"blueprint": "edit", "prompt": "new\n",
+                                                  "cwd": str(repo)}))["result"]
+        shared = (await client.call("llm.run", {"blueprint": "edit", "prompt": "new\n",
+                                                "cwd": str(repo), "isolate": "none"}))
+    assert isolated["worktree"]["changed_files"] == 1
+    assert (repo / "a.txt").read_text() == "new\n"  # isolate "none": the checkout itself
+    assert shared["result"]["worktree"] is None
+
+
+def test_the_mcp_tools_pass_isolate_base_and_edit() -> None:
+    from llmc.mcp.tools import run_params  # noqa: PLC0415 - the client's own package
+
+    params = run_params({"blueprint": "claude", "prompt": "p", "isolate": "worktree",
+                         "base": "working-tree", "edit": True}, "/tmp")
+    assert params["isolate"] == "worktree" and params["base"] == "working-tree"
+    assert params["edit"] is True
