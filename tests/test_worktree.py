@@ -405,3 +405,36 @@ def test_the_mcp_tools_pass_isolate_base_and_edit() -> None:
                          "base": "working-tree", "edit": True}, "/tmp")
     assert params["isolate"] == "worktree" and params["base"] == "working-tree"
     assert params["edit"] is True
+
+
+async def test_the_worktree_methods_answer_the_documented_shapes(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
+    from tests.test_contract import different, keys_in, method_rows  # noqa: PLC0415
+
+    repo = make_repo(short_tmp / "repo")
+    _, client = await start(daemon_factory, fake_bin)
+    rows = method_rows()
+    with trio.fail_after(60):
+        one = (await run(client, repo, "changed\n"))["result"]["job"]
+        two = (await run(client, repo, "changed\n"))["result"]["job"]
+        answers = {"jobs.diff": await client.call("jobs.diff", {"job": one}),
+                   "jobs.apply": await client.call("jobs.apply", {"job": one}),
+                   "jobs.discard": await client.call("jobs.discard", {"job": two})}
+    for method, reply in answers.items():
+        documented = keys_in(rows[method][1], top=True)
+        assert not different(set(reply["result"]), documented), method
+    worktree = keys_in(DOC_WORKTREE)
+    assert not different(set(answers["jobs.diff"]["result"]["worktree"]), worktree)
+
+
+DOC_WORKTREE = Path(__file__).resolve().parent.parent.joinpath("docs", "API.md").read_text(
+).split("### Worktrees", 1)[1].split("###", 1)[0]
+
+
+def test_a_diff_is_coloured_line_by_line() -> None:
+    from llmc.worktree import colour  # noqa: PLC0415 - the client's own package
+
+    shown = colour("diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-old\n+new\n ctx\n")
+    assert shown.splitlines() == [
+        "\x1b[1mdiff --git a/x b/x\x1b[0m", "\x1b[1m--- a/x\x1b[0m", "\x1b[1m+++ b/x\x1b[0m",
+        "\x1b[36m@@ -1 +1 @@\x1b[0m", "\x1b[31m-old\x1b[0m", "\x1b[32m+new\x1b[0m", " ctx"]

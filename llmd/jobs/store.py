@@ -267,9 +267,8 @@ class JobStore:
 
     async def has(self, job_id: str) -> bool:
         """Whether the store holds a record of ``job_id`` (True when it cannot tell)."""
-        if not self.available:
-            return True
-        return await self.get(job_id) is not None
+        found = await self.get(job_id) is not None
+        return found or not self.available  # a failed read says nothing
 
     async def list(self, state: JobState | None = None, limit: int = 50) -> list[JobRecord]:
         """Records newest first, optionally of one state; results without text and output."""

@@ -71,8 +71,7 @@ def git_env(environ: Mapping[str, str], **extra: str) -> dict[str, str]:
     ``GIT_*`` but ``extra``, no pager, no prompt for credentials."""
     env = {key: environ[key] for key in _KEEP if key in environ}
     env.setdefault("PATH", os.defpath)
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_PAGER="cat", GIT_OPTIONAL_LOCKS="0",
-               GIT_CONFIG_NOSYSTEM="1", LC_ALL="C")
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_PAGER="cat", GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
     env.update(extra)
     return env
 
@@ -211,20 +210,22 @@ class Worktrees:
         path = self.root / job
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".base-") as scratch:
             commit = await self._base(top, base, Path(scratch))
+        run_cwd = path / prefix if prefix else path
+        sidecar = Sidecar(job=job, info=WorktreeInfo(path=str(path), base=commit),
+                          checkout=top, common_dir=common, cwd=str(run_cwd),
+                          created_at=time.time())
+        # Written first: a crash during the add still leaves what recovery needs to know.
+        self._save(sidecar)
         async with self._lock(common):
             try:
                 # --no-checkout then a checkout would be two passes; one add is the fastest.
                 await self._git(["worktree", "add", "--detach", "--quiet", "--", str(path),
                                  commit], top)
             except GitFailed as exc:
+                self._forget(job)
                 raise InvalidParams(f"git worktree add failed: {_first_line(exc)}",
                                     {"cwd": cwd}) from None
-        run_cwd = path / prefix if prefix else path
         run_cwd.mkdir(parents=True, exist_ok=True)  # a subdirectory the base lacks
-        sidecar = Sidecar(job=job, info=WorktreeInfo(path=str(path), base=commit),
-                          checkout=top, common_dir=common, cwd=str(run_cwd),
-                          created_at=time.time())
-        self._save(sidecar)
         log.info("job %s: worktree %s at %s", job, path, commit[:12])
         return sidecar
 
@@ -470,10 +471,13 @@ class Worktrees:
                 log.warning("job %s's record was pruned: removing its worktree %s (%s)",
                             sidecar.job, sidecar.info.path, sidecar.info.status)
                 await self.remove(sidecar.job)
-            del self.sidecars[sidecar.job]
-            self._concluded.pop(sidecar.job, None)
-            (self.root / f"{sidecar.job}.json").unlink(missing_ok=True)
+            self._forget(sidecar.job)
         return len(gone)
+
+    def _forget(self, job: str) -> None:
+        self.sidecars.pop(job, None)
+        self._concluded.pop(job, None)
+        (self.root / f"{job}.json").unlink(missing_ok=True)
 
 
 async def tend(worktrees: Worktrees, exists: Callable[[str], Awaitable[bool]], *,
