@@ -242,12 +242,17 @@ async def test_apply_merges_around_other_changes_of_the_checkout(
     _, client = await start(daemon_factory, fake_bin)
     with trio.fail_after(60):
         job = (await run(client, repo, lines.replace("2\n", "two\n", 1)))["result"]
-        # Meanwhile the user edits the far end of the same file, and adds a binary file.
+        other = (await run(client, repo, lines.replace("10\n", "ten\n", 1)))["result"]
+        # Meanwhile the user edits the far end of the same file.
         (repo / "a.txt").write_text(lines.replace("18\n", "eighteen\n"))
         applied = await client.call("jobs.apply", {"job": job["job"]})
-        assert applied["result"]["applied"] is True
+        assert applied["result"]["applied"] is True, applied
+        assert applied["result"]["overlapping"] == {}
+        # The second job changed the same file: it merges, and the answer says so.
+        second = (await client.call("jobs.apply", {"job": other["job"]}))["result"]
+        assert second["overlapping"] == {"a.txt": job["job"]}
     assert (repo / "a.txt").read_text() == lines.replace("2\n", "two\n", 1).replace(
-        "18\n", "eighteen\n")
+        "10\n", "ten\n", 1).replace("18\n", "eighteen\n")
 
 
 async def test_a_binary_file_is_named_in_the_diff_and_applied_whole(
