@@ -155,7 +155,7 @@ async def test_the_cwd_must_be_a_git_work_tree(
             assert reply["error"]["code"] == -32602, reply
             assert "git work tree" in reply["error"]["message"]
             assert words in reply["error"]["message"]
-        bad = await run(client, repo, "x", base="no-such-ref")
+        bad = await run(client, repo, "x", base="no-such-ref", detach=True)
         assert bad["error"]["code"] == -32602 and "no-such-ref" in bad["error"]["message"]
 
 

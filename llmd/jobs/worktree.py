@@ -146,6 +146,17 @@ class Worktrees:
             raise refused("not (git said nothing of it)")
         return lines[1], lines[2], lines[3].rstrip("/")
 
+    async def check(self, cwd: str, base: str | None) -> None:
+        """Refuse now what :meth:`create` would refuse later: a ``cwd`` outside a git work
+        tree, a ``base`` that names no commit.
+
+        Raises:
+            InvalidParams: Saying which.
+        """
+        top, _, _ = await self.locate(cwd)
+        if base not in (None, "head", "working-tree"):
+            await self._base(top, base, self.root)  # a ref: only resolved, nothing written
+
     async def _base(self, top: str, base: str, scratch: Path) -> str:
         """The commit a worktree starts from (see API.md ``base``)."""
         if base == "head":

@@ -131,7 +131,7 @@ def build(context: MethodContext) -> list[Method]:
     async def llm_run(params: RunParams, ctx: CallContext) -> RunResult | dict[str, Any]:
         if worktrees is not None and params.cwd is not None and manager.isolated(params):
             # Refused now (-32602), not after the job is queued or detached.
-            await worktrees.locate(params.cwd)
+            await worktrees.check(params.cwd, params.base)
         job = manager.submit(params)
         if params.detach:
             manager.start_detached(job)
