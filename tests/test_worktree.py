@@ -375,8 +375,15 @@ async def test_llmc_run_isolate_and_the_mark_in_llmc_jobs(
         record = (await client.call("jobs.get", {"job": job, "wait": True}))["result"]
         assert record["result"]["text"] == record["worktree"]["path"]
         listed = await llmc(d, "jobs")
+        assert "*" not in listed.stdout.decode()  # nothing changed, nothing to apply
+        edited = await llmc(d, "run", "edit", "new", "--isolate", cwd=str(repo))
+        assert edited.returncode == 0, edited.stderr
+        listed = await llmc(d, "jobs")
         assert "succeeded*" in listed.stdout.decode()
         assert "* unapplied" in listed.stdout.decode()
+        marked = (await client.call("jobs.list", {"unapplied": True}))["result"]["jobs"]
+        assert len(marked) == 1 and marked[0]["job"] != job
+        await client.call("jobs.discard", {"job": marked[0]["job"]})
         refused = await llmc(d, "run", "cwd", "x", "--isolate", cwd=str(short_tmp))
         assert refused.returncode == 2 and b"git work tree" in refused.stderr
         unsafe = await llmc(d, "run", "cwd", "x", "--edit", cwd=str(repo))

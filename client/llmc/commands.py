@@ -157,7 +157,8 @@ def _job_row(record: dict[str, Any]) -> list[str]:
     duration = job_duration(record)
     tree = record.get("worktree")
     # A mark for changes waiting in a worktree (llmc diff|apply|discard).
-    mark = "*" if isinstance(tree, dict) and tree.get("status") == "unapplied" else ""
+    mark = ("*" if isinstance(tree, dict) and tree.get("status") == "unapplied"
+            and tree.get("changed_files") else "")
     return [format_value(record.get("job")), format_value(record.get("blueprint")),
             format_value(record.get("state")) + mark, local_time(record.get("created_at")),
             "-" if duration is None else format_duration(duration),

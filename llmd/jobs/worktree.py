@@ -433,7 +433,8 @@ class Worktrees:
     def unapplied(self) -> list[str]:
         """The jobs whose worktree holds changes not applied nor discarded."""
         return [s.job for s in self.sidecars.values()
-                if s.info.status == "unapplied" and os.path.isdir(s.info.path)]
+                if s.info.status == "unapplied" and s.info.changed_files > 0
+                and os.path.isdir(s.info.path)]
 
     def _save(self, sidecar: Sidecar) -> None:
         self.sidecars[sidecar.job] = sidecar
