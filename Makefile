@@ -43,6 +43,7 @@ bench: venv
 	$(BIN)/python bench/health.py
 	$(BIN)/python bench/mcp.py
 	$(BIN)/python bench/editors.py
+	$(BIN)/python bench/worktree.py
 	$(BIN)/python -m bench.bench_parsers
 
 clean:

@@ -126,6 +126,8 @@ class Blueprint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_output_bytes: Annotated[int, msgspec.Meta(ge=1)] = 16 * 1024 * 1024
     kill_grace: NonNegative = 5.0
     fallbacks: list[str] = msgspec.field(default_factory=list)
+    isolate: Literal["none", "worktree"] = "none"
+    edit_args: list[str] = msgspec.field(default_factory=list)
     retry: RetrySection = msgspec.field(default_factory=RetrySection)
     health: HealthSection = msgspec.field(default_factory=HealthSection)
     warm: WarmSection = msgspec.field(default_factory=WarmSection)
@@ -301,6 +303,9 @@ def _check_blueprint(name: str, bp: Blueprint, reg: RegistryFile, problems: list
                 elif element == ph and ph not in allowed:
                     problems.append(f"{path}.{key}[{i}]: {ph} is not allowed here "
                                     f"(only {' and '.join(allowed)})")
+    for i, element in enumerate(bp.edit_args):
+        if element in PLACEHOLDERS:
+            problems.append(f"{path}.edit_args[{i}]: {element} is not allowed here")
     if bp.command.count("{args}") > 1:
         problems.append(f"{path}.command: \"{{args}}\" may appear at most once")
     if bp.command[:1] == ["{args}"] or bp.command[:1] == ["{prompt}"]:
@@ -332,7 +337,8 @@ def _check_blueprint(name: str, bp: Blueprint, reg: RegistryFile, problems: list
         if other == name or other not in reg.blueprints:
             problems.append(f"{path}.fallbacks[{i}]: {other!r} is not another blueprint")
     for key, values in (("command", bp.command), ("model_args", bp.model_args),
-                        ("resume_args", bp.resume_args), ("health.command", bp.health.command)):
+                        ("resume_args", bp.resume_args), ("health.command", bp.health.command),
+                        ("edit_args", bp.edit_args)):
         for i, element in enumerate(values):
             if "\x00" in element:
                 problems.append(f"{path}.{key}[{i}]: holds a NUL byte, which no argument can")

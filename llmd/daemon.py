@@ -23,6 +23,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from llmd.drivers.warm import WarmPool, kill_leftovers
 from llmd.health.monitor import HealthMonitor
 from llmd.jobs.manager import JobManager
 from llmd.jobs.store import JobStore, default_path
+from llmd.jobs.worktree import Worktrees, tend
 from llmd.paths import PACKAGED_CONFIG, packaged_config, prepare_socket_dir
 from llmd.server import methods
 from llmd.server.connections import Server
@@ -168,7 +170,8 @@ class Daemon:
     def _make_parts(self, store: JobStore) -> _Serving:
         """The job manager, the methods and the server, around an open store."""
         manager = JobManager(self.registry, health=self.health, store=store,
-                             warm=WarmPool(self.registry, self.warm_groups_file))
+                             warm=WarmPool(self.registry, self.warm_groups_file),
+                             worktrees=Worktrees(self.store_path.parent / "worktrees"))
         context = methods.MethodContext(host=self, manager=manager, store=store,
                                         health=self.health)
         dispatcher = Dispatcher(methods.build(context), log=logging.getLogger("llmd.rpc"))
@@ -207,6 +210,9 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run)
                 await nursery.start(manager.serve)
+                if store.available and manager.worktrees is not None:
+                    await nursery.start(partial(tend, manager.worktrees, store.has,
+                                                interval=store.prune_interval))
                 accepting = trio.CancelScope()
 
                 async def accept(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -25,6 +25,7 @@ CLI_FAILED = -32005
 BUSY = -32006
 NO_SUCH_JOB = -32007
 INVALID_CONFIG = -32008
+APPLY_CONFLICT = -32010
 CANCELLED = -32800
 # LSP's ServerCancelled: cancelled by something other than the request's own client.
 SERVER_CANCELLED = -32802
@@ -155,3 +156,10 @@ class ServerCancelled(Cancelled):
     """The run was cancelled from elsewhere: ``llm.cancel`` (any client), a daemon stop."""
 
     code = SERVER_CANCELLED
+
+
+class ApplyConflict(LlmdError):
+    """A job's changes conflict with the checkout they would be applied to; nothing was
+    applied."""
+
+    code = APPLY_CONFLICT

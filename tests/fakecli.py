@@ -19,6 +19,8 @@ Modes:
   handshake PATH    print "before", wait until PATH exists, print "after"
   env               print the environment as JSON
   cwd               print the working directory
+  edit FILE [GATE]  write stdin to FILE (relative to the working directory) and print
+                    "edited"; with GATE, then wait until the path GATE exists
   version           print "fakecli 1.2.3"
   signal NAME       print "partial", then kill itself with signal NAME (KILL, SEGV...)
   close-stdout SEC  print "early", close stdout, keep running SEC seconds ("inf": for
@@ -157,6 +159,13 @@ def main() -> int:
         out.write(json.dumps(dict(os.environ)))
     elif mode == "cwd":
         out.write(os.getcwd())
+    elif mode == "edit":
+        with open(rest[0], "wb") as f:
+            f.write(sys.stdin.buffer.read())
+        out.write("edited\n")
+        out.flush()
+        while len(rest) > 1 and not os.path.exists(rest[1]):
+            time.sleep(0.005)
     elif mode == "version":
         out.write("fakecli 1.2.3\n")
     elif mode == "signal":

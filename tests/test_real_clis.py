@@ -708,3 +708,24 @@ async def test_ollama_renders_its_argv(daemon_factory: Any, world: World) -> Non
     assert [c["stdin"] for c in calls] == ["why is the sky blue?", "hi", DASH_PROMPT,
                                            NUL_PROMPT]
     assert {c["nohistory"] for c in calls} == {"1"}
+
+
+async def test_claude_edits_its_worktree_only_when_let(
+        daemon_factory: Any, world: World) -> None:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": os.environ.get("PATH", "")}
+    for argv in (["git", "init", "-q"], ["git", "commit", "-q", "--allow-empty", "-m", "0"]):
+        await trio.run_process(argv, cwd=str(world.project), env=env, capture_stdout=True)
+    d = await start(daemon_factory, world)
+    prompt = "MOCK-WRITE made.txt written-by-claude"
+    with trio.fail_after(TEST_LIMIT):
+        shared = await run(d, world, "claude", prompt, edit=True)
+        assert "worktree" in shared.fails_with(-32602)["message"]
+        asked = await run(d, world, "claude", prompt, isolate="worktree")
+        edited = await run(d, world, "claude", prompt, isolate="worktree", edit=True)
+    # Without edit the print mode refuses the write; with it, the file is in the worktree.
+    assert asked.result["worktree"]["changed_files"] == 0
+    tree = edited.result["worktree"]
+    assert tree["files"] == ["made.txt"], json.dumps(edited.result)[:3000]
+    assert Path(tree["path"], "made.txt").read_text() == "written-by-claude\n"
+    assert not (world.project / "made.txt").exists()

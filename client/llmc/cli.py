@@ -158,12 +158,20 @@ def _add_run(run: argparse.ArgumentParser) -> None:
                           "is given")
     run.add_argument("--detach", action="store_true",
                      help="start the run as a background job and print its id at once")
+    run.add_argument("--isolate", action="store_true",
+                     help="work in a git worktree of its own; see: llmc diff|apply|discard")
+    run.add_argument("--base", metavar="head|working-tree|REF",
+                     help="with --isolate: where the worktree starts (default: head)")
+    run.add_argument("--edit", action="store_true",
+                     help="with --isolate: let the agent edit files without asking")
 
 
 def _add_jobs(jobs: argparse.ArgumentParser) -> None:
     jobs.add_argument("--state", choices=JOB_STATES, metavar="STATE",
                       help=f"only jobs in this state: {', '.join(JOB_STATES)}")
     jobs.add_argument("--limit", type=_positive_int, default=50, help="at most this many (50)")
+    jobs.add_argument("--unapplied", action="store_true",
+                      help="only jobs whose worktree holds changes not applied nor discarded")
 
 
 def _add_job(job: argparse.ArgumentParser) -> None:
@@ -176,6 +184,12 @@ def _add_job(job: argparse.ArgumentParser) -> None:
 
 def _add_cancel(cancel: argparse.ArgumentParser) -> None:
     cancel.add_argument("job", metavar="ID")
+
+
+def _add_diff(diff: argparse.ArgumentParser) -> None:
+    diff.add_argument("job", metavar="ID")
+    diff.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                      help="colour the diff (auto: on a terminal)")
 
 
 def _add_status(status: argparse.ArgumentParser) -> None:
@@ -219,6 +233,15 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
     "cancel": ("cancel a job",
                "Cancel a job: prints 'cancelled ID', or that it had already finished (also\n"
                "status 0). An unknown ID is status 1.", _add_cancel),
+    "diff": ("show what an isolated job changed, as a diff against its base",
+             "Show the unified diff of job ID's worktree against its base (binary files\n"
+             "named). On a terminal it is coloured, and paged through $PAGER when long.",
+             _add_diff),
+    "apply": ("apply an isolated job's changes to the checkout",
+              "Merge job ID's changes into the checkout it was started from (three-way\n"
+              "against its base), then remove its worktree. A conflict applies nothing and\n"
+              "names the files (status 1).", _add_cancel),
+    "discard": ("throw an isolated job's worktree away", "", _add_cancel),
     "status": ("show the blueprints' health (from llmd's cache)", "", _add_status),
     "mcp": ("serve llmd's tools to an MCP client on stdin/stdout",
             "Speak the Model Context Protocol on stdin/stdout, for an MCP client (Claude\n"

@@ -26,6 +26,7 @@ from llmc.calling import (
 )
 from llmc.output import error, format_value, indented, key_values, table, terminal_width, write
 from llmc.run import cmd_run, read_prompt
+from llmc.worktree import cmd_apply, cmd_diff, cmd_discard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -154,8 +155,12 @@ def job_duration(record: dict[str, Any], now: float | None = None) -> float | No
 
 def _job_row(record: dict[str, Any]) -> list[str]:
     duration = job_duration(record)
+    tree = record.get("worktree")
+    # A mark for changes waiting in a worktree (llmc diff|apply|discard).
+    mark = ("*" if isinstance(tree, dict) and tree.get("status") == "unapplied"
+            and tree.get("changed_files") else "")
     return [format_value(record.get("job")), format_value(record.get("blueprint")),
-            format_value(record.get("state")), local_time(record.get("created_at")),
+            format_value(record.get("state")) + mark, local_time(record.get("created_at")),
             "-" if duration is None else format_duration(duration),
             format_value(record.get("attempts"))]
 
@@ -165,6 +170,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"limit": args.limit}
     if args.state:
         params["state"] = args.state
+    if args.unapplied:
+        params["unapplied"] = True
     with connect(args) as conn:
         result = as_object(call(conn, "jobs.list", params), "jobs.list")
     if args.json:
@@ -174,6 +181,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if not rows:
         write(f"no {args.state} jobs\n" if args.state else "no jobs\n")
         return exitcodes.OK
+    if any(row[2].endswith("*") for row in rows):
+        rows.append(["", "", "* unapplied", "", "", ""])
     # The blueprint column gives way, and on a narrow terminal the attempts, the duration and
     # the time go: ids and states are what one reads the list for.
     write(table(["JOB", "BLUEPRINT", "STATE", "CREATED", "DURATION", "ATTEMPTS"], rows,
@@ -388,4 +397,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "job": cmd_job,
     "cancel": cmd_cancel,
     "status": cmd_status,
+    "diff": cmd_diff,
+    "apply": cmd_apply,
+    "discard": cmd_discard,
 }

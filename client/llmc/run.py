@@ -114,6 +114,15 @@ def run_params(args: argparse.Namespace, prompt: str, notify: bool = False) -> d
         params["session"] = args.session
     if args.detach:
         params["detach"] = True
+    if (args.base is not None or args.edit) and not args.isolate:
+        raise UsageError("--edit and --base go with --isolate: an agent may edit files "
+                         "unattended only in a git worktree of its own")
+    if args.isolate:
+        params["isolate"] = "worktree"
+    if args.base is not None:
+        params["base"] = args.base
+    if args.edit:
+        params["edit"] = True
     return params
 
 

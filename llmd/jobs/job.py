@@ -25,6 +25,7 @@ from llmd.errors import LlmdError
 from llmd.jobs.records import JobRecord, RunParams, RunResult
 from llmd.jobs.state import INITIAL_STATE, JobState
 from llmd.jobs.storedb import JobRow, ProcGroup
+from llmd.jobs.worktree import Sidecar
 from llmd.timestamps import utc_now
 
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -80,6 +81,13 @@ class Job:
         self.detached = False
         self.durable = trio.Event()
         """Set once a detached job's record can be found after a crash (see the manager)."""
+        self.worktree: Sidecar | None = None
+        """The job's worktree, once made (``isolate: "worktree"``)."""
+
+    @property
+    def cwd(self) -> str | None:
+        """Where the job's CLI works: inside its worktree, or the request's ``cwd``."""
+        return self.worktree.cwd if self.worktree is not None else self.params.cwd
 
     def row(self) -> JobRow:
         """A snapshot for the store (fresh tuples: the store may write it later)."""

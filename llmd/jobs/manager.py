@@ -63,6 +63,7 @@ from llmd.jobs.records import RunParams, RunResult
 from llmd.jobs.retry import Backoff
 from llmd.jobs.state import FINAL_STATES, JobState, advance, can_follow
 from llmd.jobs.store import JobStore, ProcGroup
+from llmd.jobs.worktree import Worktrees
 from llmd.parsers import ParseResult
 from llmd.parsers.jsonextract import extract_json
 from llmd.parsers.ratelimit import classify
@@ -95,14 +96,17 @@ class JobManager:
             rate limits.
         store: Keeps every job's record on disk.
         warm: The warm processes (default: a pool of the registry's, no groups file).
+        worktrees: Where runs with ``isolate: "worktree"`` work (None: they are refused).
     """
 
     def __init__(self, registry: Registry, environ: Mapping[str, str] | None = None, *,
                  rng: random.Random | None = None,
                  attempt_factory: Callable[..., Attempt] = Attempt,
                  health: HealthMonitor | None = None,
-                 store: JobStore | None = None, warm: WarmPool | None = None) -> None:
+                 store: JobStore | None = None, warm: WarmPool | None = None,
+                 worktrees: Worktrees | None = None) -> None:
         self.environ = dict(os.environ if environ is None else environ)
+        self.worktrees = worktrees
         self.attempt_factory = attempt_factory
         self.health = health
         self.store = store
@@ -167,9 +171,10 @@ class JobManager:
                                        or not os.path.isdir(params.cwd)):
             raise InvalidParams(f"cwd must be the absolute path of an existing directory, "
                                 f"not {params.cwd!r}", {"blueprint": params.blueprint})
+        params = self._isolation(params, bp)
         # Render now so a bad prompt is refused before anything is queued.
         argv_mod.render(bp, params.blueprint, params.prompt, model=params.model,
-                        session=params.session)
+                        session=params.session, edit=params.edit)
         limiter = self._limiters[params.blueprint]
         if (self.queued >= self.registry.daemon.max_queue
                 and (limiter.available_tokens < 1 or self._global.available_tokens < 1
@@ -184,6 +189,36 @@ class JobManager:
         self.jobs[job.id] = job
         self.queued += 1
         return job
+
+    def isolated(self, params: RunParams) -> bool:
+        """Whether the run asks (or its blueprint defaults) to work in a worktree."""
+        bp = self.registry.blueprints.get(params.blueprint)
+        return (params.isolate or (bp.isolate if bp is not None else "none")) == "worktree"
+
+    def _isolation(self, params: RunParams, bp: Blueprint) -> RunParams:
+        """Resolve ``isolate``, ``base`` and ``edit`` (see API.md); -32602 when they do not
+        go together."""
+        isolate = params.isolate or bp.isolate
+        data = {"blueprint": params.blueprint}
+        if isolate != "worktree":
+            if params.edit:
+                raise InvalidParams("edit: true needs isolate: \"worktree\": an agent may "
+                                    "edit files unattended only in a worktree of its own", data)
+            if params.base is not None:
+                raise InvalidParams("base goes with isolate: \"worktree\"", data)
+            return params
+        if params.edit and not bp.edit_args:
+            raise InvalidParams(f"blueprint {params.blueprint!r} declares no edit_args; it "
+                                "cannot be let edit", data)
+        if self.worktrees is None:
+            raise InvalidParams("this llmd keeps no worktrees", data)
+        if params.cwd is None:
+            raise InvalidParams("isolate: \"worktree\" needs a cwd inside a git work tree",
+                                data)
+        if params.base is not None and not params.base:
+            raise InvalidParams("base is \"head\", \"working-tree\" or a ref, not empty",
+                                data)
+        return msgspec.structs.replace(params, isolate="worktree")
 
     async def run(self, job: Job) -> RunResult:
         """Run a submitted job to its end.
@@ -250,6 +285,9 @@ class JobManager:
     async def _concluded(self, job: Job) -> None:
         """Record the final state, then tell the job's listeners (bounded: they may not
         read). The record is on disk before the caller's answer is sent."""
+        if job.worktree is not None and self.worktrees is not None:
+            # A failed or cancelled run keeps its partial work, measured, for inspection.
+            await self.worktrees.conclude(job.id, measure=job.result is None)
         if self.store is not None and job.state in FINAL_STATES:
             job.stored = await self.store.save_final(job.row())
         job.durable.set()
@@ -511,8 +549,11 @@ class JobManager:
         # The shell's notion of the working directory is the run's, not the daemon's.
         env.pop("OLDPWD", None)
         env.pop("PWD", None)
+        if params.isolate == "worktree" and self.worktrees is not None and params.cwd:
+            job.worktree = await self.worktrees.create(job.id, params.cwd,
+                                                       params.base or "head")
         with contextlib.suppress(OSError):  # the daemon's own directory may be gone
-            env["PWD"] = params.cwd if params.cwd is not None else os.getcwd()
+            env["PWD"] = job.cwd if job.cwd is not None else os.getcwd()
         program = shutil.which(bp.command[0], path=env.get("PATH", os.defpath))
         if program is None:
             raise ExecutableMissing(
@@ -521,7 +562,7 @@ class JobManager:
                 {"blueprint": job.blueprint, "executable": bp.command[0],
                  "path": env.get("PATH", "")})
         inv = argv_mod.render(bp, job.blueprint, params.prompt, model=params.model,
-                              session=params.session)
+                              session=params.session, edit=params.edit)
         inv = argv_mod.Invocation([program, *inv.argv[1:]], inv.stdin)
         limiter = self._limiters[job.blueprint]
         moved = ({"requested_blueprint": job.requested, "fallback_reason": job.fallback_reason}
@@ -534,7 +575,11 @@ class JobManager:
             self._leave_queue(job)
             self.running += 1
             try:
-                return await self._attempts(job, bp, inv, env)
+                result = await self._attempts(job, bp, inv, env)
+                if job.worktree is not None and self.worktrees is not None:
+                    result = msgspec.structs.replace(
+                        result, worktree=await self.worktrees.settle(job.id))
+                return result
             finally:
                 self.running -= 1
 
@@ -591,7 +636,7 @@ class JobManager:
     async def _one_attempt(self, job: Job, bp: Blueprint, inv: argv_mod.Invocation,
                            env: dict[str, str]) -> Outcome:
         attempt = self._driver(job).attempt(AttemptSpec(
-            blueprint=job.blueprint, bp=bp, invocation=inv, env=env, cwd=job.params.cwd,
+            blueprint=job.blueprint, bp=bp, invocation=inv, env=env, cwd=job.cwd,
             on_spawn=lambda pid: self._spawned(job, pid), model=job.params.model,
             session=job.params.session))
         job.attempt = attempt.process

@@ -32,6 +32,7 @@ from llmd.jobs.manager import JobManager
 from llmd.jobs.records import JobRecord, RunParams, RunResult
 from llmd.jobs.state import FINAL_STATES, JobState
 from llmd.jobs.store import JobStore
+from llmd.jobs.worktree import Worktrees
 from llmd.server.dispatch import CallContext, Method
 
 
@@ -47,6 +48,13 @@ class GetParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     job: str
     wait: bool = False
     timeout: float | None = None
+
+
+class DiffParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.diff`` parameters."""
+
+    job: str
+    binary: bool = False
 
 
 class HealthParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -68,6 +76,7 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state: Union[JobState, None] = None  # noqa: UP007 - msgspec needs a runtime Union on 3.10
     # SQLite takes 64-bit integers only.
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 50
+    unapplied: bool = False
 
 
 class PrewarmParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -115,7 +124,22 @@ def build(context: MethodContext) -> list[Method]:
     """The method table, around what the methods use."""
     host, manager, store, health = context.host, context.manager, context.store, context.health
 
+    worktrees = manager.worktrees
+
+    def _shown(record: JobRecord) -> JobRecord:
+        """A record with its worktree as it is now (applied, discarded...)."""
+        info = worktrees.info(record.job) if worktrees is not None else None
+        return record if info is None else msgspec.structs.replace(record, worktree=info)
+
+    def _worktrees() -> Worktrees:
+        if worktrees is None:
+            raise InvalidParams("this llmd keeps no worktrees")
+        return worktrees
+
     async def llm_run(params: RunParams, ctx: CallContext) -> RunResult | dict[str, Any]:
+        if worktrees is not None and params.cwd is not None and manager.isolated(params):
+            # Refused now (-32602), not after the job is queued or detached.
+            await worktrees.check(params.cwd, params.base)
         job = manager.submit(params)
         if params.detach:
             manager.start_detached(job)
@@ -155,12 +179,14 @@ def build(context: MethodContext) -> list[Method]:
                 raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
             if params.wait and stored.state not in FINAL_STATES:
                 stored = await _poll_store(params.job, stored, params.timeout)
-            return stored
+            return _shown(stored)
         if params.wait and job.state not in FINAL_STATES:
             with trio.move_on_after(params.timeout if params.timeout is not None
                                     else float("inf")):
                 await job.finished.wait()
-        return job.record()
+                if job.worktree is not None and worktrees is not None:
+                    await worktrees.concluded(job.id)  # measured once the job has ended
+        return _shown(job.record())
 
     async def _poll_store(job_id: str, record: JobRecord,
                           timeout: float | None) -> JobRecord:
@@ -187,9 +213,35 @@ def build(context: MethodContext) -> list[Method]:
                 records[job.id] = job.record(with_text=False)
             else:
                 records.pop(job.id, None)
+        if params.unapplied:
+            wanted = set(worktrees.unapplied() if worktrees is not None else ())
+            for job_id in wanted - records.keys():
+                found = (manager.jobs[job_id].record(with_text=False)
+                         if job_id in manager.jobs else await store.get(job_id))
+                if found is not None:
+                    records[job_id] = found
+            records = {k: r for k, r in records.items() if k in wanted}
         # Job ids sort by creation time.
         newest = sorted(records.values(), key=lambda r: r.job, reverse=True)
-        return {"jobs": newest[:params.limit]}
+        return {"jobs": [_shown(r) for r in newest[:params.limit]]}
+
+    async def jobs_diff(params: DiffParams, ctx: CallContext) -> dict[str, Any]:
+        diff = await _worktrees().diff(params.job, binary=params.binary)
+        return {"job": params.job, "diff": diff, "worktree": _worktrees().info(params.job)}
+
+    async def jobs_apply(params: JobParams, ctx: CallContext) -> dict[str, Any]:
+        _finished(params.job)
+        return await _worktrees().apply(params.job)
+
+    async def jobs_discard(params: JobParams, ctx: CallContext) -> dict[str, Any]:
+        _finished(params.job)
+        return await _worktrees().discard(params.job)
+
+    def _finished(job_id: str) -> None:
+        job = manager.jobs.get(job_id)
+        if job is not None and job.state not in FINAL_STATES:
+            raise InvalidParams(f"job {job_id!r} is {job.state}; wait for it to end (or "
+                                "cancel it) first", {"job": job_id, "state": job.state})
 
     async def blueprints_list(params: None, ctx: CallContext) -> dict[str, Any]:
         reg = host.registry
@@ -233,6 +285,9 @@ def build(context: MethodContext) -> list[Method]:
         Method("llm.prewarm", llm_prewarm, PrewarmParams),
         Method("jobs.get", jobs_get, GetParams),
         Method("jobs.list", jobs_list, ListParams),
+        Method("jobs.diff", jobs_diff, DiffParams),
+        Method("jobs.apply", jobs_apply, JobParams),
+        Method("jobs.discard", jobs_discard, JobParams),
         Method("blueprints.list", blueprints_list, None),
         Method("daemon.info", daemon_info, None),
         Method("daemon.reload", daemon_reload, None),

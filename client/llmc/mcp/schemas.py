@@ -163,6 +163,14 @@ def _run_input_schema(blueprints: list[dict[str, Any]] | None) -> dict[str, Any]
                                      "accepts one."},
             "session": {"type": "string", "description": (
                 "Continue an earlier conversation: the `session` of a previous result.")},
+            "isolate": {"type": "string", "enum": ["none", "worktree"], "description": (
+                "\"worktree\": work in a git worktree of its own (cwd must be in a git "
+                "repository); its changes come back as a diff to apply or discard.")},
+            "base": {"type": "string", "description": (
+                "With a worktree: start from \"head\" (default), \"working-tree\" (the "
+                "uncommitted changes too) or a ref.")},
+            "edit": {"type": "boolean", "description": (
+                "With a worktree: let the agent edit files without asking.")},
         },
         "required": ["blueprint", "prompt"],
         "additionalProperties": False,

@@ -94,7 +94,8 @@ def _json_type(value: object) -> str:
     return "an object"
 
 
-RUN_ARGUMENTS = ("blueprint", "prompt", "json", "timeout", "cwd", "model", "session")
+RUN_ARGUMENTS = ("blueprint", "prompt", "json", "timeout", "cwd", "model", "session",
+                 "isolate", "base", "edit")
 
 
 def run_params(arguments: dict[str, Any], default_cwd: str | None, tool: str = "run"
@@ -137,10 +138,12 @@ def run_params(arguments: dict[str, Any], default_cwd: str | None, tool: str = "
         params["cwd"] = os.path.normpath(cwd)
     elif default_cwd is not None:
         params["cwd"] = default_cwd
-    for key in ("model", "session"):
+    for key in ("model", "session", "isolate", "base"):
         value = _string(arguments, key)
         if value is not None:
             params[key] = value
+    if _boolean(arguments, "edit"):
+        params["edit"] = True
     return params
 
 
