@@ -197,6 +197,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run)
                 await nursery.start(manager.serve)
+                await nursery.start(manager.events.serve)
                 accepting = trio.CancelScope()
 
                 async def accept(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

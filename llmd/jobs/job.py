@@ -78,6 +78,8 @@ class Job:
         self.detached = False
         self.durable = trio.Event()
         """Set once a detached job's record can be found after a crash (see the manager)."""
+        self.live_text: list[str] = []
+        """The stdout text of the attempt in flight (or the last), as streamed."""
 
     def row(self) -> JobRow:
         """A snapshot for the store (fresh tuples: the store may write it later)."""

@@ -28,6 +28,7 @@ from llmd import __version__
 from llmd.config import Registry
 from llmd.errors import InvalidParams, NoSuchJob
 from llmd.health.monitor import HealthMonitor
+from llmd.jobs import output as job_output
 from llmd.jobs.manager import JobManager
 from llmd.jobs.records import JobRecord, RunParams, RunResult
 from llmd.jobs.state import FINAL_STATES, JobState
@@ -47,6 +48,27 @@ class GetParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     job: str
     wait: bool = False
     timeout: float | None = None
+
+
+class OutputParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.output`` parameters."""
+
+    job: str
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Union[Annotated[int, msgspec.Meta(ge=1)], None] = None  # noqa: UP007
+
+
+class WatchParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.watch`` parameters."""
+
+    states: Union[list[JobState], None] = None  # noqa: UP007 - msgspec needs a runtime Union
+    blueprint: str | None = None
+
+
+class UnwatchParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.unwatch`` parameters."""
+
+    watch: int
 
 
 class HealthParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -183,6 +205,28 @@ def build(context: MethodContext) -> list[Method]:
         newest = sorted(records.values(), key=lambda r: r.job, reverse=True)
         return {"jobs": newest[:params.limit]}
 
+    async def jobs_output(params: OutputParams, ctx: CallContext) -> dict[str, Any]:
+        job = manager.jobs.get(params.job)
+        if job is not None:
+            state: JobState = job.state
+            text = job_output.live(job)
+        else:
+            stored = await store.get(params.job)
+            if stored is None:
+                raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
+            state, text = stored.state, job_output.stored(stored)
+        return job_output.page(params.job, state, text, params.offset, params.limit)
+
+    async def jobs_watch(params: WatchParams, ctx: CallContext) -> dict[str, Any]:
+        session = ctx.session
+        number = manager.events.watch(
+            session.notify, states=frozenset(params.states or ()), blueprint=params.blueprint,
+            alive=lambda: session.is_open, abort=session.abort)
+        return {"watch": number}
+
+    async def jobs_unwatch(params: UnwatchParams, ctx: CallContext) -> dict[str, Any]:
+        return {"watch": params.watch, "unwatched": manager.events.unwatch(params.watch)}
+
     async def blueprints_list(params: None, ctx: CallContext) -> dict[str, Any]:
         reg = host.registry
         return {"blueprints": [
@@ -220,6 +264,9 @@ def build(context: MethodContext) -> list[Method]:
         Method("llm.cancel", llm_cancel, JobParams),
         Method("jobs.get", jobs_get, GetParams),
         Method("jobs.list", jobs_list, ListParams),
+        Method("jobs.output", jobs_output, OutputParams),
+        Method("jobs.watch", jobs_watch, WatchParams),
+        Method("jobs.unwatch", jobs_unwatch, UnwatchParams),
         Method("blueprints.list", blueprints_list, None),
         Method("daemon.info", daemon_info, None),
         Method("daemon.reload", daemon_reload, None),

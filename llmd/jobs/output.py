@@ -1,0 +1,56 @@
+"""``jobs.output``: the text a job has produced so far, by character offset.
+
+Invariants:
+- While a job runs, its output is the stdout text its attempt in flight has streamed so
+  far (a retry starts it again); once it has succeeded, its answer's text, which is the
+  same text (docs/API.md, Streaming); once it has ended otherwise, the text its last
+  attempt streamed while the job is in memory, else the partial output its error kept.
+- Offsets count characters (code points) of that text; a page never holds more than the
+  ``limit`` asked for, nor more than ``MAX_PAGE`` characters.
+- Pure functions of a job or a record: no I/O here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmd.jobs.job import Job
+from llmd.jobs.records import JobRecord
+from llmd.jobs.state import FINAL_STATES, JobState
+
+# A page large enough for any answer kept whole (16 MiB of output at most), small enough
+# for one message.
+MAX_PAGE = 4 << 20
+
+
+def live(job: Job) -> str:
+    """The output of a job in the daemon's memory."""
+    if job.state == "succeeded" and job.result is not None:
+        return job.result.text
+    if job.live_text or job.state not in FINAL_STATES or job.error is None:
+        return "".join(job.live_text)
+    return _error_output(job.error.to_wire())
+
+
+def stored(record: JobRecord) -> str:
+    """The output of a job known only to the store."""
+    if record.result is not None:
+        return record.result.text
+    return _error_output(record.error)
+
+
+def _error_output(error: dict[str, Any] | None) -> str:
+    data = error.get("data") if isinstance(error, dict) else None
+    output = data.get("output") if isinstance(data, dict) else None
+    return output if isinstance(output, str) else ""
+
+
+def page(job: str, state: JobState, text: str, offset: int,
+         limit: int | None) -> dict[str, Any]:
+    """The ``jobs.output`` result for ``text`` from ``offset`` on."""
+    size = min(limit or MAX_PAGE, MAX_PAGE)
+    start = min(offset, len(text))
+    chunk = text[start:start + size]
+    return {"job": job, "state": state, "text": chunk, "offset": start,
+            "next_offset": start + len(chunk), "total_chars": len(text),
+            "done": state in FINAL_STATES and start + len(chunk) >= len(text)}
