@@ -139,14 +139,16 @@ async def test_a_watcher_that_never_reads_is_dropped(daemon_factory: Any, fake_b
         # runs whose program is missing end at once, each a state change.
         batch = [{"jsonrpc": "2.0", "id": n, "method": "llm.run",
                   "params": {"blueprint": "gone", "prompt": ""}} for n in range(500)]
-        for rounds in range(100):
+        sent = 0
+        while True:
             await client.send(batch)
             await client.recv()
+            sent += len(batch)
             info = (await client.call("daemon.info", None, id="info"))["result"]
             if info["connections"] == 1:
                 break
-        assert info["connections"] == 1, "the non-reading watcher was never dropped"
-        assert (rounds + 1) * len(batch) > WATCH_QUEUE
+            assert sent < 100 * len(batch), "the non-reading watcher was never dropped"
+        assert sent > WATCH_QUEUE
         assert "jobs.watch 1: the client read none" in d.log()
         # The daemon goes on serving everyone else.
         reply = await client.call("llm.run", {"blueprint": "say", "prompt": "still"}, id="z")
