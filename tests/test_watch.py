@@ -125,13 +125,13 @@ async def test_watch_sees_every_state_change_filtered(daemon_factory: Any,
         assert "result" in info
 
 
-async def test_a_watcher_that_never_reads_is_dropped(daemon_factory: Any, fake_bin: Path,
-                                                     tmp_path: Path) -> None:
+async def test_a_watcher_that_never_reads_is_dropped(daemon_factory: Any,
+                                                     fake_bin: Path) -> None:
     d: DaemonHandle = await daemon_factory(registry(fake_bin))
     stuck = await d.connect()
-    sock = stuck.stream.socket
+    assert isinstance(stuck.stream, trio.SocketStream)
     # A small receive buffer: the daemon's sends block soon.
-    sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 4096)
+    stuck.stream.socket.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 4096)
     client = await d.connect()
     with trio.fail_after(120):
         await stuck.call("jobs.watch", {})
