@@ -203,6 +203,10 @@ def _add_mcp(mcp: argparse.ArgumentParser) -> None:
                      default=None,
                      help="seconds between progress notifications while a call waits "
                           "(default: $LLMC_MCP_PROGRESS_S, else 5)")
+    mcp.add_argument("--max-wait", metavar="SECONDS", type=_positive_seconds, default=None,
+                     help="the longest a call waits before it answers with the job id of a "
+                          "run still going (default: $LLMC_MCP_MAX_WAIT, else 50, or 300 for "
+                          "a call that asked for progress)")
 
 
 def _add_nothing(parser: argparse.ArgumentParser) -> None:
@@ -238,8 +242,8 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
     "status": ("show the blueprints' health (from llmd's cache)", "", _add_status),
     "mcp": ("serve llmd's tools to an MCP client on stdin/stdout",
             "Speak the Model Context Protocol on stdin/stdout, for an MCP client (Claude\n"
-            "Code, Cursor, Zed, VS Code...) to start: its tools run, start, result, cancel\n"
-            "and status hand every call to llmd. For Claude Code:\n"
+            "Code, Cursor, Zed, VS Code...) to start: its tools run, start, wait, result,\n"
+            "peek, jobs, cancel and status hand every call to llmd. For Claude Code:\n"
             "  claude mcp add llmd -- llmc mcp\n"
             "Logs go to stderr; it ends when stdin does.", _add_mcp),
 }

@@ -7,12 +7,15 @@ Invariants:
   attempt streamed while the job is in memory, else the partial output its error kept.
 - Offsets count characters (code points) of that text; a page never holds more than the
   ``limit`` asked for, nor more than ``MAX_PAGE`` characters.
-- Pure functions of a job or a record: no I/O here.
+- Pure functions of a job or a record: no I/O here. A prompt leaves only as the first
+  line `jobs.list` asks for, never into a log.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import msgspec
 
 from llmd.jobs.job import Job
 from llmd.jobs.records import JobRecord
@@ -54,3 +57,19 @@ def page(job: str, state: JobState, text: str, offset: int,
     return {"job": job, "state": state, "text": chunk, "offset": start,
             "next_offset": start + len(chunk), "total_chars": len(text),
             "done": state in FINAL_STATES and start + len(chunk) >= len(text)}
+
+
+# Enough of a prompt's first line to recognise the job by.
+PROMPT_LINE_CHARS = 200
+
+
+def with_prompt_line(record: JobRecord, job: Job | None) -> dict[str, Any]:
+    """A ``jobs.list`` entry with ``prompt_line``: the first line of the job's prompt when
+    the daemon holds the job in memory (the prompt is not read back from the store)."""
+    entry: dict[str, Any] = msgspec.to_builtins(record)
+    line = None
+    if job is not None:
+        stripped = job.params.prompt.strip()
+        line = stripped.splitlines()[0][:PROMPT_LINE_CHARS] if stripped else ""
+    entry["prompt_line"] = line
+    return entry

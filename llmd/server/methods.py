@@ -90,6 +90,7 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state: Union[JobState, None] = None  # noqa: UP007 - msgspec needs a runtime Union on 3.10
     # SQLite takes 64-bit integers only.
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 50
+    prompt_line: bool = False
 
 
 class Host(Protocol):
@@ -203,6 +204,9 @@ def build(context: MethodContext) -> list[Method]:
                 records.pop(job.id, None)
         # Job ids sort by creation time.
         newest = sorted(records.values(), key=lambda r: r.job, reverse=True)
+        if params.prompt_line:
+            return {"jobs": [job_output.with_prompt_line(r, manager.jobs.get(r.job))
+                             for r in newest[:params.limit]]}
         return {"jobs": newest[:params.limit]}
 
     async def jobs_output(params: OutputParams, ctx: CallContext) -> dict[str, Any]:
