@@ -417,9 +417,12 @@ class Connection:
                 raise _too_large(exc, size, method) or exc from None
 
     def listen(self, on_notification: NotificationHandler, *,
-               timeout: float | None = None, what: str = "notifications") -> None:
-        """Hand every notification that arrives to ``on_notification`` for ``timeout``
-        seconds (None: until the connection ends). Replies to no request are skipped.
+               timeout: float | None = None, what: str = "notifications") -> bool:
+        """Wait for the next notification and hand it to ``on_notification``, for at most
+        ``timeout`` seconds (None: as long as it takes). Replies to no request are skipped.
+
+        Returns:
+            Whether a notification came (False: the time ran out).
 
         Raises:
             ConnectionLost: The connection closed or broke.
@@ -430,9 +433,10 @@ class Connection:
             try:
                 incoming = self._receive(what, deadline, None)
             except CallTimeout:
-                return
+                return False
             if isinstance(incoming, dict) and "method" in incoming:
                 self._dispatch(incoming, on_notification, what)
+                return True
 
     def notify(self, method: str, params: dict[str, Any] | list[Any] | None = None) -> None:
         """Send a notification (no reply is expected).

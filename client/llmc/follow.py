@@ -137,7 +137,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     with connect(args) as conn:
         as_object(call(conn, "jobs.watch", params), "jobs.watch")
         try:
-            conn.listen(on_event, what="job events")
+            while True:
+                conn.listen(on_event, what="job events")
         except ConnectionLost:
             error("llmd closed the connection (did it stop?)")
             return exitcodes.UNREACHABLE
