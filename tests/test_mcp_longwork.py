@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+from llmc.mcp import tasks as mcp_tasks
 
 from tests.conftest import DaemonHandle, RawClient
 from tests.test_mcp import RawBridge, bridge_env, registry, session, text_of
@@ -277,3 +278,27 @@ async def test_tasks_under_the_2026_extension(daemon_factory: Any, fake_bin: Pat
     assert no_result["error"]["code"] == -32601
     assert ack["result"]["resultType"] == "complete"
     assert gone["result"]["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(("state", "utility", "extension"), [
+    ("queued", "working", "working"), ("running", "working", "working"),
+    ("retrying", "working", "working"), ("succeeded", "completed", "completed"),
+    ("failed", "failed", "completed"), ("timed_out", "failed", "completed"),
+    ("interrupted", "failed", "completed"), ("cancelled", "cancelled", "cancelled")])
+def test_task_status_by_revision(state: str, utility: str, extension: str) -> None:
+    record: dict[str, Any] = {
+        "job": "j1", "blueprint": "say", "state": state, "attempts": 1,
+        "created_at": "2026-01-01T00:00:00.000Z", "started_at": "2026-01-01T00:00:01.000Z",
+        "finished_at": None, "result": None,
+        "error": None if state in ("queued", "running", "retrying")
+        else {"code": -32005, "message": "boom", "data": {}}}
+    if state == "succeeded":
+        record.update(error=None, result={"job": "j1", "text": "hi", "state": "succeeded"})
+    old = mcp_tasks.task(record, "2025-11-25", 1000)
+    new = mcp_tasks.task(record, "2026-07-28", 1000, detailed=True)
+    assert (old["status"], new["status"]) == (utility, extension)
+    assert old["taskId"] == new["taskId"] == "j1"
+    assert "ttl" in old and "ttlMs" in new and "ttlMs" not in old
+    assert ("result" in new) == (extension == "completed")
+    if state == "running":
+        assert new["statusMessage"].startswith("say: running ")

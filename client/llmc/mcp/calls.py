@@ -1,18 +1,21 @@
-"""How ``llmc mcp`` carries out tool calls: llmd's connections, the five tools, progress, cancel.
+"""How ``llmc mcp`` carries out tool calls: llmd's connections, the tools, progress, cancel.
 
 Invariants:
 - A call runs in a thread of its own and holds a daemon connection of its own for as long as
   it waits; idle connections are kept (a few) and reused, so a quick call pays no connect.
   A reused connection found dead (llmd restarted since) is replaced once, as long as
   nothing came back on it.
+- A ``run`` starts its job detached and waits for it at most the inline cap (``max_wait``:
+  50 s without a progress token, 300 s with one); then it answers with the job's handle and
+  the job goes on, whatever becomes of the client or of this process.
 - A call the client cancels stops at once. A ``run`` whose job id is known is cancelled in
-  llmd with ``llm.cancel``; otherwise the call's connection is shut down, and llmd cancels
-  the runs of a connection that goes away. Either way the run's process group is killed.
-  Nothing else is cancelled: a ``result`` call only stops waiting, a ``start``ed job goes on.
-- When the client asked for progress (a progress token), a run is streamed and progress is
-  reported on every state change and at least every ``progress_s`` seconds while a call
-  waits (the connection's ``on_tick``). Without a token the call is left unstreamed and
-  untimed: the quickest way through llmd.
+  llmd with ``llm.cancel`` (until its handle has been returned; then only ``cancel`` ends
+  it); otherwise the call's connection is shut down. Nothing else is cancelled: a
+  ``result`` or ``wait`` call only stops waiting, a ``start``ed job goes on.
+- When the client asked for progress (a progress token), a waiting run watches llmd's job
+  events (``jobs.watch``, on a connection of its own) and reports progress on every state
+  change of its job and at least every ``progress_s`` seconds (the connection's
+  ``on_tick``). Without a token the wait is one ``jobs.get``: the quickest way.
 - Every way a call can fail ends in a tool result (:mod:`llmc.mcp.tools`), or in None when
   the client cancelled it; nothing escapes to the protocol layer but bugs.
 """
@@ -259,7 +262,7 @@ class Daemon:
 
 
 class Runner:
-    """Carries out the five tools against llmd.
+    """Carries out the tools against llmd (the long-work ones: :mod:`llmc.mcp.longwork`).
 
     Args:
         daemon: llmd.
@@ -267,6 +270,7 @@ class Runner:
         progress_s: Seconds between progress reports while a call waits.
         cwd: The default working directory of runs (None when it no longer exists).
         progress: Sends a progress notification for a call (when it asked for them).
+        max_wait: The inline cap of every call (None: 50 s, 300 s with a progress token).
     """
 
     def __init__(self, daemon: Daemon, max_chars: int, progress_s: float, cwd: str | None,

@@ -2,8 +2,9 @@
 
 All MCP clients (Claude Code, Cursor, Zed, VS Code...) thereby share the one daemon: its
 supervisor, queue, health view and job store. This module is the protocol side; the tools
-are listed in :mod:`llmc.mcp.schemas`, carried out in :mod:`llmc.mcp.calls`, and answered
-with the results of :mod:`llmc.mcp.tools`.
+are listed in :mod:`llmc.mcp.schemas`, carried out in :mod:`llmc.mcp.calls` and
+:mod:`llmc.mcp.longwork`, and answered with the results of :mod:`llmc.mcp.tools`; tasks are
+:mod:`llmc.mcp.tasks`.
 
 Invariants:
 - Stdout carries protocol messages only: one JSON-RPC message (or batch array) per line,
@@ -22,7 +23,10 @@ Invariants:
 - Protocol versions: the ``initialize`` handshake of 2024-11-05 to 2025-11-25 (the client's
   version when it is one of these, else 2025-11-25), and the stateless 2026-07-28
   (``server/discover`` and a ``_meta`` envelope on every request). Fields that a version does
-  not define are left out of what a client of that version gets.
+  not define are left out of what a client of that version gets. Tasks likewise: the
+  utility (``task`` on ``tools/call``, ``tasks/get|result|list|cancel``) under 2025-11-25
+  alone, the ``io.modelcontextprotocol/tasks`` extension under 2026-07-28 alone, for a
+  request that declares it.
 - Standard library only: this runs at every launch of every MCP client, and trio alone would
   cost about 100 ms of start-up.
 """
