@@ -22,7 +22,6 @@ def registry(fake_bin: Path) -> str:
         "say": {"command": ["@fakecli", "text", "{prompt}"]},
         "fail": {"command": ["@fakecli", "fail", "4"], "prompt": "stdin"},
         "slow": {"command": ["@fakecli", "sleep", "30"], "prompt": "stdin"},
-        "gone": {"command": ["no-such-llm-cli"], "prompt": "stdin"},
     })
 
 
@@ -136,9 +135,11 @@ async def test_a_watcher_that_never_reads_is_dropped(daemon_factory: Any,
     with trio.fail_after(120):
         await stuck.call("jobs.watch", {})
         # Enough state changes to fill the socket buffers and then the watcher's queue:
-        # runs whose program is missing end at once, each a state change.
+        # runs whose deadline has passed before they start end at once, each with a state
+        # change or two, and no process.
         batch = [{"jsonrpc": "2.0", "id": n, "method": "llm.run",
-                  "params": {"blueprint": "gone", "prompt": ""}} for n in range(500)]
+                  "params": {"blueprint": "say", "prompt": "x", "timeout": 1e-6}}
+                 for n in range(500)]
         sent = 0
         while True:
             await client.send(batch)

@@ -79,7 +79,8 @@ class Job:
         self.durable = trio.Event()
         """Set once a detached job's record can be found after a crash (see the manager)."""
         self.live_text: list[str] = []
-        """The stdout text of the attempt in flight (or the last), as streamed."""
+        """The stdout text of the attempt in flight (or the last), as streamed, for a
+        structured parser (a plain-text attempt's kept stdout is its text)."""
 
     def row(self) -> JobRow:
         """A snapshot for the store (fresh tuples: the store may write it later)."""

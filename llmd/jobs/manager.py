@@ -427,9 +427,6 @@ class JobManager:
         job.finished.set()
         if result is not None:
             job.live_text = []  # the answer's text is the same (API.md, Streaming)
-        self.events.publish(job.id, job.blueprint, state, job.finished_at,
-                            attempt=job.attempts,
-                            **({"code": error.code} if error is not None else {}))
         # The prompt, argv and environment stay out of the log: they may hold secrets. So
         # does the error's message: it quotes the CLI's output, which may echo the prompt.
         log.info("job %s %s: %s after %d attempt%s%s", job.id, job.blueprint, state,
@@ -442,6 +439,9 @@ class JobManager:
         job.attempt = None  # what it kept of the output is in the result now
         self._kept_chars += _result_chars(job)
         self._evict()
+        self.events.publish(job.id, job.blueprint, state, job.finished_at,
+                            attempt=job.attempts,
+                            **({"code": error.code} if error is not None else {}))
 
     def _evict(self) -> None:
         """Finished jobs stay in memory for jobs.get up to a count and a size (the store
@@ -562,7 +562,8 @@ class JobManager:
         job.live_text = []  # jobs.output follows the attempt in flight
 
         async def on_text(stream: Stream, text: str) -> None:
-            if stream == "stdout":
+            if stream == "stdout" and bp.parser != "text":
+                # A plain-text attempt's kept stdout is its text: no second copy is kept.
                 job.live_text.append(text)
             if not job.listeners:
                 return

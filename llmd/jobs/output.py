@@ -2,9 +2,11 @@
 
 Invariants:
 - While a job runs, its output is the stdout text its attempt in flight has streamed so
-  far (a retry starts it again); once it has succeeded, its answer's text, which is the
-  same text (docs/API.md, Streaming); once it has ended otherwise, the text its last
-  attempt streamed while the job is in memory, else the partial output its error kept.
+  far (a retry starts it again): for a plain-text blueprint the attempt's kept stdout,
+  which is that text, for a structured parser the text parsed from it. Once it has
+  succeeded, its answer's text, which is the same text (docs/API.md, Streaming); once it
+  has ended otherwise, the text its last attempt streamed while the job is in memory,
+  else the partial output its error kept.
 - Offsets count characters (code points) of that text; a page never holds more than the
   ``limit`` asked for, nor more than ``MAX_PAGE`` characters.
 - Pure functions of a job or a record: no I/O here. A prompt leaves only as the first
@@ -30,9 +32,14 @@ def live(job: Job) -> str:
     """The output of a job in the daemon's memory."""
     if job.state == "succeeded" and job.result is not None:
         return job.result.text
-    if job.live_text or job.state not in FINAL_STATES or job.error is None:
+    if job.live_text:
         return "".join(job.live_text)
-    return _error_output(job.error.to_wire())
+    if job.attempt is not None and (job.bp is None or job.bp.parser == "text"):
+        # A plain-text attempt's kept stdout is its text (the manager keeps no copy).
+        return job.attempt.stdout
+    if job.state in FINAL_STATES and job.error is not None:
+        return _error_output(job.error.to_wire())
+    return ""
 
 
 def stored(record: JobRecord) -> str:
