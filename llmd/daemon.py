@@ -213,6 +213,7 @@ class Daemon:
                 if store.available and manager.worktrees is not None:
                     await nursery.start(partial(tend, manager.worktrees, store.has,
                                                 interval=store.prune_interval))
+                await nursery.start(manager.events.serve)
                 accepting = trio.CancelScope()
 
                 async def accept(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -3,7 +3,7 @@
 Usage (``llmc --help`` and ``llmc COMMAND --help`` say more)::
 
     llmc run NAME [PROMPT]        run blueprint NAME; the prompt is read from stdin when omitted
-    llmc blueprints | info | jobs | job ID | cancel ID | status
+    llmc blueprints | info | jobs | job ID [--follow] | cancel ID | status | watch
     llmc mcp                      serve llmd's tools to an MCP client on stdin/stdout
 
 Exit status:
@@ -180,6 +180,17 @@ def _add_job(job: argparse.ArgumentParser) -> None:
     job.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
                      help="with --wait: give up after this long (status 4)")
     job.add_argument("--text", action="store_true", help="print only the answer's text")
+    job.add_argument("--follow", action="store_true",
+                     help="print the job's output as it comes, then exit with its status")
+
+
+def _add_watch(watch: argparse.ArgumentParser) -> None:
+    watch.add_argument("--state", action="append", choices=JOB_STATES, metavar="STATE",
+                       help="only changes to this state (repeatable): "
+                            f"{', '.join(JOB_STATES)}")
+    watch.add_argument("--blueprint", metavar="NAME", help="only jobs of this blueprint")
+    watch.add_argument("--notify", action="store_true",
+                       help="also raise a desktop notification (notify-send) when a job ends")
 
 
 def _add_cancel(cancel: argparse.ArgumentParser) -> None:
@@ -206,6 +217,10 @@ def _add_mcp(mcp: argparse.ArgumentParser) -> None:
                      default=None,
                      help="seconds between progress notifications while a call waits "
                           "(default: $LLMC_MCP_PROGRESS_S, else 5)")
+    mcp.add_argument("--max-wait", metavar="SECONDS", type=_positive_seconds, default=None,
+                     help="the longest a call waits before it answers with the job id of a "
+                          "run still going (default: $LLMC_MCP_MAX_WAIT, else 50, or 300 for "
+                          "a call that asked for progress)")
 
 
 def _add_nothing(parser: argparse.ArgumentParser) -> None:
@@ -226,10 +241,15 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
     "info": ("show the daemon's facts", "", _add_nothing),
     "jobs": ("list recent jobs, newest first", "", _add_jobs),
     "job": ("show one job",
-            "Show one job's record and, once it has succeeded, its answer.\n"
+            "Show one job's record and, once it has succeeded, its answer; --follow\n"
+            "prints its output as it comes (also after a restart of llmd) instead.\n"
             "The exit status follows the job's outcome: 0 succeeded (or not ended yet), the\n"
             "error's status when it failed (as for run), 4 timed out, 10 cancelled or\n"
             "interrupted by a daemon stop.", _add_job),
+    "watch": ("print job events as they happen",
+              "Print a line for every state change of every job (started by any client)\n"
+              "until interrupted; --json prints each event as one JSON object per line.\n"
+              "--notify also raises a desktop notification when a job ends.", _add_watch),
     "cancel": ("cancel a job",
                "Cancel a job: prints 'cancelled ID', or that it had already finished (also\n"
                "status 0). An unknown ID is status 1.", _add_cancel),
@@ -245,8 +265,8 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
     "status": ("show the blueprints' health (from llmd's cache)", "", _add_status),
     "mcp": ("serve llmd's tools to an MCP client on stdin/stdout",
             "Speak the Model Context Protocol on stdin/stdout, for an MCP client (Claude\n"
-            "Code, Cursor, Zed, VS Code...) to start: its tools run, start, result, cancel\n"
-            "and status hand every call to llmd. For Claude Code:\n"
+            "Code, Cursor, Zed, VS Code...) to start: its tools run, start, wait, result,\n"
+            "peek, jobs, cancel and status hand every call to llmd. For Claude Code:\n"
             "  claude mcp add llmd -- llmc mcp\n"
             "Logs go to stderr; it ends when stdin does.", _add_mcp),
 }

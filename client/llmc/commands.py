@@ -266,6 +266,13 @@ def cmd_job(args: argparse.Namespace) -> int:
             params["timeout"] = args.timeout
     elif args.timeout is not None:
         raise UsageError("--timeout goes with --wait (llmc job ID --wait --timeout SECONDS)")
+    if args.follow:
+        if args.wait or args.json or args.text:
+            raise UsageError("--follow goes alone (it prints the output, then ends with the "
+                             "job's status)")
+        from llmc.follow import cmd_follow  # noqa: PLC0415
+
+        return cmd_follow(args)
     with connect(args) as conn:
         if args.wait:
             record = _wait_for_job(conn, args, params)
@@ -389,6 +396,13 @@ def _ago(stamp: object) -> str:
     return f"{seconds // 3600}h ago"
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """``llmc watch``: see :mod:`llmc.follow`."""
+    from llmc.follow import cmd_watch as watch  # noqa: PLC0415 - only watch needs it
+
+    return watch(args)
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "blueprints": cmd_blueprints,
@@ -400,4 +414,5 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "diff": cmd_diff,
     "apply": cmd_apply,
     "discard": cmd_discard,
+    "watch": cmd_watch,
 }

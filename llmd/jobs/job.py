@@ -83,6 +83,9 @@ class Job:
         """Set once a detached job's record can be found after a crash (see the manager)."""
         self.worktree: Sidecar | None = None
         """The job's worktree, once made (``isolate: "worktree"``)."""
+        self.live_text: list[str] = []
+        """The stdout text of the attempt in flight (or the last), as streamed, for a
+        structured parser (a plain-text attempt's kept stdout is its text)."""
 
     @property
     def cwd(self) -> str | None:

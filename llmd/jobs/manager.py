@@ -58,6 +58,7 @@ from llmd.errors import (
     UnknownBlueprint,
 )
 from llmd.health.monitor import HealthMonitor
+from llmd.jobs.events import JobEvents
 from llmd.jobs.job import Job, new_job_id
 from llmd.jobs.records import RunParams, RunResult
 from llmd.jobs.retry import Backoff
@@ -124,6 +125,8 @@ class JobManager:
         self.registry = registry
         self.warm = warm if warm is not None else WarmPool(registry)
         self.set_registry(registry)
+        self.events = JobEvents()
+        """Every state change of every job, for ``jobs.watch``."""
 
     def set_registry(self, registry: Registry) -> None:
         """Put a (re)loaded registry in force; running jobs keep their blueprint."""
@@ -481,6 +484,10 @@ class JobManager:
         log.debug("job %s: %s", job.id, state)
         if self.store is not None and state not in FINAL_STATES:
             self.store.save_soon(job.row())
+        if state not in FINAL_STATES:  # a final state is told by _finish
+            self.events.publish(job.id, job.blueprint, state, job.history[-1][1],
+                                attempt=job.attempts,
+                                **{k: v for k, v in extra.items() if k == "retry_in_s"})
         await self._publish(job, "llm.state", {"job": job.id, "state": state,
                                                "attempt": job.attempts, **extra})
 
@@ -499,6 +506,8 @@ class JobManager:
         job.history.append((state, job.finished_at))
         self.finished_count += 1
         job.finished.set()
+        if result is not None:
+            job.live_text = []  # the answer's text is the same (API.md, Streaming)
         # The prompt, argv and environment stay out of the log: they may hold secrets. So
         # does the error's message: it quotes the CLI's output, which may echo the prompt.
         log.info("job %s %s: %s after %d attempt%s%s", job.id, job.blueprint, state,
@@ -511,6 +520,9 @@ class JobManager:
         job.attempt = None  # what it kept of the output is in the result now
         self._kept_chars += _result_chars(job)
         self._evict()
+        self.events.publish(job.id, job.blueprint, state, job.finished_at,
+                            attempt=job.attempts,
+                            **({"code": error.code} if error is not None else {}))
 
     def _evict(self) -> None:
         """Finished jobs stay in memory for jobs.get up to a count and a size (the store
@@ -640,8 +652,12 @@ class JobManager:
             on_spawn=lambda pid: self._spawned(job, pid), model=job.params.model,
             session=job.params.session))
         job.attempt = attempt.process
+        job.live_text = []  # jobs.output follows the attempt in flight
 
         async def on_text(stream: Stream, text: str) -> None:
+            if stream == "stdout" and bp.parser != "text":
+                # A plain-text attempt's kept stdout is its text: no second copy is kept.
+                job.live_text.append(text)
             if not job.listeners:
                 return
             if stream == "stdout":

@@ -28,6 +28,7 @@ from llmd import __version__
 from llmd.config import Registry
 from llmd.errors import InvalidParams, NoSuchJob
 from llmd.health.monitor import HealthMonitor
+from llmd.jobs import output as job_output
 from llmd.jobs.manager import JobManager
 from llmd.jobs.records import JobRecord, RunParams, RunResult
 from llmd.jobs.state import FINAL_STATES, JobState
@@ -57,6 +58,27 @@ class DiffParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     binary: bool = False
 
 
+class OutputParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.output`` parameters."""
+
+    job: str
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Union[Annotated[int, msgspec.Meta(ge=1)], None] = None  # noqa: UP007
+
+
+class WatchParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.watch`` parameters."""
+
+    states: Union[list[JobState], None] = None  # noqa: UP007 - msgspec needs a runtime Union
+    blueprint: str | None = None
+
+
+class UnwatchParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.unwatch`` parameters."""
+
+    watch: int
+
+
 class HealthParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``health.status`` and ``health.check`` parameters."""
 
@@ -77,6 +99,7 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # SQLite takes 64-bit integers only.
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 50
     unapplied: bool = False
+    prompt_line: bool = False
 
 
 class PrewarmParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -223,6 +246,9 @@ def build(context: MethodContext) -> list[Method]:
             records = {k: r for k, r in records.items() if k in wanted}
         # Job ids sort by creation time.
         newest = sorted(records.values(), key=lambda r: r.job, reverse=True)
+        if params.prompt_line:
+            return {"jobs": [job_output.with_prompt_line(_shown(r), manager.jobs.get(r.job))
+                             for r in newest[:params.limit]]}
         return {"jobs": [_shown(r) for r in newest[:params.limit]]}
 
     async def jobs_diff(params: DiffParams, ctx: CallContext) -> dict[str, Any]:
@@ -242,6 +268,28 @@ def build(context: MethodContext) -> list[Method]:
         if job is not None and job.state not in FINAL_STATES:
             raise InvalidParams(f"job {job_id!r} is {job.state}; wait for it to end (or "
                                 "cancel it) first", {"job": job_id, "state": job.state})
+
+    async def jobs_output(params: OutputParams, ctx: CallContext) -> dict[str, Any]:
+        job = manager.jobs.get(params.job)
+        if job is not None:
+            state: JobState = job.state
+            text = job_output.live(job)
+        else:
+            stored = await store.get(params.job)
+            if stored is None:
+                raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
+            state, text = stored.state, job_output.stored(stored)
+        return job_output.page(params.job, state, text, params.offset, params.limit)
+
+    async def jobs_watch(params: WatchParams, ctx: CallContext) -> dict[str, Any]:
+        session = ctx.session
+        number = manager.events.watch(
+            session.notify, states=frozenset(params.states or ()), blueprint=params.blueprint,
+            alive=lambda: session.is_open, abort=session.abort)
+        return {"watch": number}
+
+    async def jobs_unwatch(params: UnwatchParams, ctx: CallContext) -> dict[str, Any]:
+        return {"watch": params.watch, "unwatched": manager.events.unwatch(params.watch)}
 
     async def blueprints_list(params: None, ctx: CallContext) -> dict[str, Any]:
         reg = host.registry
@@ -288,6 +336,9 @@ def build(context: MethodContext) -> list[Method]:
         Method("jobs.diff", jobs_diff, DiffParams),
         Method("jobs.apply", jobs_apply, JobParams),
         Method("jobs.discard", jobs_discard, JobParams),
+        Method("jobs.output", jobs_output, OutputParams),
+        Method("jobs.watch", jobs_watch, WatchParams),
+        Method("jobs.unwatch", jobs_unwatch, UnwatchParams),
         Method("blueprints.list", blueprints_list, None),
         Method("daemon.info", daemon_info, None),
         Method("daemon.reload", daemon_reload, None),
