@@ -57,6 +57,7 @@ from llmd.errors import (
     UnknownBlueprint,
 )
 from llmd.health.monitor import HealthMonitor
+from llmd.jobs import usage
 from llmd.jobs.job import Job, new_job_id
 from llmd.jobs.records import RunParams, RunResult
 from llmd.jobs.retry import Backoff
@@ -566,12 +567,14 @@ class JobManager:
         json_error: str | None = None
         if job.params.json:
             value, json_error = extract_json(text)
+        cost, cost_source = usage.run_cost(parsed.cost_usd, parsed.usage, job.model,
+                                           self.registry.doc.prices)
         return RunResult(job=job.id, blueprint=job.blueprint, state="succeeded", text=text,
                          output=attempt.stdout, stderr=attempt.stderr_tail,
                          exit_code=attempt.exit_code, attempts=job.attempts,
                          duration_s=round(duration, 6), truncated=attempt.truncated,
                          json=value, json_error=json_error, session=parsed.session,
-                         usage=parsed.usage, cost_usd=parsed.cost_usd,
+                         usage=parsed.usage, cost_usd=cost, cost_source=cost_source,
                          requested_blueprint=job.requested,
                          fallback_reason=job.fallback_reason)
 

@@ -271,6 +271,13 @@ class JobStore:
             return []
         return await self._call(lambda db: db.list(state, limit), [])
 
+    async def usage_rows(self, since: str, until: str, since_day: str, until_day: str,
+                         by: tuple[str, ...]) -> builtins.list[tuple[Any, ...]]:
+        """The usage ledger summed per group (see :meth:`Database.usage_rows`); none when
+        the store is unavailable."""
+        return await self._call(
+            lambda db: db.usage_rows(since, until, since_day, until_day, by), [])
+
     # --- maintenance -------------------------------------------------------
 
     async def recover(self) -> RecoveryReport:

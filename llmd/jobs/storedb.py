@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from llmd.errors import Cancelled
+from llmd.jobs import usage
 from llmd.jobs.records import JobRecord, RunResult
 from llmd.jobs.state import LIVE_STATES, JobState
 from llmd.process import procs
@@ -59,7 +61,40 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id)",
     "CREATE TABLE IF NOT EXISTS outputs (id TEXT PRIMARY KEY, text TEXT NOT NULL,"
     " output TEXT NOT NULL)",
+    # The usage ledger (llmd.jobs.usage): one entry per finished job, and per local day the
+    # sums of the entries pruned with their jobs. The index covers every summed column, so a
+    # summary reads the index alone.
+    """CREATE TABLE IF NOT EXISTS usage (
+    id TEXT PRIMARY KEY, at TEXT NOT NULL, day TEXT NOT NULL, blueprint TEXT NOT NULL,
+    model TEXT NOT NULL, cwd TEXT NOT NULL, outcome TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL,
+    duration_s REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS usage_at ON usage (at, day, blueprint, model, cwd, outcome,"
+    " input_tokens, output_tokens, cost_usd, duration_s)",
+    """CREATE TABLE IF NOT EXISTS usage_daily (
+    day TEXT NOT NULL, blueprint TEXT NOT NULL, model TEXT NOT NULL, cwd TEXT NOT NULL,
+    runs INTEGER NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL,
+    duration_s REAL NOT NULL, PRIMARY KEY (day, blueprint, model, cwd))""",
 )
+_INSERT_USAGE = "INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SUMS = ("COUNT(*), SUM(outcome = 's'), SUM(outcome = 'f'), SUM(input_tokens),"
+         " SUM(output_tokens), SUM(cost_usd), SUM(duration_s)")
+_DAILY_SUMS = ("SUM(runs), SUM(succeeded), SUM(failed), SUM(input_tokens),"
+               " SUM(output_tokens), SUM(cost_usd), SUM(duration_s)")
+# Pruned jobs' entries, folded into their day's row (a day may be folded in several times).
+_ROLL_UP = ("INSERT INTO usage_daily SELECT day, blueprint, model, cwd, " + _SUMS  # noqa: S608
+            + " FROM usage WHERE id IN (SELECT value FROM json_each(?))"
+            " GROUP BY day, blueprint, model, cwd"
+            " ON CONFLICT (day, blueprint, model, cwd) DO UPDATE SET"
+            " runs = runs + excluded.runs, succeeded = succeeded + excluded.succeeded,"
+            " failed = failed + excluded.failed,"
+            " input_tokens = input_tokens + excluded.input_tokens,"
+            " output_tokens = output_tokens + excluded.output_tokens,"
+            " cost_usd = CASE WHEN excluded.cost_usd IS NULL THEN cost_usd"
+            " WHEN cost_usd IS NULL THEN excluded.cost_usd"
+            " ELSE cost_usd + excluded.cost_usd END,"
+            " duration_s = duration_s + excluded.duration_s")
 _COLUMNS = ("id", "blueprint", "state", "created_at", "started_at", "finished_at",
             "updated_at", "attempts", "exit_code", "request", "result", "error", "history",
             "groups", "daemon_pid", "daemon_start", "daemon_boot")
@@ -101,6 +136,8 @@ class JobRow(JobRecord, frozen=True, kw_only=True):
     daemon_pid: int | None = None
     daemon_start: int | None = None
     daemon_boot: str | None = None
+    model: str | None = None
+    """The model the run asked for (or its blueprint's default), for the usage ledger."""
 
 
 class RecoveryReport(msgspec.Struct):
@@ -357,6 +394,11 @@ class Database:
                     log.error("job %s: record not kept (%s)", job, type(exc).__name__)
                     kept[job] = False
                     continue
+                entry = usage.entry_for(row.job, blueprint=row.blueprint, state=row.state,
+                                        finished_at=row.finished_at, request=row.request,
+                                        model=row.model, result=row.result, error=row.error)
+                if entry is not None:
+                    conn.execute(_INSERT_USAGE, entry.as_params())
                 if output is not None:
                     conn.execute(_UPSERT_OUTPUT, output)
                     self.unchecked += len(output[1]) + len(output[2])
@@ -394,6 +436,20 @@ class Database:
         else:
             rows = conn.execute(_LIST_STATE, (state, limit)).fetchall()
         return [self._record(row) for row in rows]
+
+    def usage_rows(self, since: str, until: str, since_day: str, until_day: str,
+                   by: tuple[str, ...]) -> builtins.list[tuple[Any, ...]]:
+        """The ledger summed per group: entries ending in ``[since, until)`` and the
+        pruned days' sums in ``[since_day, until_day]`` (see :func:`usage.summarize`)."""
+        cols = ", ".join(c for c in by if c in usage.GROUP_KEYS)  # checked names only
+        select, group = (cols + ", ", " GROUP BY " + cols) if cols else ("", "")
+        conn = self._db()
+        rows = conn.execute(f"SELECT {select}{_SUMS} FROM usage WHERE at >= ? AND at < ?"  # noqa: S608
+                            f"{group}", (since, until)).fetchall()
+        rows += conn.execute(f"SELECT {select}{_DAILY_SUMS} FROM usage_daily"  # noqa: S608
+                             f" WHERE day >= ? AND day <= ?{group}",
+                             (since_day, until_day)).fetchall()
+        return [r for r in rows if r[len(by)]]  # an empty table sums to one row of nulls
 
     def recover(self) -> RecoveryReport:
         """Interrupt the live rows of dead daemons, killing the process groups they left."""
@@ -449,6 +505,10 @@ class Database:
                     " LIMIT -1 OFFSET ?) WHERE state NOT IN ('queued', 'running', 'retrying')"
                     " LIMIT ?", (max_jobs, chunk - len(ids)))]
             ids = list(dict.fromkeys(ids))
+            if ids:
+                # The ledger outlives the records: their entries become their day's sums.
+                conn.execute(_ROLL_UP, (_json(ids),))
+                conn.executemany("DELETE FROM usage WHERE id = ?", [(i,) for i in ids])
             conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
             conn.executemany("DELETE FROM outputs WHERE id = ?", [(i,) for i in ids])
         if ids:

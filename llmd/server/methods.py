@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol, Union
+from typing import Annotated, Any, Literal, Protocol, Union
 
 import msgspec
 import trio
@@ -28,6 +28,7 @@ from llmd import __version__
 from llmd.config import Registry
 from llmd.errors import InvalidParams, NoSuchJob
 from llmd.health.monitor import HealthMonitor
+from llmd.jobs import ledger
 from llmd.jobs.manager import JobManager
 from llmd.jobs.records import JobRecord, RunParams, RunResult
 from llmd.jobs.state import FINAL_STATES, JobState
@@ -68,6 +69,14 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state: Union[JobState, None] = None  # noqa: UP007 - msgspec needs a runtime Union on 3.10
     # SQLite takes 64-bit integers only.
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 50
+
+
+class UsageParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``usage.summary`` parameters: a window (RFC 3339 or a local date) and groupings."""
+
+    since: Union[str, None] = None  # noqa: UP007 - msgspec needs a runtime Union on 3.10
+    until: Union[str, None] = None  # noqa: UP007
+    by: list[Literal["blueprint", "model", "day", "cwd"]] = msgspec.field(default_factory=list)
 
 
 class Host(Protocol):
@@ -211,6 +220,9 @@ def build(context: MethodContext) -> list[Method]:
     async def health_check(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
         return {"blueprints": await health.check(params.blueprint)}
 
+    async def usage_summary(params: UsageParams, ctx: CallContext) -> dict[str, Any]:
+        return await ledger.summary(store, params.since, params.until, tuple(params.by))
+
     async def daemon_reload(params: None, ctx: CallContext) -> dict[str, Any]:
         registry = host.reload()
         return {"blueprints": sorted(registry.blueprints)}
@@ -225,4 +237,5 @@ def build(context: MethodContext) -> list[Method]:
         Method("daemon.reload", daemon_reload, None),
         Method("health.status", health_status, HealthParams),
         Method("health.check", health_check, HealthParams),
+        Method("usage.summary", usage_summary, UsageParams),
     ]
