@@ -26,8 +26,10 @@ from typing import Any
 
 import trio
 
+from llmd.budget import BudgetBook
 from llmd.config import Registry, load_file, parse_registry
 from llmd.health.monitor import HealthMonitor
+from llmd.jobs import ledger
 from llmd.jobs.manager import JobManager
 from llmd.jobs.store import JobStore, default_path
 from llmd.paths import PACKAGED_CONFIG, packaged_config, prepare_socket_dir
@@ -53,6 +55,18 @@ def load_registry(source: str) -> Registry:
     if source == PACKAGED_CONFIG:
         return parse_registry(packaged_config(), PACKAGED_CONFIG)
     return load_file(source)
+
+
+async def seed_budget(manager: JobManager, store: JobStore) -> None:
+    """Count this month's runs already in the ledger towards the budgets."""
+    book = manager.budget
+    if book is None:
+        return
+    month = book.clock().date().replace(day=1).isoformat()
+    since, until, since_day, until_day = ledger.window(month, None)
+    rows = await store.usage_rows(since, until, since_day, until_day, ("day", "blueprint"))
+    book.seed((day, blueprint, runs, cost)
+              for day, blueprint, runs, _ok, _failed, _in, _out, cost, _s in rows)
 
 
 @dataclass(frozen=True)
@@ -160,6 +174,7 @@ class Daemon:
     def _make_parts(self, store: JobStore) -> _Serving:
         """The job manager, the methods and the server, around an open store."""
         manager = JobManager(self.registry, health=self.health, store=store)
+        manager.budget = BudgetBook(self.registry)
         context = methods.MethodContext(host=self, manager=manager, store=store,
                                         health=self.health)
         dispatcher = Dispatcher(methods.build(context), log=logging.getLogger("llmd.rpc"))
@@ -193,6 +208,7 @@ class Daemon:
             # Under the single-instance lock: recovery may kill what a crashed daemon left.
             store = await self._open_store()
             parts = self._serving = self._make_parts(store)
+            await seed_budget(parts.manager, store)
             manager, server = parts.manager, parts.server
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run)

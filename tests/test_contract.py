@@ -321,7 +321,8 @@ async def test_every_method_answers_the_documented_shape(
             ("llm.cancel", {"job": job}), ("jobs.get", {"job": job}),
             ("jobs.list", {}), ("blueprints.list", None), ("health.status", None),
             ("health.check", {"blueprint": "a"}), ("daemon.info", None),
-            ("daemon.reload", None)]
+            ("daemon.reload", None), ("usage.summary", {"by": ["blueprint", "day"]}),
+            ("budget.status", None)]
         for n, (method, params) in enumerate(calls, start=2):
             reply = await client.call(method, params, id=n)
             assert "result" in reply, reply

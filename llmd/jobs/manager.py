@@ -39,6 +39,7 @@ import msgspec
 import trio
 
 from llmd import routing
+from llmd.budget import BudgetBook
 from llmd.config import Blueprint, Registry
 from llmd.drivers import AttemptProcess, AttemptSpec, Driver, Outcome
 from llmd.drivers.oneshot import OneShot
@@ -117,11 +118,17 @@ class JobManager:
         self._global = trio.CapacityLimiter(registry.daemon.max_jobs)
         self._limiters: dict[str, trio.CapacityLimiter] = {}
         self.registry = registry
+        self.budget: BudgetBook | None = None
+        """Budgets that route new runs (:mod:`llmd.budget`), told of every run that ends."""
+        self.on_finish: list[Callable[[Job], None]] = []
+        """Told of every job as it reaches its final state (the ledger's figures)."""
         self.set_registry(registry)
 
     def set_registry(self, registry: Registry) -> None:
         """Put a (re)loaded registry in force; running jobs keep their blueprint."""
         self.registry = registry
+        if self.budget is not None:
+            self.budget.set_registry(registry)
         self._global.total_tokens = registry.daemon.max_jobs
         for name, bp in registry.blueprints.items():
             limiter = self._limiters.get(name)
@@ -365,7 +372,8 @@ class JobManager:
             return None
         # A session or a model name means nothing to another CLI.
         route = routing.route(self.health, self.registry, params.blueprint,
-                              pinned=params.session is not None or params.model is not None)
+                              pinned=params.session is not None or params.model is not None,
+                              budget=self.budget)
         return route if route.swapped else None
 
     def _spawned(self, job: Job, pid: int) -> None:
@@ -429,6 +437,10 @@ class JobManager:
             error.data.setdefault("job", job.id)
             error.data.setdefault("state", state)
         job.attempt = None  # what it kept of the output is in the result now
+        if self.budget is not None and job.started_at is not None:
+            self.budget.run_ended(job.blueprint, result.cost_usd if result else None)
+        for observer in self.on_finish:
+            observer(job)
         self._kept_chars += _result_chars(job)
         self._evict()
 

@@ -223,6 +223,9 @@ def build(context: MethodContext) -> list[Method]:
     async def usage_summary(params: UsageParams, ctx: CallContext) -> dict[str, Any]:
         return await ledger.summary(store, params.since, params.until, tuple(params.by))
 
+    async def budget_status(params: None, ctx: CallContext) -> dict[str, Any]:
+        return {"budgets": [] if manager.budget is None else manager.budget.status()}
+
     async def daemon_reload(params: None, ctx: CallContext) -> dict[str, Any]:
         registry = host.reload()
         return {"blueprints": sorted(registry.blueprints)}
@@ -238,4 +241,5 @@ def build(context: MethodContext) -> list[Method]:
         Method("health.status", health_status, HealthParams),
         Method("health.check", health_check, HealthParams),
         Method("usage.summary", usage_summary, UsageParams),
+        Method("budget.status", budget_status, None),
     ]
