@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from llmd.config import Price
+from llmd.errors import InvalidParams
 from llmd.jobs import ledger, usage
 from llmd.jobs.records import RunResult
 from llmd.jobs.store import JobRow, JobStore
@@ -135,7 +136,6 @@ async def test_pruned_records_leave_their_days(tmp_path: Path) -> None:
 
 
 async def test_bad_window_is_invalid_params(tmp_path: Path) -> None:
-    from llmd.errors import InvalidParams
     with trio.fail_after(30):
         async with await open_store(tmp_path / "jobs.db") as store:
             with pytest.raises(InvalidParams):
