@@ -194,6 +194,17 @@ def _add_mcp(mcp: argparse.ArgumentParser) -> None:
                           "(default: $LLMC_MCP_PROGRESS_S, else 5)")
 
 
+def _add_usage(usage: argparse.ArgumentParser) -> None:
+    when = usage.add_mutually_exclusive_group()
+    when.add_argument("--today", action="store_true", help="runs that ended today")
+    when.add_argument("--week", action="store_true", help="this week (from Monday)")
+    when.add_argument("--month", action="store_true", help="this calendar month")
+    when.add_argument("--since", metavar="DATE",
+                      help="from DATE (YYYY-MM-DD, local) or an RFC 3339 time")
+    usage.add_argument("--by", choices=("blueprint", "model", "day", "cwd"),
+                       help="one row per blueprint, model, day or cwd")
+
+
 def _add_nothing(parser: argparse.ArgumentParser) -> None:
     del parser
 
@@ -220,6 +231,14 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
                "Cancel a job: prints 'cancelled ID', or that it had already finished (also\n"
                "status 0). An unknown ID is status 1.", _add_cancel),
     "status": ("show the blueprints' health (from llmd's cache)", "", _add_status),
+    "usage": ("show what runs cost, from llmd's usage ledger",
+              "Sum the runs that ended (all of them, or --today, --week, --month, --since):\n"
+              "runs, outcomes, tokens, cost and time, per --by group, and the budgets' use.\n"
+              "On a terminal a bar column shows each group's cost (its runs when no cost\n"
+              "is known).", _add_usage),
+    "stats": ("show each blueprint's runs, failures and durations (last hour and day)", "",
+              _add_nothing),
+    "metrics": ("print llmd's metrics in the Prometheus text format", "", _add_nothing),
     "mcp": ("serve llmd's tools to an MCP client on stdin/stdout",
             "Speak the Model Context Protocol on stdin/stdout, for an MCP client (Claude\n"
             "Code, Cursor, Zed, VS Code...) to start: its tools run, start, result, cancel\n"

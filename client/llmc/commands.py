@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from llmc import exitcodes
+from llmc import exitcodes, ledger
 from llmc.calling import (
     QUICK_CALL_TIMEOUT,
     UsageError,
@@ -298,6 +298,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     timeout = None if args.check else QUICK_CALL_TIMEOUT
     with connect(args) as conn:
         result = as_object(call(conn, method, params, timeout=timeout), method)
+        budgets = [] if args.json else ledger.budget_lines(conn, args.blueprint)
     if args.json:
         dump(result)
         return exitcodes.OK
@@ -309,7 +310,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 continue
             detail = format_value(entry.get("detail")) if entry.get("detail") else ""
             if entry.get("cooldown_until"):
-                detail = f"until {format_value(entry['cooldown_until'])} {detail}".strip()
+                detail = f"{ledger.cooling_text(entry['cooldown_until'])} {detail}".strip()
             rows.append([name, format_value(entry.get("state")),
                          format_value(entry.get("version")), _ago(entry.get("checked_at")),
                          _seconds(entry.get("latency_s")), detail])
@@ -318,7 +319,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return exitcodes.OK
     text = table(["NAME", "STATE", "VERSION", "CHECKED", "LATENCY", "DETAIL"], rows,
                  terminal_width())
-    write(_paint_states(text) if _colour_wanted() else text)
+    write((_paint_states(text) if _colour_wanted() else text) + "".join(budgets))
     return exitcodes.OK
 
 
@@ -368,4 +369,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "job": cmd_job,
     "cancel": cmd_cancel,
     "status": cmd_status,
+    "usage": ledger.cmd_usage,
+    "stats": ledger.cmd_stats,
+    "metrics": ledger.cmd_metrics,
 }

@@ -25,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import logging
 import os
 import random
@@ -64,7 +65,7 @@ from llmd.jobs.records import RunParams, RunResult
 from llmd.jobs.retry import Backoff
 from llmd.jobs.state import FINAL_STATES, JobState, advance, can_follow
 from llmd.jobs.store import JobStore, ProcGroup
-from llmd.parsers import ParseResult
+from llmd.parsers import ParseResult, quota
 from llmd.parsers.jsonextract import extract_json
 from llmd.parsers.ratelimit import classify
 from llmd.process import argv as argv_mod
@@ -535,8 +536,13 @@ class JobManager:
                 if verdict.retry_after_s is not None:
                     data["retry_after_s"] = verdict.retry_after_s
                 if self.health is not None:
-                    # Later runs go to a fallback, or fail fast, until it cools down.
-                    self.health.note_rate_limited(job.blueprint, verdict.retry_after_s)
+                    # Later runs go to a fallback, or fail fast, until it cools down: until
+                    # the quota window reopens when the message says when.
+                    now = _dt.datetime.fromtimestamp(self.health.wall_clock()).astimezone()
+                    reopens = quota.seconds_until_reset(
+                        f"{attempt.stderr_tail}\n{attempt.stdout[-65536:]}", now)
+                    self.health.note_rate_limited(
+                        job.blueprint, reopens if reopens is not None else verdict.retry_after_s)
                 raise RateLimited(f"{job.blueprint!r} is rate limited "
                                   f"({verdict.reason or 'rate limit'}); gave up after "
                                   f"{job.attempts} attempt{'s' if job.attempts > 1 else ''}",
