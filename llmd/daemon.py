@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from typing import Any
 
 import trio
 
+from llmd import metrics
 from llmd.budget import BudgetBook
 from llmd.config import Registry, load_file, parse_registry
 from llmd.health.monitor import HealthMonitor
@@ -37,6 +39,7 @@ from llmd.server import methods
 from llmd.server.connections import Server
 from llmd.server.dispatch import Dispatcher
 from llmd.server.listener import Listener
+from llmd.stats import RunStats
 from llmd.systemd import runtime
 from llmd.systemd.notify import Notifier
 
@@ -94,6 +97,7 @@ class Daemon:
         self.default_socket = default_socket
         self.started = time.monotonic()
         self.health = HealthMonitor(registry, os.environ)
+        self.stats = RunStats(trio.current_time)
         self.store_path = (Path(registry.doc.store.path).expanduser()
                            if registry.doc.store.path else default_path())
         self.listener = Listener(socket_path)
@@ -175,8 +179,9 @@ class Daemon:
         """The job manager, the methods and the server, around an open store."""
         manager = JobManager(self.registry, health=self.health, store=store)
         manager.budget = BudgetBook(self.registry)
+        manager.on_finish.append(metrics.observe(self.stats))
         context = methods.MethodContext(host=self, manager=manager, store=store,
-                                        health=self.health)
+                                        health=self.health, stats=self.stats)
         dispatcher = Dispatcher(methods.build(context), log=logging.getLogger("llmd.rpc"))
         return _Serving(store, manager,
                         Server(dispatcher, self.registry.daemon.max_message_bytes))
@@ -225,6 +230,13 @@ class Daemon:
 
                 await nursery.start(accept)
                 await nursery.start(self.health.run)
+                textfile = self.registry.doc.metrics.textfile
+                if textfile:
+                    await nursery.start(functools.partial(
+                        metrics.write_textfile, Path(textfile).expanduser(),
+                        self.registry.doc.metrics.interval,
+                        lambda: metrics.exposition(self.stats, manager, self.health,
+                                                   self.uptime_s)))
                 # Before READY=1: a reload or stop sent at once must find its handler.
                 await nursery.start(self._watch_signals)
                 # Both return at once outside systemd (no NOTIFY_SOCKET, no WATCHDOG_USEC).

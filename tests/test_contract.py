@@ -322,7 +322,8 @@ async def test_every_method_answers_the_documented_shape(
             ("llm.cancel", {"job": job}), ("jobs.get", {"job": job}),
             ("jobs.list", {}), ("blueprints.list", None), ("health.status", None),
             ("health.check", {"blueprint": "a"}), ("daemon.info", None),
-            ("daemon.reload", None), ("budget.status", None),
+            ("daemon.reload", None), ("budget.status", None), ("daemon.stats", None),
+            ("daemon.metrics", None),
             ("usage.summary", {"by": ["blueprint", "model", "day", "cwd"]})]
         for n, (method, params) in enumerate(calls, start=2):
             reply = await client.call(method, params, id=n)

@@ -76,6 +76,9 @@ class Job:
         self.stored = False
         """Whether the final record is committed to the store."""
         self.detached = False
+        self.admitted = trio.current_time()
+        self.first_output: float | None = None
+        """When its first output text came (trio's clock), for the time-to-first-output."""
         self.durable = trio.Event()
         """Set once a detached job's record can be found after a crash (see the manager)."""
 

@@ -568,6 +568,8 @@ class JobManager:
         job.attempt = attempt.process
 
         async def on_text(stream: Stream, text: str) -> None:
+            if job.first_output is None and stream == "stdout":
+                job.first_output = trio.current_time()
             if not job.listeners:
                 return
             if stream == "stdout":

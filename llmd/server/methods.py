@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, Protocol, Union
 import msgspec
 import trio
 
-from llmd import __version__
+from llmd import __version__, metrics
 from llmd.config import Registry
 from llmd.errors import InvalidParams, NoSuchJob
 from llmd.health.monitor import HealthMonitor
@@ -34,6 +34,7 @@ from llmd.jobs.records import JobRecord, RunParams, RunResult
 from llmd.jobs.state import FINAL_STATES, JobState
 from llmd.jobs.store import JobStore
 from llmd.server.dispatch import CallContext, Method
+from llmd.stats import RunStats
 
 
 class JobParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -110,11 +111,13 @@ class MethodContext:
     manager: JobManager
     store: JobStore
     health: HealthMonitor
+    stats: RunStats | None = None
 
 
 def build(context: MethodContext) -> list[Method]:
     """The method table, around what the methods use."""
     host, manager, store, health = context.host, context.manager, context.store, context.health
+    stats = context.stats
 
     async def llm_run(params: RunParams, ctx: CallContext) -> RunResult | dict[str, Any]:
         job = manager.submit(params)
@@ -223,6 +226,13 @@ def build(context: MethodContext) -> list[Method]:
     async def usage_summary(params: UsageParams, ctx: CallContext) -> dict[str, Any]:
         return await ledger.summary(store, params.since, params.until, tuple(params.by))
 
+    async def daemon_stats(params: None, ctx: CallContext) -> dict[str, Any]:
+        return {"blueprints": {}} if stats is None else stats.snapshot()
+
+    async def daemon_metrics(params: None, ctx: CallContext) -> dict[str, Any]:
+        runs = stats if stats is not None else RunStats()
+        return {"text": metrics.exposition(runs, manager, health, host.uptime_s)}
+
     async def budget_status(params: None, ctx: CallContext) -> dict[str, Any]:
         return {"budgets": [] if manager.budget is None else manager.budget.status()}
 
@@ -242,4 +252,6 @@ def build(context: MethodContext) -> list[Method]:
         Method("health.check", health_check, HealthParams),
         Method("usage.summary", usage_summary, UsageParams),
         Method("budget.status", budget_status, None),
+        Method("daemon.stats", daemon_stats, None),
+        Method("daemon.metrics", daemon_metrics, None),
     ]
