@@ -66,8 +66,8 @@ async def seed_budget(manager: JobManager, store: JobStore) -> None:
     if book is None:
         return
     month = book.clock().date().replace(day=1).isoformat()
-    since, until, since_day, until_day = ledger.window(month, None)
-    rows = await store.usage_rows(since, until, since_day, until_day, ("day", "blueprint"))
+    days, ranges = ledger.window(month, None)
+    rows = await store.usage_rows(days, ranges, ("day", "blueprint"))
     book.seed((day, blueprint, runs, cost)
               for day, blueprint, runs, _ok, _failed, _in, _out, cost, _s in rows)
 

@@ -61,40 +61,37 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id)",
     "CREATE TABLE IF NOT EXISTS outputs (id TEXT PRIMARY KEY, text TEXT NOT NULL,"
     " output TEXT NOT NULL)",
-    # The usage ledger (llmd.jobs.usage): one entry per finished job, and per local day the
-    # sums of the entries pruned with their jobs. The index covers every summed column, so a
-    # summary reads the index alone.
+    # The usage ledger (llmd.jobs.usage): one entry per finished job, kept with its record,
+    # and the sums per local day, blueprint, model and cwd, added to as each entry is
+    # written and never pruned. A summary reads the sums for whole days and the entries for
+    # the parts of days at a window's edges.
     """CREATE TABLE IF NOT EXISTS usage (
     id TEXT PRIMARY KEY, at TEXT NOT NULL, day TEXT NOT NULL, blueprint TEXT NOT NULL,
     model TEXT NOT NULL, cwd TEXT NOT NULL, outcome TEXT NOT NULL,
     input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL,
     duration_s REAL NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS usage_at ON usage (at, day, blueprint, model, cwd, outcome,"
-    " input_tokens, output_tokens, cost_usd, duration_s)",
+    "CREATE INDEX IF NOT EXISTS usage_at ON usage (at)",
     """CREATE TABLE IF NOT EXISTS usage_daily (
     day TEXT NOT NULL, blueprint TEXT NOT NULL, model TEXT NOT NULL, cwd TEXT NOT NULL,
     runs INTEGER NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL,
     input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL,
-    duration_s REAL NOT NULL, PRIMARY KEY (day, blueprint, model, cwd))""",
+    duration_s REAL NOT NULL, PRIMARY KEY (day, blueprint, model, cwd)) WITHOUT ROWID""",
 )
-_INSERT_USAGE = "INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_USAGE = "INSERT OR IGNORE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _SUMS = ("COUNT(*), SUM(outcome = 's'), SUM(outcome = 'f'), SUM(input_tokens),"
          " SUM(output_tokens), SUM(cost_usd), SUM(duration_s)")
 _DAILY_SUMS = ("SUM(runs), SUM(succeeded), SUM(failed), SUM(input_tokens),"
                " SUM(output_tokens), SUM(cost_usd), SUM(duration_s)")
-# Pruned jobs' entries, folded into their day's row (a day may be folded in several times).
-_ROLL_UP = ("INSERT INTO usage_daily SELECT day, blueprint, model, cwd, " + _SUMS  # noqa: S608
-            + " FROM usage WHERE id IN (SELECT value FROM json_each(?))"
-            " GROUP BY day, blueprint, model, cwd"
-            " ON CONFLICT (day, blueprint, model, cwd) DO UPDATE SET"
-            " runs = runs + excluded.runs, succeeded = succeeded + excluded.succeeded,"
-            " failed = failed + excluded.failed,"
-            " input_tokens = input_tokens + excluded.input_tokens,"
-            " output_tokens = output_tokens + excluded.output_tokens,"
-            " cost_usd = CASE WHEN excluded.cost_usd IS NULL THEN cost_usd"
-            " WHEN cost_usd IS NULL THEN excluded.cost_usd"
-            " ELSE cost_usd + excluded.cost_usd END,"
-            " duration_s = duration_s + excluded.duration_s")
+_ADD_TO_DAY = ("INSERT INTO usage_daily VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)"
+               " ON CONFLICT (day, blueprint, model, cwd) DO UPDATE SET"
+               " runs = runs + 1, succeeded = succeeded + excluded.succeeded,"
+               " failed = failed + excluded.failed,"
+               " input_tokens = input_tokens + excluded.input_tokens,"
+               " output_tokens = output_tokens + excluded.output_tokens,"
+               " cost_usd = CASE WHEN excluded.cost_usd IS NULL THEN cost_usd"
+               " WHEN cost_usd IS NULL THEN excluded.cost_usd"
+               " ELSE cost_usd + excluded.cost_usd END,"
+               " duration_s = duration_s + excluded.duration_s")
 _COLUMNS = ("id", "blueprint", "state", "created_at", "started_at", "finished_at",
             "updated_at", "attempts", "exit_code", "request", "result", "error", "history",
             "groups", "daemon_pid", "daemon_start", "daemon_boot")
@@ -397,8 +394,10 @@ class Database:
                 entry = usage.entry_for(row.job, blueprint=row.blueprint, state=row.state,
                                         finished_at=row.finished_at, request=row.request,
                                         model=row.model, result=row.result, error=row.error)
-                if entry is not None:
-                    conn.execute(_INSERT_USAGE, entry.as_params())
+                # Counted once: a final row written again adds nothing to its day.
+                if entry is not None and conn.execute(_INSERT_USAGE,
+                                                      entry.as_params()).rowcount == 1:
+                    conn.execute(_ADD_TO_DAY, entry.day_params())
                 if output is not None:
                     conn.execute(_UPSERT_OUTPUT, output)
                     self.unchecked += len(output[1]) + len(output[2])
@@ -437,18 +436,21 @@ class Database:
             rows = conn.execute(_LIST_STATE, (state, limit)).fetchall()
         return [self._record(row) for row in rows]
 
-    def usage_rows(self, since: str, until: str, since_day: str, until_day: str,
+    def usage_rows(self, days: tuple[str, str] | None, ranges: builtins.list[tuple[str, str]],
                    by: tuple[str, ...]) -> builtins.list[tuple[Any, ...]]:
-        """The ledger summed per group: entries ending in ``[since, until)`` and the
-        pruned days' sums in ``[since_day, until_day]`` (see :func:`usage.summarize`)."""
+        """The ledger summed per group (see :func:`usage.summarize`): the daily sums of
+        the local days in ``days`` (first and last, both included), and the entries that
+        ended in each ``[since, until)`` of ``ranges``."""
         cols = ", ".join(c for c in by if c in usage.GROUP_KEYS)  # checked names only
         select, group = (cols + ", ", " GROUP BY " + cols) if cols else ("", "")
         conn = self._db()
-        rows = conn.execute(f"SELECT {select}{_SUMS} FROM usage WHERE at >= ? AND at < ?"  # noqa: S608
-                            f"{group}", (since, until)).fetchall()
-        rows += conn.execute(f"SELECT {select}{_DAILY_SUMS} FROM usage_daily"  # noqa: S608
-                             f" WHERE day >= ? AND day <= ?{group}",
-                             (since_day, until_day)).fetchall()
+        rows: builtins.list[tuple[Any, ...]] = []
+        if days is not None:
+            rows += conn.execute(f"SELECT {select}{_DAILY_SUMS} FROM usage_daily"  # noqa: S608
+                                 f" WHERE day >= ? AND day <= ?{group}", days).fetchall()
+        for since, until in ranges:
+            rows += conn.execute(f"SELECT {select}{_SUMS} FROM usage"  # noqa: S608
+                                 f" WHERE at >= ? AND at < ?{group}", (since, until)).fetchall()
         return [r for r in rows if r[len(by)]]  # an empty table sums to one row of nulls
 
     def recover(self) -> RecoveryReport:
@@ -505,10 +507,8 @@ class Database:
                     " LIMIT -1 OFFSET ?) WHERE state NOT IN ('queued', 'running', 'retrying')"
                     " LIMIT ?", (max_jobs, chunk - len(ids)))]
             ids = list(dict.fromkeys(ids))
-            if ids:
-                # The ledger outlives the records: their entries become their day's sums.
-                conn.execute(_ROLL_UP, (_json(ids),))
-                conn.executemany("DELETE FROM usage WHERE id = ?", [(i,) for i in ids])
+            # The ledger outlives the records: their days' sums stay.
+            conn.executemany("DELETE FROM usage WHERE id = ?", [(i,) for i in ids])
             conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
             conn.executemany("DELETE FROM outputs WHERE id = ?", [(i,) for i in ids])
         if ids:

@@ -1,8 +1,9 @@
 """The usage ledger's pure core: what a finished run costs, and how runs add up.
 
-A finished job leaves one ledger entry (:class:`Entry`) beside its record in the store;
-pruning folds old entries into one row per local day, blueprint, model and cwd, so the
-ledger outlives the records. :func:`summarize` adds both kinds up for ``usage.summary``.
+A finished job leaves one ledger entry (:class:`Entry`) beside its record in the store,
+and adds to its local day's sums (one row per day, blueprint, model and cwd), which are
+never pruned: the ledger outlives the records. :func:`summarize` adds rows of both kinds
+up for ``usage.summary``.
 
 Invariants:
 - Pure: records and rows in, numbers out; the only clock read is the local time zone
@@ -105,6 +106,13 @@ class Entry:
     output_tokens: int
     cost_usd: float | None
     duration_s: float
+
+    def day_params(self) -> tuple[Any, ...]:
+        """What it adds to its day's sums, in the ``usage_daily`` table's column order
+        (``runs`` aside)."""
+        return (self.day, self.blueprint, self.model, self.cwd, int(self.outcome == "s"),
+                int(self.outcome == "f"), self.input_tokens, self.output_tokens, self.cost_usd,
+                self.duration_s)
 
     def as_params(self) -> tuple[Any, ...]:
         """The row's values, in the ``usage`` table's column order."""
