@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import sqlite3
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +142,46 @@ async def test_bad_window_is_invalid_params(tmp_path: Path) -> None:
         async with await open_store(tmp_path / "jobs.db") as store:
             with pytest.raises(InvalidParams):
                 await ledger.summary(store, "yesterday", None, ())
+
+
+@pytest.fixture
+def paris(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time is Paris's (UTC+1 in winter) for the test."""
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_window_is_whole_days_and_the_parts_at_its_edges(paris: None) -> None:
+    assert ledger.window(None, None) == (("", "~"), [])
+    # From 11:00 Paris on March 1st to the end of March 3rd: the 2nd and 3rd whole, the
+    # rest of the 1st from the entries.
+    assert ledger.window("2030-03-01T10:00:00Z", "2030-03-03") == (
+        ("2030-03-02", "2030-03-03"),
+        [("2030-03-01T10:00:00.000Z", "2030-03-01T23:00:00.000Z")])
+    # Local days from local midnight: no part of a day.
+    assert ledger.window("2030-03-01", "2030-03-01") == (("2030-03-01", "2030-03-01"), [])
+    # Within one day: the entries alone.
+    assert ledger.window("2030-03-01T10:00:00Z", "2030-03-01T12:00:00Z") == (
+        None, [("2030-03-01T10:00:00.000Z", "2030-03-01T12:00:00.000Z")])
+    # Across a change to summer time (March 31st 2030): that day is 23 hours long.
+    assert ledger.window("2030-03-31T12:00:00+02:00", None) == (
+        ("2030-04-01", "~"), [("2030-03-31T10:00:00.000Z", "2030-03-31T22:00:00.000Z")])
+
+
+async def test_edges_and_whole_days_through_the_store(tmp_path: Path, paris: None) -> None:
+    rows = [finished("e1", "a", "2030-03-01T09:00:00.000Z"),   # before the window
+            finished("e2", "a", "2030-03-01T12:00:00.000Z"),   # in its first part-day
+            finished("e3", "a", "2030-03-02T12:00:00.000Z"),   # a whole day
+            finished("e4", "a", "2030-03-04T00:30:00.000Z")]   # after it (01:30 Paris)
+    with trio.fail_after(30):
+        async with await open_store(tmp_path / "jobs.db") as store:
+            for row in rows:
+                assert await store.save_final(row)
+            assert await store.save_final(rows[1])  # written again: counted once
+            got = await ledger.summary(store, "2030-03-01T10:00:00Z", "2030-03-03", ("day",))
+    assert got["total"]["runs"] == 2
+    assert [(g["day"], g["runs"]) for g in got["groups"]] == [("2030-03-01", 1),
+                                                              ("2030-03-02", 1)]
