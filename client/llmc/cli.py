@@ -14,7 +14,7 @@ Exit status:
  2    usage error: bad arguments, invalid params (-32602), unsupported method (-32601)
  3    llmd is not reachable, or it dropped the connection
  4    timed out (-32003), or job --wait --timeout ran out before the job ended
- 5    rate limited (-32004)
+ 5    rate limited (-32004), or a budget is exhausted (-32009)
  6    busy: llmd's queue is full (-32006)
  7    unknown blueprint (-32001) or its executable is missing (-32002)
  8    invalid configuration (-32008)

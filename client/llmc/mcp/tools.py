@@ -408,6 +408,8 @@ _ADVICE = {
     -32007: "Check the job id: it is the `job` of a `start` or `run` result.",
     -32008: "llmd's registry file is invalid; fix it (`llmd check-config` shows where). "
             "llmd keeps serving the last valid registry meanwhile.",
+    -32009: "A spending budget is used up until `resets_at`. Use a blueprint with budget "
+            "left, or wait; ask the user before raising the budget.",
     -32800: "The job was cancelled (by `cancel`, another client, or llmd stopping). Run it "
             "again if it is still wanted.",
     -32802: "The job was cancelled (by `cancel`, another client, or llmd stopping). Run it "
