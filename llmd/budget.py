@@ -191,6 +191,11 @@ class BudgetBook:
 
 
 def _midnight(day: _dt.date, now: _dt.datetime) -> str:
-    """The start of local ``day`` (in ``now``'s time zone), RFC 3339 UTC."""
-    start = _dt.datetime.combine(day, _dt.time(), tzinfo=now.tzinfo)
+    """The start of local ``day`` in ``now``'s time zone, RFC 3339 UTC. A clock that gives
+    the system's local time gets that date's own offset (a change to or from summer time
+    between now and then included)."""
+    if now.utcoffset() == now.astimezone().utcoffset():
+        start = _dt.datetime.combine(day, _dt.time()).astimezone()
+    else:
+        start = _dt.datetime.combine(day, _dt.time(), tzinfo=now.tzinfo)
     return rfc3339(start.astimezone(_dt.timezone.utc))

@@ -12,6 +12,8 @@ Invariants:
   (SIGINT or a second signal: no wait); then cancel every unfinished job (groups
   killed, callers answered, detached ones recorded ``interrupted``) and return.
 - A reload that fails validation leaves the registry in force untouched.
+- The budgets count this month's runs from the ledger before the first request; with
+  ``[metrics] textfile`` the figures are written there from start to stop.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ Invariants:
   spawned (with the process group recovery kills), or while it waits for a slot.
 - Every state change is published to the job's listeners in order; a listener that
   blocks slows that job alone (it is how back-pressure reaches the child's pipe).
+- A job that ends is told to the budgets (if it ever started) and to every ``on_finish``
+  observer, once, as its final state is set; new runs are routed by budgets as by
+  cooldowns (:mod:`llmd.routing`).
 """
 
 from __future__ import annotations
