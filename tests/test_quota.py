@@ -4,6 +4,7 @@ the CLIs' recordings and their pinned sources, and properties over generated one
 from __future__ import annotations
 
 import datetime as _dt
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -124,3 +125,18 @@ def test_a_time_of_day_is_the_next_one_in_its_zone(hour: int, minute: int, pm: b
         _dt.timedelta(0) < there.utcoffset() - now.astimezone(ZoneInfo(zone)).utcoffset()  # type: ignore[operator]
     # The next such moment: after now, within a day (and an hour, across a DST change).
     assert now < when <= now + _dt.timedelta(hours=25)
+
+
+RECORDED = Path(__file__).parent / "fixtures" / "real-clis"
+
+
+@pytest.mark.parametrize(("recording", "seconds"), [
+    ("llm_429.err", 1.0),                       # "Please try again in 1s."
+    ("gemini_429_fast.err", None),              # "Please wait and try again later."
+    ("gemini_429_default_stream.out", None),
+    ("claude_429_r0.out", None),                # the mock's 429 carries no reset time
+    ("codex_429_r0.err", None),
+])
+def test_recorded_rate_limits_of_the_real_clis(recording: str, seconds: float | None) -> None:
+    text = (RECORDED / recording).read_text()
+    assert seconds_until_reset(text, LOCAL) == seconds
