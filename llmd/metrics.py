@@ -58,12 +58,12 @@ def gauges(manager: JobManager, health: HealthMonitor, budget: BudgetBook | None
     names = sorted(manager.registry.blueprints)
     found: list[Metric] = [
         ("llmd_uptime_seconds", "gauge", "Seconds since the daemon started.",
-         [({}, round(uptime_s, 3))]),
-        ("llmd_jobs_running", "gauge", "Jobs running now.", [({}, manager.running)]),
-        ("llmd_jobs_queued", "gauge", "Jobs waiting for a slot.", [({}, manager.queued)]),
+         [("", {}, round(uptime_s, 3))]),
+        ("llmd_jobs_running", "gauge", "Jobs running now.", [("", {}, manager.running)]),
+        ("llmd_jobs_queued", "gauge", "Jobs waiting for a slot.", [("", {}, manager.queued)]),
         ("llmd_blueprint_cooling_down", "gauge",
          "1 while a blueprint cools down after a rate limit.",
-         [({"blueprint": name}, float(health.state(name) == "cooling_down"))
+         [("", {"blueprint": name}, float(health.state(name) == "cooling_down"))
           for name in names]),
     ]
     if budget is not None:
@@ -71,7 +71,7 @@ def gauges(manager: JobManager, health: HealthMonitor, budget: BudgetBook | None
             use for name in names for use in budget.uses(name)]
         found.append(("llmd_budget_used_ratio", "gauge",
                       "Share of a budget spent in its period (1 is its limit).",
-                      [({"blueprint": use.blueprint or "", "budget": use.budget},
+                      [("", {"blueprint": use.blueprint or "", "budget": use.budget},
                         round(use.spent / use.limit, 6)) for use in uses]))
     return found
 

@@ -166,8 +166,9 @@ def _number(value: float) -> str:
     return repr(float(value)) if not float(value).is_integer() else str(int(value))
 
 
-Metric = tuple[str, str, str, list[tuple[dict[str, str], float]]]
-"""(name, type, help, [(labels, value), ...])"""
+Metric = tuple[str, str, str, list[tuple[str, dict[str, str], float]]]
+"""(name, type, help, [(suffix, labels, value), ...]): a suffix such as ``_sum`` for the
+samples of a summary, else empty."""
 
 
 def render(metrics: Iterable[Metric]) -> str:
@@ -176,34 +177,37 @@ def render(metrics: Iterable[Metric]) -> str:
     for name, kind, text, samples in metrics:
         lines.append(f"# HELP {name} {text}")
         lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
+        for suffix, labels, value in samples:
             inner = ",".join(f'{key}="{_escape(val)}"' for key, val in labels.items())
-            lines.append(f"{name}{{{inner}}} {_number(value)}" if inner
-                         else f"{name} {_number(value)}")
+            lines.append(f"{name}{suffix}{{{inner}}} {_number(value)}" if inner
+                         else f"{name}{suffix} {_number(value)}")
     return "\n".join(lines) + "\n"
 
 
 def counter_metrics(stats: RunStats) -> list[Metric]:
-    """The counters since start, per blueprint."""
+    """The counters since start, per blueprint, and the runs' durations as a summary."""
     items = sorted(stats.counters.items())
+
+    def each(value: Callable[[_Counters], float]) -> list[tuple[str, dict[str, str], float]]:
+        return [("", {"blueprint": name}, value(c)) for name, c in items]
+
     return [
         ("llmd_runs_total", "counter", "Runs that ended, by blueprint and outcome.",
-         [({"blueprint": name, "outcome": outcome}, count)
+         [("", {"blueprint": name, "outcome": outcome}, count)
           for name, c in items for outcome, count in sorted(c.runs.items())]),
         ("llmd_retries_total", "counter", "Attempts retried after a rate limit.",
-         [({"blueprint": name}, c.retries) for name, c in items]),
+         each(lambda c: c.retries)),
         ("llmd_fallbacks_total", "counter",
          "Runs of a blueprint that a fallback served (labelled with the one requested).",
-         [({"blueprint": name}, c.fallbacks) for name, c in items]),
+         each(lambda c: c.fallbacks)),
         ("llmd_input_tokens_total", "counter", "Input tokens the CLIs reported.",
-         [({"blueprint": name}, c.input_tokens) for name, c in items]),
+         each(lambda c: c.input_tokens)),
         ("llmd_output_tokens_total", "counter", "Output tokens the CLIs reported.",
-         [({"blueprint": name}, c.output_tokens) for name, c in items]),
+         each(lambda c: c.output_tokens)),
         ("llmd_cost_usd_total", "counter",
          "Known cost of the runs in US dollars (reported by the CLI or estimated).",
-         [({"blueprint": name}, c.cost_usd) for name, c in items]),
-        ("llmd_run_duration_seconds_sum", "counter", "Seconds the runs that ended took.",
-         [({"blueprint": name}, c.duration_sum) for name, c in items]),
-        ("llmd_run_duration_seconds_count", "counter", "Runs timed in the sum.",
-         [({"blueprint": name}, c.duration_count) for name, c in items]),
+         each(lambda c: c.cost_usd)),
+        ("llmd_run_duration_seconds", "summary", "Seconds the runs that ended took.",
+         [(suffix, {"blueprint": name}, value) for name, c in items
+          for suffix, value in (("_sum", c.duration_sum), ("_count", c.duration_count))]),
     ]

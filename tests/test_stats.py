@@ -63,11 +63,13 @@ def test_the_text_exposition() -> None:
     assert 'llmd_runs_total{blueprint="we\\"ird\\\\name\\n",outcome="timeout"} 1' in lines
     assert 'llmd_cost_usd_total{blueprint="we\\"ird\\\\name\\n"} 0.0002' in lines
     assert 'llmd_run_duration_seconds_sum{blueprint="we\\"ird\\\\name\\n"} 2.5' in lines
+    assert '# TYPE llmd_run_duration_seconds summary' in lines
+    assert 'llmd_run_duration_seconds_count{blueprint="we\\"ird\\\\name\\n"} 1' in lines
     for line in lines:
         if line.startswith("# TYPE"):
             name, kind = line.split()[2:]
             assert name.startswith("llmd_")
-            assert name.endswith(("_total", "_sum", "_count")) == (kind == "counter"), line
+            assert name.endswith("_total") == (kind == "counter"), line
     assert text.endswith("\n")
 
 
