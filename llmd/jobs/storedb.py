@@ -76,22 +76,32 @@ _SCHEMA = (
     runs INTEGER NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL,
     input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL,
     duration_s REAL NOT NULL, PRIMARY KEY (day, blueprint, model, cwd)) WITHOUT ROWID""",
+    # The same sums per day and blueprint only: a few rows a day, for the summaries that
+    # group by neither model nor cwd (the total, the budgets).
+    """CREATE TABLE IF NOT EXISTS usage_days (
+    day TEXT NOT NULL, blueprint TEXT NOT NULL,
+    runs INTEGER NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL,
+    duration_s REAL NOT NULL, PRIMARY KEY (day, blueprint)) WITHOUT ROWID""",
 )
 _INSERT_USAGE = "INSERT OR IGNORE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _SUMS = ("COUNT(*), SUM(outcome = 's'), SUM(outcome = 'f'), SUM(input_tokens),"
          " SUM(output_tokens), SUM(cost_usd), SUM(duration_s)")
 _DAILY_SUMS = ("SUM(runs), SUM(succeeded), SUM(failed), SUM(input_tokens),"
                " SUM(output_tokens), SUM(cost_usd), SUM(duration_s)")
-_ADD_TO_DAY = ("INSERT INTO usage_daily VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)"
-               " ON CONFLICT (day, blueprint, model, cwd) DO UPDATE SET"
-               " runs = runs + 1, succeeded = succeeded + excluded.succeeded,"
-               " failed = failed + excluded.failed,"
-               " input_tokens = input_tokens + excluded.input_tokens,"
-               " output_tokens = output_tokens + excluded.output_tokens,"
-               " cost_usd = CASE WHEN excluded.cost_usd IS NULL THEN cost_usd"
-               " WHEN cost_usd IS NULL THEN excluded.cost_usd"
-               " ELSE cost_usd + excluded.cost_usd END,"
-               " duration_s = duration_s + excluded.duration_s")
+_ADD_UP = (" DO UPDATE SET"
+           " runs = runs + 1, succeeded = succeeded + excluded.succeeded,"
+           " failed = failed + excluded.failed,"
+           " input_tokens = input_tokens + excluded.input_tokens,"
+           " output_tokens = output_tokens + excluded.output_tokens,"
+           " cost_usd = CASE WHEN excluded.cost_usd IS NULL THEN cost_usd"
+           " WHEN cost_usd IS NULL THEN excluded.cost_usd"
+           " ELSE cost_usd + excluded.cost_usd END,"
+           " duration_s = duration_s + excluded.duration_s")
+_ADD_TO_DAY = ("INSERT INTO usage_daily VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+               " ON CONFLICT (day, blueprint, model, cwd)" + _ADD_UP)
+_ADD_TO_DAYS = ("INSERT INTO usage_days VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+                " ON CONFLICT (day, blueprint)" + _ADD_UP)
 _COLUMNS = ("id", "blueprint", "state", "created_at", "started_at", "finished_at",
             "updated_at", "attempts", "exit_code", "request", "result", "error", "history",
             "groups", "daemon_pid", "daemon_start", "daemon_boot")
@@ -397,7 +407,9 @@ class Database:
                 # Counted once: a final row written again adds nothing to its day.
                 if entry is not None and conn.execute(_INSERT_USAGE,
                                                       entry.as_params()).rowcount == 1:
-                    conn.execute(_ADD_TO_DAY, entry.day_params())
+                    day = entry.day_params()
+                    conn.execute(_ADD_TO_DAY, day)
+                    conn.execute(_ADD_TO_DAYS, day[:2] + day[4:])
                 if output is not None:
                     conn.execute(_UPSERT_OUTPUT, output)
                     self.unchecked += len(output[1]) + len(output[2])
@@ -446,7 +458,8 @@ class Database:
         conn = self._db()
         rows: builtins.list[tuple[Any, ...]] = []
         if days is not None:
-            rows += conn.execute(f"SELECT {select}{_DAILY_SUMS} FROM usage_daily"  # noqa: S608
+            table = "usage_days" if set(by) <= {"day", "blueprint"} else "usage_daily"
+            rows += conn.execute(f"SELECT {select}{_DAILY_SUMS} FROM {table}"  # noqa: S608
                                  f" WHERE day >= ? AND day <= ?{group}", days).fetchall()
         for since, until in ranges:
             rows += conn.execute(f"SELECT {select}{_SUMS} FROM usage"  # noqa: S608
