@@ -45,7 +45,7 @@ _BACKSTOP_PAGES = 10_000
 _KNOWN_JOBS = 4096
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 
-_SCHEMA = (
+_SCHEMA: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, blueprint TEXT NOT NULL, state TEXT NOT NULL,
@@ -76,19 +76,29 @@ _SCHEMA = (
     runs INTEGER NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL,
     input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL,
     duration_s REAL NOT NULL, PRIMARY KEY (day, blueprint, model, cwd)) WITHOUT ROWID""",
-    # The same sums per day and blueprint only: a few rows a day, for the summaries that
-    # group by neither model nor cwd (the total, the budgets).
-    """CREATE TABLE IF NOT EXISTS usage_days (
-    day TEXT NOT NULL, blueprint TEXT NOT NULL,
-    runs INTEGER NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL,
-    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL,
-    duration_s REAL NOT NULL, PRIMARY KEY (day, blueprint)) WITHOUT ROWID""",
 )
+# The day's sums kept at several grains (the narrowest that holds a summary's groups is
+# read): per blueprint alone (the total, the budgets), with the model, with the cwd, and
+# with both. Each is (table, key columns); the key columns come first in its rows.
+_DAY_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("usage_days", ("day", "blueprint")),
+    ("usage_days_model", ("day", "blueprint", "model")),
+    ("usage_days_cwd", ("day", "blueprint", "cwd")),
+    ("usage_daily", ("day", "blueprint", "model", "cwd")),
+)
+_SCHEMA += tuple(  # built from the constants above, no data
+    f"CREATE TABLE IF NOT EXISTS {table} ("
+    + "".join(f"{key} TEXT NOT NULL, " for key in keys)
+    + "runs INTEGER NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL,"
+    " input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL,"
+    f" duration_s REAL NOT NULL, PRIMARY KEY ({', '.join(keys)})) WITHOUT ROWID"
+    for table, keys in _DAY_TABLES[:-1])
 _INSERT_USAGE = "INSERT OR IGNORE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _SUMS = ("COUNT(*), SUM(outcome = 's'), SUM(outcome = 'f'), SUM(input_tokens),"
          " SUM(output_tokens), SUM(cost_usd), SUM(duration_s)")
 _DAILY_SUMS = ("SUM(runs), SUM(succeeded), SUM(failed), SUM(input_tokens),"
                " SUM(output_tokens), SUM(cost_usd), SUM(duration_s)")
+_DAY_KEYS = ("day", "blueprint", "model", "cwd")  # the order of Entry.day_params()
 _ADD_UP = (" DO UPDATE SET"
            " runs = runs + 1, succeeded = succeeded + excluded.succeeded,"
            " failed = failed + excluded.failed,"
@@ -98,10 +108,10 @@ _ADD_UP = (" DO UPDATE SET"
            " WHEN cost_usd IS NULL THEN excluded.cost_usd"
            " ELSE cost_usd + excluded.cost_usd END,"
            " duration_s = duration_s + excluded.duration_s")
-_ADD_TO_DAY = ("INSERT INTO usage_daily VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)"  # noqa: S608
-               " ON CONFLICT (day, blueprint, model, cwd)" + _ADD_UP)
-_ADD_TO_DAYS = ("INSERT INTO usage_days VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?)"  # noqa: S608
-                " ON CONFLICT (day, blueprint)" + _ADD_UP)
+_ADD_TO_DAYS = tuple(
+    (f"INSERT INTO {table} VALUES ({', '.join('?' * len(keys))}, 1, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+     f" ON CONFLICT ({', '.join(keys)})" + _ADD_UP, tuple(_DAY_KEYS.index(k) for k in keys))
+    for table, keys in _DAY_TABLES)
 _COLUMNS = ("id", "blueprint", "state", "created_at", "started_at", "finished_at",
             "updated_at", "attempts", "exit_code", "request", "result", "error", "history",
             "groups", "daemon_pid", "daemon_start", "daemon_boot")
@@ -408,8 +418,8 @@ class Database:
                 if entry is not None and conn.execute(_INSERT_USAGE,
                                                       entry.as_params()).rowcount == 1:
                     day = entry.day_params()
-                    conn.execute(_ADD_TO_DAY, day)
-                    conn.execute(_ADD_TO_DAYS, day[:2] + day[4:])
+                    for statement, keys in _ADD_TO_DAYS:
+                        conn.execute(statement, (*(day[i] for i in keys), *day[4:]))
                 if output is not None:
                     conn.execute(_UPSERT_OUTPUT, output)
                     self.unchecked += len(output[1]) + len(output[2])
@@ -458,7 +468,7 @@ class Database:
         conn = self._db()
         rows: builtins.list[tuple[Any, ...]] = []
         if days is not None:
-            table = "usage_days" if set(by) <= {"day", "blueprint"} else "usage_daily"
+            table = next(t for t, keys in _DAY_TABLES if set(by) <= set(keys))
             rows += conn.execute(f"SELECT {select}{_DAILY_SUMS} FROM {table}"  # noqa: S608
                                  f" WHERE day >= ? AND day <= ?{group}", days).fetchall()
         for since, until in ranges:

@@ -1,9 +1,9 @@
 """The usage ledger's pure core: what a finished run costs, and how runs add up.
 
 A finished job leaves one ledger entry (:class:`Entry`) beside its record in the store,
-and adds to its local day's sums (one row per day, blueprint, model and cwd, and one
-per day and blueprint for the summaries that need no more), which are never pruned: the ledger outlives the records. :func:`summarize` adds rows of both kinds
-up for ``usage.summary``.
+and adds to its local day's sums (per blueprint, and per blueprint with the model, the cwd
+or both), which are never pruned: the ledger outlives the records. :func:`summarize` adds
+rows of both kinds up for ``usage.summary``.
 
 Invariants:
 - Pure: records and rows in, numbers out; the only clock read is the local time zone
