@@ -89,6 +89,8 @@ async def test_ledger_sums(tmp_path: Path) -> None:
                 assert await store.save_final(row)
             whole = await ledger.summary(store, None, None, ("blueprint",))
             by_cwd = await ledger.summary(store, None, None, ("cwd",))
+            by_model = await ledger.summary(store, None, None, ("model",))
+            finest = await ledger.summary(store, None, None, ("blueprint", "model", "cwd"))
             first_day = await ledger.summary(store, "2030-03-01T00:00:00Z",
                                              "2030-03-01T23:59:59Z", ())
     groups = {g["blueprint"]: g for g in whole["groups"]}
@@ -102,6 +104,11 @@ async def test_ledger_sums(tmp_path: Path) -> None:
     assert whole["total"] == {"runs": 5, "succeeded": 4, "failed": 1, "input_tokens": 50,
                               "output_tokens": 28, "cost_usd": 0.000525, "duration_s": 9.5}
     assert {g["cwd"]: g["runs"] for g in by_cwd["groups"]} == {"/p/a": 3, "/p/b": 1, None: 1}
+    # Every grain of the day sums adds up to the same.
+    assert by_cwd["total"] == by_model["total"] == finest["total"] == whole["total"]
+    assert {g["model"]: g["runs"] for g in by_model["groups"]} == {None: 4,
+                                                                   "gemini-2.5-pro": 1}
+    assert len(finest["groups"]) == 5
     assert first_day["total"]["runs"] == 3
     assert first_day["groups"] == [{**first_day["total"]}]
 
