@@ -150,8 +150,9 @@ class BudgetBook:
     def uses(self, blueprint: str | None, now: _dt.datetime | None = None) -> list[Use]:
         """Every budget set for ``blueprint`` (None: ``[budget]``) with its use now."""
         section = self._section(blueprint)
-        if section is None:
-            return []
+        if section is None or (section.daily_usd is None and section.monthly_usd is None
+                               and section.daily_runs is None):
+            return []  # the common case, on every run's admission: no clock read
         now = self.clock() if now is None else now
         self._roll(now)
         today = now.date().isoformat()
