@@ -106,6 +106,30 @@ class WarmSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         default_factory=lambda: ["--input-format", "stream-json"])
 
 
+class BudgetSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[budget]`` (all blueprints together) and ``[blueprints.NAME.budget]`` (one):
+    hard limits per calendar day and month, in local time; unset means no limit."""
+
+    daily_usd: Union[Positive, None] = None  # noqa: UP007 - msgspec needs the runtime Union on 3.10
+    monthly_usd: Union[Positive, None] = None  # noqa: UP007
+    daily_runs: Union[PositiveInt, None] = None  # noqa: UP007
+    fallback: bool = True
+
+
+class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[prices."MODEL"]``: US dollars per million tokens, to estimate a run's cost."""
+
+    input_per_mtok: NonNegative
+    output_per_mtok: NonNegative
+
+
+class MetricsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[metrics]``: a Prometheus text file for node_exporter's textfile collector."""
+
+    textfile: str = ""
+    interval: Positive = 60.0
+
+
 class Blueprint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One CLI the daemon may run, and how."""
 
@@ -131,6 +155,7 @@ class Blueprint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retry: RetrySection = msgspec.field(default_factory=RetrySection)
     health: HealthSection = msgspec.field(default_factory=HealthSection)
     warm: WarmSection = msgspec.field(default_factory=WarmSection)
+    budget: BudgetSection = msgspec.field(default_factory=BudgetSection)
 
 
 def _default_timeouts() -> dict[str, float]:
@@ -144,6 +169,9 @@ class RegistryFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     timeouts: dict[str, Positive] = msgspec.field(default_factory=_default_timeouts)
     blueprints: dict[str, Blueprint] = msgspec.field(default_factory=dict)
+    budget: BudgetSection = msgspec.field(default_factory=BudgetSection)
+    prices: dict[str, Price] = msgspec.field(default_factory=dict)
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
 
 
 class Registry:

@@ -14,10 +14,13 @@ Invariants:
 - A reload that fails validation leaves the registry in force untouched.
 - Warm processes die with the daemon: idle ones when shutdown begins, the rest with
   their runs; those a crashed daemon left are killed at start, under the socket's lock.
+- The budgets count this month's runs from the ledger before the first request; with
+  ``[metrics] textfile`` the figures are written there from start to stop.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -29,9 +32,12 @@ from typing import Any
 
 import trio
 
+from llmd import metrics
+from llmd.budget import BudgetBook
 from llmd.config import Registry, load_file, parse_registry
 from llmd.drivers.warm import WarmPool, kill_leftovers
 from llmd.health.monitor import HealthMonitor
+from llmd.jobs import ledger
 from llmd.jobs.manager import JobManager
 from llmd.jobs.store import JobStore, default_path
 from llmd.jobs.worktree import Worktrees, tend
@@ -40,6 +46,7 @@ from llmd.server import methods
 from llmd.server.connections import Server
 from llmd.server.dispatch import Dispatcher
 from llmd.server.listener import Listener
+from llmd.stats import RunStats
 from llmd.systemd import runtime
 from llmd.systemd.notify import Notifier
 
@@ -58,6 +65,18 @@ def load_registry(source: str) -> Registry:
     if source == PACKAGED_CONFIG:
         return parse_registry(packaged_config(), PACKAGED_CONFIG)
     return load_file(source)
+
+
+async def seed_budget(manager: JobManager, store: JobStore) -> None:
+    """Count this month's runs already in the ledger towards the budgets."""
+    book = manager.budget
+    if book is None:
+        return
+    month = book.clock().date().replace(day=1).isoformat()
+    days, ranges = ledger.window(month, None)
+    rows = await store.usage_rows(days, ranges, ("day", "blueprint"))
+    book.seed((day, blueprint, runs, cost)
+              for day, blueprint, runs, _ok, _failed, _in, _out, cost, _s in rows)
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,7 @@ class Daemon:
         self.default_socket = default_socket
         self.started = time.monotonic()
         self.health = HealthMonitor(registry, os.environ)
+        self.stats = RunStats(trio.current_time)
         self.store_path = (Path(registry.doc.store.path).expanduser()
                            if registry.doc.store.path else default_path())
         self.listener = Listener(socket_path)
@@ -171,9 +191,11 @@ class Daemon:
         """The job manager, the methods and the server, around an open store."""
         manager = JobManager(self.registry, health=self.health, store=store,
                              warm=WarmPool(self.registry, self.warm_groups_file),
-                             worktrees=Worktrees(self.store_path.parent / "worktrees"))
+                             worktrees=Worktrees(self.store_path.parent / "worktrees"),
+                             budget=BudgetBook(self.registry),
+                             on_finish=[metrics.observe(self.stats)])
         context = methods.MethodContext(host=self, manager=manager, store=store,
-                                        health=self.health)
+                                        health=self.health, stats=self.stats)
         dispatcher = Dispatcher(methods.build(context), log=logging.getLogger("llmd.rpc"))
         return _Serving(store, manager,
                         Server(dispatcher, self.registry.daemon.max_message_bytes))
@@ -206,6 +228,7 @@ class Daemon:
             store = await self._open_store()
             kill_leftovers(self.warm_groups_file)
             parts = self._serving = self._make_parts(store)
+            await seed_budget(parts.manager, store)
             manager, server = parts.manager, parts.server
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run)
@@ -226,6 +249,13 @@ class Daemon:
 
                 await nursery.start(accept)
                 await nursery.start(self.health.run)
+                textfile = self.registry.doc.metrics.textfile
+                if textfile:
+                    await nursery.start(functools.partial(
+                        metrics.write_textfile, Path(textfile).expanduser(),
+                        self.registry.doc.metrics.interval,
+                        lambda: metrics.exposition(self.stats, manager, self.health,
+                                                   self.uptime_s)))
                 # Before READY=1: a reload or stop sent at once must find its handler.
                 await nursery.start(self._watch_signals)
                 # Both return at once outside systemd (no NOTIFY_SOCKET, no WATCHDOG_USEC).

@@ -25,6 +25,7 @@ CLI_FAILED = -32005
 BUSY = -32006
 NO_SUCH_JOB = -32007
 INVALID_CONFIG = -32008
+BUDGET_EXHAUSTED = -32009
 APPLY_CONFLICT = -32010
 CANCELLED = -32800
 # LSP's ServerCancelled: cancelled by something other than the request's own client.
@@ -144,6 +145,12 @@ class ConfigError(LlmdError):
                          {"problems": problems, "source": source})
         self.problems = problems
         self.source = source
+
+
+class BudgetExhausted(LlmdError):
+    """A run would start past a budget's hard limit (API.md -32009)."""
+
+    code = BUDGET_EXHAUSTED
 
 
 class Cancelled(LlmdError):

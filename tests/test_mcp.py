@@ -332,6 +332,19 @@ async def test_status_lists_blueprints_with_health(daemon_factory: Any, fake_bin
     assert "- say: healthy" in text_of(status)
 
 
+async def test_status_has_todays_totals(daemon_factory: Any, fake_bin: Path) -> None:
+    d: DaemonHandle = await daemon_factory(registry(fake_bin))
+    with trio.fail_after(60):
+        async with session(d.socket, d.workdir) as client:
+            ran = await client.call_tool("run", {"blueprint": "say", "prompt": "hello"})
+            status = await client.call_tool("status", {})
+    assert not ran.is_error
+    assert status.structured_content is not None
+    today = status.structured_content["today"]
+    assert (today["runs"], today["succeeded"], today["cost_usd"]) == (1, 1, None)
+    assert "Today: 1 run (0 failed)" in text_of(status)
+
+
 # -- failures ----------------------------------------------------------------------------------
 
 async def test_failures_are_error_results_that_say_what_to_do(

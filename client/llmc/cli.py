@@ -14,7 +14,7 @@ Exit status:
  2    usage error: bad arguments, invalid params (-32602), unsupported method (-32601)
  3    llmd is not reachable, or it dropped the connection
  4    timed out (-32003), or job --wait --timeout ran out before the job ended
- 5    rate limited (-32004)
+ 5    rate limited (-32004), or a budget is exhausted (-32009)
  6    busy: llmd's queue is full (-32006)
  7    unknown blueprint (-32001) or its executable is missing (-32002)
  8    invalid configuration (-32008)
@@ -223,6 +223,17 @@ def _add_mcp(mcp: argparse.ArgumentParser) -> None:
                           "a call that asked for progress)")
 
 
+def _add_usage(usage: argparse.ArgumentParser) -> None:
+    when = usage.add_mutually_exclusive_group()
+    when.add_argument("--today", action="store_true", help="runs that ended today")
+    when.add_argument("--week", action="store_true", help="this week (from Monday)")
+    when.add_argument("--month", action="store_true", help="this calendar month")
+    when.add_argument("--since", metavar="DATE",
+                      help="from DATE (YYYY-MM-DD, local) or an RFC 3339 time")
+    usage.add_argument("--by", choices=("blueprint", "model", "day", "cwd"),
+                       help="one row per blueprint, model, day or cwd")
+
+
 def _add_nothing(parser: argparse.ArgumentParser) -> None:
     del parser
 
@@ -263,6 +274,14 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
               "names the files (status 1).", _add_cancel),
     "discard": ("throw an isolated job's worktree away", "", _add_cancel),
     "status": ("show the blueprints' health (from llmd's cache)", "", _add_status),
+    "usage": ("show what runs cost, from llmd's usage ledger",
+              "Sum the runs that ended (all of them, or --today, --week, --month, --since):\n"
+              "runs, outcomes, tokens, cost and time, per --by group, and the budgets' use.\n"
+              "On a terminal a bar column shows each group's cost (its runs when no cost\n"
+              "is known).", _add_usage),
+    "stats": ("show each blueprint's runs, failures and durations (last hour and day)", "",
+              _add_nothing),
+    "metrics": ("print llmd's metrics in the Prometheus text format", "", _add_nothing),
     "mcp": ("serve llmd's tools to an MCP client on stdin/stdout",
             "Speak the Model Context Protocol on stdin/stdout, for an MCP client (Claude\n"
             "Code, Cursor, Zed, VS Code...) to start: its tools run, start, wait, result,\n"

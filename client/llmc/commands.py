@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from llmc import exitcodes
+from llmc import exitcodes, ledger
 from llmc.calling import (
     QUICK_CALL_TIMEOUT,
     UsageError,
@@ -315,6 +315,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with connect(args) as conn:
         result = as_object(call(conn, method, params, timeout=timeout), method)
         warm = None if args.json else _warm_line(conn)
+        budgets = [] if args.json else ledger.budget_lines(conn, args.blueprint)
     if args.json:
         dump(result)
         return exitcodes.OK
@@ -326,7 +327,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 continue
             detail = format_value(entry.get("detail")) if entry.get("detail") else ""
             if entry.get("cooldown_until"):
-                detail = f"until {format_value(entry['cooldown_until'])} {detail}".strip()
+                detail = f"{ledger.cooling_text(entry['cooldown_until'])} {detail}".strip()
             rows.append([name, format_value(entry.get("state")),
                          format_value(entry.get("version")), _ago(entry.get("checked_at")),
                          _seconds(entry.get("latency_s")), detail])
@@ -335,7 +336,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return exitcodes.OK
     text = table(["NAME", "STATE", "VERSION", "CHECKED", "LATENCY", "DETAIL"], rows,
                  terminal_width())
-    write(_paint_states(text) if _colour_wanted() else text)
+    write((_paint_states(text) if _colour_wanted() else text) + "".join(budgets))
     if warm:
         write(warm + "\n")
     return exitcodes.OK
@@ -415,4 +416,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "apply": cmd_apply,
     "discard": cmd_discard,
     "watch": cmd_watch,
+    "usage": ledger.cmd_usage,
+    "stats": ledger.cmd_stats,
+    "metrics": ledger.cmd_metrics,
 }

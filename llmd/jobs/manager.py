@@ -20,11 +20,15 @@ Invariants:
   spawned (with the process group recovery kills), or while it waits for a slot.
 - Every state change is published to the job's listeners in order; a listener that
   blocks slows that job alone (it is how back-pressure reaches the child's pipe).
+- A job that ends is told to the budgets (if it ever started) and to every ``on_finish``
+  observer, once, as its final state is set; new runs are routed by budgets as by
+  cooldowns (:mod:`llmd.routing`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import logging
 import os
 import random
@@ -32,13 +36,14 @@ import shutil
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
 import trio
 
 from llmd import routing
+from llmd.budget import BudgetBook
 from llmd.config import Blueprint, Registry
 from llmd.drivers import AttemptProcess, AttemptSpec, Driver, Outcome
 from llmd.drivers.oneshot import OneShot
@@ -58,6 +63,7 @@ from llmd.errors import (
     UnknownBlueprint,
 )
 from llmd.health.monitor import HealthMonitor
+from llmd.jobs import usage
 from llmd.jobs.events import JobEvents
 from llmd.jobs.job import Job, new_job_id
 from llmd.jobs.records import RunParams, RunResult
@@ -65,7 +71,7 @@ from llmd.jobs.retry import Backoff
 from llmd.jobs.state import FINAL_STATES, JobState, advance, can_follow
 from llmd.jobs.store import JobStore, ProcGroup
 from llmd.jobs.worktree import Worktrees
-from llmd.parsers import ParseResult
+from llmd.parsers import ParseResult, quota
 from llmd.parsers.jsonextract import extract_json
 from llmd.parsers.ratelimit import classify
 from llmd.process import argv as argv_mod
@@ -98,6 +104,8 @@ class JobManager:
         store: Keeps every job's record on disk.
         warm: The warm processes (default: a pool of the registry's, no groups file).
         worktrees: Where runs with ``isolate: "worktree"`` work (None: they are refused).
+        budget: Budgets that route new runs and are told of every run that ends.
+        on_finish: Told of every job as it reaches its final state (the ledger's figures).
     """
 
     def __init__(self, registry: Registry, environ: Mapping[str, str] | None = None, *,
@@ -105,7 +113,8 @@ class JobManager:
                  attempt_factory: Callable[..., Attempt] = Attempt,
                  health: HealthMonitor | None = None,
                  store: JobStore | None = None, warm: WarmPool | None = None,
-                 worktrees: Worktrees | None = None) -> None:
+                 worktrees: Worktrees | None = None, budget: BudgetBook | None = None,
+                 on_finish: Iterable[Callable[[Job], None]] = ()) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.worktrees = worktrees
         self.attempt_factory = attempt_factory
@@ -124,6 +133,10 @@ class JobManager:
         self._limiters: dict[str, trio.CapacityLimiter] = {}
         self.registry = registry
         self.warm = warm if warm is not None else WarmPool(registry)
+        self.budget = budget
+        """Budgets that route new runs (:mod:`llmd.budget`), told of every run that ends."""
+        self.on_finish: list[Callable[[Job], None]] = list(on_finish)
+        """Told of every job as it reaches its final state (the ledger's figures)."""
         self.set_registry(registry)
         self.events = JobEvents()
         """Every state change of every job, for ``jobs.watch``."""
@@ -131,6 +144,8 @@ class JobManager:
     def set_registry(self, registry: Registry) -> None:
         """Put a (re)loaded registry in force; running jobs keep their blueprint."""
         self.registry = registry
+        if self.budget is not None:
+            self.budget.set_registry(registry)
         self._global.total_tokens = registry.daemon.max_jobs
         for name, bp in registry.blueprints.items():
             limiter = self._limiters.get(name)
@@ -448,7 +463,8 @@ class JobManager:
             return None
         # A session or a model name means nothing to another CLI.
         route = routing.route(self.health, self.registry, params.blueprint,
-                              pinned=params.session is not None or params.model is not None)
+                              pinned=params.session is not None or params.model is not None,
+                              budget=self.budget)
         return route if route.swapped else None
 
     def _spawned(self, job: Job, pid: int) -> None:
@@ -518,6 +534,10 @@ class JobManager:
             error.data.setdefault("job", job.id)
             error.data.setdefault("state", state)
         job.attempt = None  # what it kept of the output is in the result now
+        if self.budget is not None and job.started_at is not None:
+            self.budget.run_ended(job.blueprint, result.cost_usd if result else None)
+        for observer in self.on_finish:
+            observer(job)
         self._kept_chars += _result_chars(job)
         self._evict()
         self.events.publish(job.id, job.blueprint, state, job.finished_at,
@@ -622,8 +642,13 @@ class JobManager:
                 if verdict.retry_after_s is not None:
                     data["retry_after_s"] = verdict.retry_after_s
                 if self.health is not None:
-                    # Later runs go to a fallback, or fail fast, until it cools down.
-                    self.health.note_rate_limited(job.blueprint, verdict.retry_after_s)
+                    # Later runs go to a fallback, or fail fast, until it cools down: until
+                    # the quota window reopens when the message says when.
+                    now = _dt.datetime.fromtimestamp(self.health.wall_clock()).astimezone()
+                    reopens = quota.seconds_until_reset(
+                        f"{attempt.stderr_tail}\n{attempt.stdout[-65536:]}", now)
+                    self.health.note_rate_limited(
+                        job.blueprint, reopens if reopens is not None else verdict.retry_after_s)
                 raise RateLimited(f"{job.blueprint!r} is rate limited "
                                   f"({verdict.reason or 'rate limit'}); gave up after "
                                   f"{job.attempts} attempt{'s' if job.attempts > 1 else ''}",
@@ -658,6 +683,8 @@ class JobManager:
             if stream == "stdout" and bp.parser != "text":
                 # A plain-text attempt's kept stdout is its text: no second copy is kept.
                 job.live_text.append(text)
+            if job.first_output is None and stream == "stdout":
+                job.first_output = trio.current_time()
             if not job.listeners:
                 return
             if stream == "stdout":
@@ -677,12 +704,14 @@ class JobManager:
         json_error: str | None = None
         if job.params.json:
             value, json_error = extract_json(text)
+        cost, cost_source = usage.run_cost(parsed.cost_usd, parsed.usage, job.model,
+                                           self.registry.doc.prices)
         return RunResult(job=job.id, blueprint=job.blueprint, state="succeeded", text=text,
                          output=attempt.stdout, stderr=attempt.stderr_tail,
                          exit_code=attempt.exit_code, attempts=job.attempts,
                          duration_s=round(duration, 6), truncated=attempt.truncated,
                          json=value, json_error=json_error, session=parsed.session,
-                         usage=parsed.usage, cost_usd=parsed.cost_usd,
+                         usage=parsed.usage, cost_usd=cost, cost_source=cost_source,
                          requested_blueprint=job.requested,
                          fallback_reason=job.fallback_reason, warm=job.warm)
 

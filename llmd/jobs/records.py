@@ -80,6 +80,8 @@ class RunResult(msgspec.Struct, omit_defaults=False, frozen=True):
     session: str | None = None
     usage: dict[str, int] | None = None
     cost_usd: float | None = None
+    cost_source: str | None = None
+    """``"cli"`` (the CLI reported ``cost_usd``), ``"estimate"`` (from ``[prices]``) or None."""
     requested_blueprint: str | None = None
     """Set when a fallback served the run: the blueprint the request named."""
     fallback_reason: str | None = None

@@ -276,6 +276,13 @@ class JobStore:
             return []
         return await self._call(lambda db: db.list(state, limit), [])
 
+    async def usage_rows(self, days: tuple[str, str] | None,
+                         ranges: builtins.list[tuple[str, str]],
+                         by: tuple[str, ...]) -> builtins.list[tuple[Any, ...]]:
+        """The usage ledger summed per group (see :meth:`Database.usage_rows`); none when
+        the store is unavailable."""
+        return await self._call(lambda db: db.usage_rows(days, ranges, by), [])
+
     # --- maintenance -------------------------------------------------------
 
     async def recover(self) -> RecoveryReport:

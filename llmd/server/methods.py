@@ -19,15 +19,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol, Union
+from typing import Annotated, Any, Literal, Protocol, Union
 
 import msgspec
 import trio
 
-from llmd import __version__
+from llmd import __version__, metrics
 from llmd.config import Registry
 from llmd.errors import InvalidParams, NoSuchJob
 from llmd.health.monitor import HealthMonitor
+from llmd.jobs import ledger
 from llmd.jobs import output as job_output
 from llmd.jobs.manager import JobManager
 from llmd.jobs.records import JobRecord, RunParams, RunResult
@@ -35,6 +36,7 @@ from llmd.jobs.state import FINAL_STATES, JobState
 from llmd.jobs.store import JobStore
 from llmd.jobs.worktree import Worktrees
 from llmd.server.dispatch import CallContext, Method
+from llmd.stats import RunStats
 
 
 class JobParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -110,6 +112,14 @@ class PrewarmParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     model: Union[str, None] = None  # noqa: UP007
 
 
+class UsageParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``usage.summary`` parameters: a window (RFC 3339 or a local date) and groupings."""
+
+    since: Union[str, None] = None  # noqa: UP007 - msgspec needs a runtime Union on 3.10
+    until: Union[str, None] = None  # noqa: UP007
+    by: list[Literal["blueprint", "model", "day", "cwd"]] = msgspec.field(default_factory=list)
+
+
 class Host(Protocol):
     """What the methods need of the daemon that serves them."""
 
@@ -141,11 +151,13 @@ class MethodContext:
     manager: JobManager
     store: JobStore
     health: HealthMonitor
+    stats: RunStats | None = None
 
 
 def build(context: MethodContext) -> list[Method]:
     """The method table, around what the methods use."""
     host, manager, store, health = context.host, context.manager, context.store, context.health
+    stats = context.stats
 
     worktrees = manager.worktrees
 
@@ -323,6 +335,19 @@ def build(context: MethodContext) -> list[Method]:
     async def health_check(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
         return {"blueprints": await health.check(params.blueprint)}
 
+    async def usage_summary(params: UsageParams, ctx: CallContext) -> dict[str, Any]:
+        return await ledger.summary(store, params.since, params.until, tuple(params.by))
+
+    async def daemon_stats(params: None, ctx: CallContext) -> dict[str, Any]:
+        return {"blueprints": {}} if stats is None else stats.snapshot()
+
+    async def daemon_metrics(params: None, ctx: CallContext) -> dict[str, Any]:
+        runs = stats if stats is not None else RunStats()
+        return {"text": metrics.exposition(runs, manager, health, host.uptime_s)}
+
+    async def budget_status(params: None, ctx: CallContext) -> dict[str, Any]:
+        return {"budgets": [] if manager.budget is None else manager.budget.status()}
+
     async def daemon_reload(params: None, ctx: CallContext) -> dict[str, Any]:
         registry = host.reload()
         return {"blueprints": sorted(registry.blueprints)}
@@ -344,4 +369,8 @@ def build(context: MethodContext) -> list[Method]:
         Method("daemon.reload", daemon_reload, None),
         Method("health.status", health_status, HealthParams),
         Method("health.check", health_check, HealthParams),
+        Method("usage.summary", usage_summary, UsageParams),
+        Method("budget.status", budget_status, None),
+        Method("daemon.stats", daemon_stats, None),
+        Method("daemon.metrics", daemon_metrics, None),
     ]

@@ -434,11 +434,18 @@ class Runner:
                 "daemon.info", None, timeout=QUICK_TIMEOUT, call=call), "daemon.info")
         except RpcError:
             info = None
+        try:  # today's totals, from the usage ledger (an older llmd has none)
+            ledger = _object(self.daemon.call(
+                "usage.summary", {"since": time.strftime("%Y-%m-%d")}, timeout=QUICK_TIMEOUT,
+                call=call), "usage.summary")
+            today = ledger.get("total") if isinstance(ledger.get("total"), dict) else None
+        except RpcError:
+            today = None
         entries = listed.get("blueprints")
         states = health.get("blueprints")
         return tools.status_result(
             [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else [],
-            states if isinstance(states, dict) else {}, info)
+            states if isinstance(states, dict) else {}, info, today)
 
     def _ticker(self, call: Call, doing: str, waits: bool) -> Callable[[], None] | None:
         # Progress while a call may wait long, for a client that asked for it.

@@ -158,6 +158,9 @@ STATUS_OUTPUT_SCHEMA: dict[str, Any] = {
             },
             "required": ["name", "state"]}},
         "daemon": {"type": "object"},
+        "today": {"type": "object", "description": (
+            "Runs that ended today (local time): runs, succeeded, failed, input_tokens, "
+            "output_tokens, cost_usd (null when no cost is known), duration_s.")},
     },
     "required": ["blueprints"],
 }

@@ -462,8 +462,10 @@ def cancel_result(reply: dict[str, Any], job: str) -> dict[str, Any]:
 
 
 def status_result(blueprints: list[dict[str, Any]], health: dict[str, Any],
-                  info: dict[str, Any] | None) -> dict[str, Any]:
-    """The result of ``status``: every blueprint with its health, and the daemon's counts."""
+                  info: dict[str, Any] | None,
+                  today: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The result of ``status``: every blueprint with its health, the daemon's counts and
+    today's totals (``usage.summary``'s ``total`` since local midnight)."""
     rows = []
     lines = []
     if info is not None:
@@ -502,6 +504,16 @@ def status_result(blueprints: list[dict[str, Any]], health: dict[str, Any],
     structured: dict[str, Any] = {"blueprints": rows}
     if info is not None:
         structured["daemon"] = info
+    if today is not None:
+        cost = today.get("cost_usd")
+        runs = today.get("runs", 0)
+        lines.append(f"Today: {runs} run{'' if runs == 1 else 's'} "
+                     f"({today.get('failed', 0)} failed), "
+                     f"{today.get('input_tokens', 0)} tokens in, "
+                     f"{today.get('output_tokens', 0)} out, "
+                     + (f"${cost:.2f} known cost." if isinstance(cost, int | float)
+                        else "cost unknown."))
+        structured["today"] = today
     return {"content": [text_block("\n".join(lines))], "structuredContent": structured}
 
 
@@ -520,6 +532,8 @@ _ADVICE = {
     -32007: "Check the job id: it is the `job` of a `start` or `run` result.",
     -32008: "llmd's registry file is invalid; fix it (`llmd check-config` shows where). "
             "llmd keeps serving the last valid registry meanwhile.",
+    -32009: "A spending budget is used up until `resets_at`. Use a blueprint with budget "
+            "left, or wait; ask the user before raising the budget.",
     -32800: "The job was cancelled (by `cancel`, another client, or llmd stopping). Run it "
             "again if it is still wanted.",
     -32802: "The job was cancelled (by `cancel`, another client, or llmd stopping). Run it "
