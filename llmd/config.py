@@ -115,6 +115,7 @@ class Blueprint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_output_bytes: Annotated[int, msgspec.Meta(ge=1)] = 16 * 1024 * 1024
     kill_grace: NonNegative = 5.0
     fallbacks: list[str] = msgspec.field(default_factory=list)
+    stderr_ignore: list[str] = msgspec.field(default_factory=list)
     retry: RetrySection = msgspec.field(default_factory=RetrySection)
     health: HealthSection = msgspec.field(default_factory=HealthSection)
 
@@ -315,6 +316,12 @@ def _check_blueprint(name: str, bp: Blueprint, reg: RegistryFile, problems: list
             re.compile(pattern)
         except (re.error, OverflowError, RecursionError) as exc:
             problems.append(f"{path}.rate_limit_patterns[{i}]: invalid regular expression: "
+                            f"{exc or type(exc).__name__}")
+    for i, pattern in enumerate(bp.stderr_ignore):
+        try:
+            re.compile(pattern)
+        except (re.error, OverflowError, RecursionError) as exc:
+            problems.append(f"{path}.stderr_ignore[{i}]: invalid regular expression: "
                             f"{exc or type(exc).__name__}")
     for i, other in enumerate(bp.fallbacks):
         if other == name or other not in reg.blueprints:

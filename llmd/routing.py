@@ -12,6 +12,8 @@ Invariants:
   -32004 and how long is left.
 - A run that names a ``session`` or a ``model`` never moves to another CLI: they mean
   nothing there.
+- A run that ran out of retries on a rate limit moves on to a fallback chosen the same way
+  (:func:`fallback_after_rate_limit`), once its blueprint has been put to cool down.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmd.config import Registry
-from llmd.errors import RateLimited
+from llmd.errors import LlmdError, RateLimited
 from llmd.health.monitor import HealthMonitor
 
 # What a fallback must be to take over a run; "unknown" counts because a blueprint
@@ -86,3 +88,29 @@ def route(health: HealthMonitor, registry: Registry, name: str, *,
         why = "and it has no fallbacks"
     raise RateLimited(f"{name!r} is rate limited until {until} {why}; retry in {left:g} s",
                       data)
+
+
+def fallback_after_rate_limit(health: HealthMonitor, registry: Registry, name: str, *,
+                              pinned: bool = False) -> Route | None:
+    """Where a run goes on after blueprint ``name`` ran out of retries on a rate limit.
+
+    Call it once ``name`` cools down (:meth:`HealthMonitor.note_rate_limited`): the same
+    rule as for a new run then picks its first usable fallback.
+
+    Args:
+        health: The health cache.
+        registry: The registry in force.
+        name: The blueprint that is rate limited.
+        pinned: The run names a session or a model, so it stays.
+
+    Returns:
+        The fallback's route, or None when the run cannot move (pinned, no usable fallback,
+        or ``name`` is no longer configured).
+    """
+    if pinned or name not in registry.blueprints:
+        return None
+    try:
+        chosen = route(health, registry, name)
+    except LlmdError:
+        return None
+    return chosen if chosen.swapped else None

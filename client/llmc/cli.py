@@ -158,6 +158,9 @@ def _add_run(run: argparse.ArgumentParser) -> None:
                           "is given")
     run.add_argument("--detach", action="store_true",
                      help="start the run as a background job and print its id at once")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="show the CLI's own stderr on a terminal too (it is hidden there "
+                          "unless the run fails)")
 
 
 def _add_jobs(jobs: argparse.ArgumentParser) -> None:

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 
 __all__ = ["HANDLERS", "UsageError", "job_status", "read_prompt"]
 
+# How long `llmc status` waits for first probes still in flight, and how often it looks.
+FIRST_PROBE_WAIT = 3.0
+FIRST_PROBE_POLL = 0.1
+
 # The states in which a job has ended, with the status they map to when the record carries no
 # error code.
 _FINAL_STATES = {"succeeded": exitcodes.OK, "failed": exitcodes.FAILED,
@@ -298,6 +302,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     timeout = None if args.check else QUICK_CALL_TIMEOUT
     with connect(args) as conn:
         result = as_object(call(conn, method, params, timeout=timeout), method)
+        # Just after llmd started, first probes may still be running: wait a little for
+        # real states rather than show "unknown".
+        deadline = time.monotonic() + FIRST_PROBE_WAIT
+        while _any_unknown(result) and time.monotonic() < deadline:
+            time.sleep(FIRST_PROBE_POLL)
+            result = as_object(call(conn, method, params, timeout=timeout), method)
     if args.json:
         dump(result)
         return exitcodes.OK
@@ -320,6 +330,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                  terminal_width())
     write(_paint_states(text) if _colour_wanted() else text)
     return exitcodes.OK
+
+
+def _any_unknown(result: dict[str, Any]) -> bool:
+    health = result.get("blueprints")
+    return isinstance(health, dict) and any(
+        isinstance(entry, dict) and entry.get("state") == "unknown" for entry in health.values())
 
 
 _STATE_COLOURS = {"healthy": "32", "unhealthy": "31", "missing": "31",
