@@ -5,6 +5,7 @@ Usage (``llmc --help`` and ``llmc COMMAND --help`` say more)::
     llmc run NAME [PROMPT]        run blueprint NAME; the prompt is read from stdin when omitted
     llmc blueprints | info | jobs | job ID | cancel ID | status
     llmc mcp                      serve llmd's tools to an MCP client on stdin/stdout
+    llmc completion bash|zsh|fish print a shell completion script
 
 Exit status:
 
@@ -197,6 +198,11 @@ def _add_mcp(mcp: argparse.ArgumentParser) -> None:
                           "(default: $LLMC_MCP_PROGRESS_S, else 5)")
 
 
+def _add_completion(completion: argparse.ArgumentParser) -> None:
+    completion.add_argument("shell", metavar="SHELL", choices=("bash", "zsh", "fish"),
+                            help="bash, zsh or fish")
+
+
 def _add_nothing(parser: argparse.ArgumentParser) -> None:
     del parser
 
@@ -229,7 +235,28 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
             "and status hand every call to llmd. For Claude Code:\n"
             "  claude mcp add llmd -- llmc mcp\n"
             "Logs go to stderr; it ends when stdin does.", _add_mcp),
+    "completion": ("print a shell completion script (bash, zsh, fish)",
+                   "Print a completion script for SHELL: commands, options, and blueprint\n"
+                   "names and job ids asked of llmd as you type. Add one line to your shell's\n"
+                   "start-up file:\n"
+                   "  bash (~/.bashrc):   eval \"$(llmc completion bash)\"\n"
+                   "  zsh (~/.zshrc):     eval \"$(llmc completion zsh)\"\n"
+                   "  fish (config.fish): llmc completion fish | source", _add_completion),
 }
+
+# What `llmc` alone prints: the commands people use most.
+SHORT_USAGE = """\
+usage: llmc COMMAND [ARGS...]
+
+  llmc run NAME "PROMPT"   run a blueprint on a prompt and print the answer
+  llmc status              which blueprints are ready, cooling down or missing
+  llmc jobs                recent jobs (llmc job ID shows one)
+  llmc blueprints          the blueprints you can run
+  llmc cancel ID           cancel a job
+
+Every command: llmc --help; one command's options: llmc COMMAND --help.
+Shell completion: llmc completion bash|zsh|fish.
+"""
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -263,7 +290,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         # SUPPRESS: when not given after the command, the one before it (or None) stays.
         sub.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
                          help="llmd's socket (overrides $LLMD_SOCKET)")
-        if name not in ("run", "mcp"):
+        if name not in ("run", "mcp", "completion"):
             sub.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -324,14 +351,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["__complete"]:
+        # What a completion script asks for as you type; never in --help.
+        from llmc.completion import complete_names  # noqa: PLC0415
+
+        return complete_names(arguments[1] if len(arguments) > 1 else "", None)
     parser = build_parser(only=command_in(arguments))
     try:
         args = parser.parse_args(arguments)
     except SystemExit as exc:
         return _status_of(exc)
     if args.command is None:
-        error("no command given (see: llmc --help)")
+        # A usage error like any other (status 2), but one a newcomer meets first.
+        write(SHORT_USAGE, sys.stderr)
         return exitcodes.USAGE
+
+    if args.command == "completion":
+        from llmc.completion import cmd_completion  # noqa: PLC0415
+
+        return cmd_completion(args)
 
     if args.command == "mcp":
         # Without the human-output commands: an MCP client waits for this one to start.
