@@ -5,6 +5,7 @@ Usage (``llmc --help`` and ``llmc COMMAND --help`` say more)::
     llmc run NAME [PROMPT]        run blueprint NAME; the prompt is read from stdin when omitted
     llmc blueprints | info | jobs | job ID | cancel ID | status
     llmc mcp                      serve llmd's tools to an MCP client on stdin/stdout
+    llmc top [--once]             a live view of jobs, health and cooldowns
     llmc completion bash|zsh|fish print a shell completion script
 
 Exit status:
@@ -198,6 +199,12 @@ def _add_mcp(mcp: argparse.ArgumentParser) -> None:
                           "(default: $LLMC_MCP_PROGRESS_S, else 5)")
 
 
+def _add_top(top: argparse.ArgumentParser) -> None:
+    top.add_argument("--once", action="store_true",
+                     help="print one snapshot as plain text and exit (also when stdout is "
+                          "not a terminal)")
+
+
 def _add_completion(completion: argparse.ArgumentParser) -> None:
     completion.add_argument("shell", metavar="SHELL", choices=("bash", "zsh", "fish"),
                             help="bash, zsh or fish")
@@ -235,6 +242,12 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
             "and status hand every call to llmd. For Claude Code:\n"
             "  claude mcp add llmd -- llmc mcp\n"
             "Logs go to stderr; it ends when stdin does.", _add_mcp),
+    "top": ("watch llmd at work: jobs, health, cooldowns, warm processes",
+            "A live view, refreshed every second: running and queued jobs (id, blueprint,\n"
+            "state, elapsed, output so far, warm, cwd), each blueprint's health and\n"
+            "cooldown, warm processes and today's runs and cost where llmd keeps them.\n"
+            "Keys: q quit, c cancel the selected job, f follow it, arrows or j/k select.\n"
+            "--once (or a stdout that is no terminal) prints one snapshot.", _add_top),
     "completion": ("print a shell completion script (bash, zsh, fish)",
                    "Print a completion script for SHELL: commands, options, and blueprint\n"
                    "names and job ids asked of llmd as you type. Add one line to your shell's\n"
@@ -251,8 +264,8 @@ usage: llmc COMMAND [ARGS...]
   llmc run NAME "PROMPT"   run a blueprint on a prompt and print the answer
   llmc status              which blueprints are ready, cooling down or missing
   llmc jobs                recent jobs (llmc job ID shows one)
+  llmc top                 watch llmd at work, live
   llmc blueprints          the blueprints you can run
-  llmc cancel ID           cancel a job
 
 Every command: llmc --help; one command's options: llmc COMMAND --help.
 Shell completion: llmc completion bash|zsh|fish.
@@ -290,7 +303,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         # SUPPRESS: when not given after the command, the one before it (or None) stays.
         sub.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
                          help="llmd's socket (overrides $LLMD_SOCKET)")
-        if name not in ("run", "mcp", "completion"):
+        if name not in ("run", "mcp", "completion", "top"):
             sub.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 

@@ -376,6 +376,13 @@ def _ago(stamp: object) -> str:
     return f"{seconds // 3600}h ago"
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    """``llmc top``: loaded only here, so no other command pays for it."""
+    from llmc.top import cmd_top as top  # noqa: PLC0415
+
+    return top(args)
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "blueprints": cmd_blueprints,
@@ -384,4 +391,5 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "job": cmd_job,
     "cancel": cmd_cancel,
     "status": cmd_status,
+    "top": cmd_top,
 }

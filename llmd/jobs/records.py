@@ -78,3 +78,7 @@ class JobRecord(msgspec.Struct, frozen=True):
     attempts: int = 0
     result: RunResult | None = None
     error: dict[str, Any] | None = None
+    cwd: str | None = None
+    """The run's working directory (as the request gave it; None: the daemon's)."""
+    output_chars: int | None = None
+    """While an attempt runs: the characters of its stdout so far (for ``llmc top``)."""
