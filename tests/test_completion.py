@@ -111,3 +111,29 @@ def test_llmc_alone_prints_a_short_usage() -> None:
     assert commands[:2] == ["run", "status"]
     assert "llmc completion bash|zsh|fish" in proc.stderr.decode()
     assert len(lines) <= 12
+
+
+async def test_zsh_offers_blueprint_names_from_the_daemon(daemon_factory: Any,
+                                                          fake_bin: Path) -> None:
+    zsh = shutil.which("zsh")
+    if zsh is None:
+        pytest.skip("zsh is not installed")
+    d: DaemonHandle = await daemon_factory(registry_toml(fake_bin, {
+        "alpha": {"command": ["@fakecli", "text", "a"], "prompt": "stdin"},
+        "beta": {"command": ["@fakecli", "text", "b"], "prompt": "stdin"},
+    }))
+    # compadd stands in for zsh's completion system: it prints what it is offered (zsh
+    # itself then keeps those that match the word typed).
+    program = ('compadd() { [[ $1 == -- ]] && shift; print -l -- "$@"; }\n'
+               'eval "$(llmc completion zsh)"\n'
+               'words=(llmc run ""); CURRENT=3; _llmc\n'
+               'print -- ---\n'
+               'words=(llmc run alpha ""); CURRENT=4; _llmc; true\n')
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": "/nonexistent",
+           "LLMD_SOCKET": str(d.socket)}
+    with trio.fail_after(60):
+        proc = await trio.run_process([zsh, "-f", "-c", program], capture_stdout=True,
+                                      capture_stderr=True, env=env, check=False)
+    assert (proc.returncode, proc.stderr) == (0, b""), proc.stderr
+    # The blueprints, then nothing for the prompt.
+    assert proc.stdout.decode().splitlines() == ["alpha", "beta", "---"]
