@@ -215,3 +215,22 @@ async def test_a_pinned_run_does_not_move(daemon_factory: Any, fake_bin: Path,
     proc = await llmc(d, "run", "--model", "m1", "pinned", "x")
     assert proc.returncode == 5
     assert b"rate limited" in proc.stderr
+
+
+async def test_status_waits_for_first_probes_only_so_long(daemon_factory: Any,
+                                                          fake_bin: Path,
+                                                          short_tmp: Path) -> None:
+    hang = short_tmp / "hang.sh"
+    hang.write_text("#!/bin/sh\nexec sleep 1000\n")
+    hang.chmod(0o755)
+    d: DaemonHandle = await daemon_factory(registry_toml(fake_bin, {
+        "good": {"command": ["@fakecli", "stdin"], "prompt": "stdin"},
+        "hangs": {"command": [str(hang)], "prompt": "stdin"},
+    }))
+    # The hanging probe is still in flight (its timeout is 30 s): status gives up waiting
+    # after its 3 s and shows it unknown, next to the state already known.
+    proc = await llmc(d, "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    states = {name: entry["state"]
+              for name, entry in json.loads(proc.stdout)["blueprints"].items()}
+    assert states == {"good": "healthy", "hangs": "unknown"}
