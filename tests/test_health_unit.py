@@ -132,8 +132,8 @@ async def test_first_probes_start_at_once_bounded_and_later_ones_spread(
         await trio.sleep(700)
         nursery.cancel_scope.cancel()
     firsts = sorted(script.times(name)[0] for name in names)
-    # Each probe takes 1 s; four at a time: every blueprint is known within 3 s.
-    assert firsts == [0.0] * 4 + [1.0] * 4 + [2.0] * 2
+    # Each probe takes 1 s; two at a time: every blueprint is known within 5 s.
+    assert firsts == [float(second) for second in range(5) for _ in range(2)]
     assert all(mon.status(name)[name]["state"] == "healthy" for name in names)
     seconds = [script.times(name)[1] for name in names]
     assert all(300 <= at <= 310 for at in seconds)

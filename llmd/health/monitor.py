@@ -50,8 +50,9 @@ HealthState = Literal["healthy", "unhealthy", "missing", "cooling_down", "unknow
 STARTUP_STAGGER = 10.0
 """Second probes come an interval plus up to this many seconds after the first, so that
 blueprints probed together at start drift apart."""
-FIRST_PROBES_AT_ONCE = 4
-"""First probes (all due at start) that run at the same time; the rest wait for a slot."""
+FIRST_PROBES_AT_ONCE = 2
+"""First probes (all due at start) that run at the same time; the rest wait for a slot.
+Few: a CLI's start-up is CPU-bound (node), and the first runs start at the same moment."""
 RELOAD_STAGGER = 1.0
 """Blueprints added or changed by a reload are probed within this many seconds."""
 PROBE_OUTPUT_BYTES = 64 * 1024
