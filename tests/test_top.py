@@ -98,6 +98,10 @@ def test_render_shows_warm_processes_and_today_when_llmd_has_them() -> None:
     assert "today: 12 runs, $0.42" in lines
     assert "warm: claude (pid 42)" in lines
     assert "no running or queued jobs" in lines
+    # As llmd counts them in daemon.info.
+    counted = Snapshot([], {}, {"warm": {"processes": 2, "idle": 1, "busy": 1,
+                                         "rss_mb": 300}}, 0.0)
+    assert "warm: 2 processes (1 idle, 1 busy, 300 MB)" in render(counted, 80)[0]
     [health] = [line for line in lines if line.startswith("claude")]
     assert health.split()[1:3] == ["cooling_down", "until"]
     # Without them (an llmd that has neither), no such lines.

@@ -308,6 +308,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         while _any_unknown(result) and time.monotonic() < deadline:
             time.sleep(FIRST_PROBE_POLL)
             result = as_object(call(conn, method, params, timeout=timeout), method)
+        warm = None if args.json else _warm_line(conn)
     if args.json:
         dump(result)
         return exitcodes.OK
@@ -329,6 +330,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     text = table(["NAME", "STATE", "VERSION", "CHECKED", "LATENCY", "DETAIL"], rows,
                  terminal_width())
     write(_paint_states(text) if _colour_wanted() else text)
+    if warm:
+        write(warm + "\n")
     return exitcodes.OK
 
 
@@ -336,6 +339,23 @@ def _any_unknown(result: dict[str, Any]) -> bool:
     health = result.get("blueprints")
     return isinstance(health, dict) and any(
         isinstance(entry, dict) and entry.get("state") == "unknown" for entry in health.values())
+
+
+def _warm_line(conn: Connection) -> str | None:
+    """The warm processes in one line (None: none, or a daemon that does not say)."""
+    from llmc.connection import ClientError  # noqa: PLC0415 - status only
+
+    try:
+        info = call(conn, "daemon.info")
+    except ClientError:
+        return None
+    warm = info.get("warm") if isinstance(info, dict) else None
+    if not isinstance(warm, dict) or not warm.get("processes"):
+        return None
+    count = warm["processes"]
+    return (f"warm: {format_value(count)} process{'es' if count != 1 else ''} "
+            f"({format_value(warm.get('idle'))} idle, {format_value(warm.get('busy'))} busy, "
+            f"{format_value(warm.get('rss_mb'))} MB)")
 
 
 _STATE_COLOURS = {"healthy": "32", "unhealthy": "31", "missing": "31",

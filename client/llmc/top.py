@@ -116,8 +116,16 @@ def _today(info: dict[str, Any]) -> str | None:
 
 
 def _warm(info: dict[str, Any]) -> list[str]:
-    # Warm processes, when this llmd keeps them (daemon.info "warm"): one cell each.
+    # Warm processes, when this llmd keeps them (daemon.info "warm"): their counts, or
+    # one cell each where they are listed.
     warm = info.get("warm")
+    if isinstance(warm, dict):
+        count = warm.get("processes")
+        if not count:
+            return []
+        return [f"{format_value(count)} process{'es' if count != 1 else ''} "
+                f"({format_value(warm.get('idle'))} idle, {format_value(warm.get('busy'))} "
+                f"busy, {format_value(warm.get('rss_mb'))} MB)"]
     if not isinstance(warm, list):
         return []
     cells = []
