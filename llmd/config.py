@@ -152,6 +152,7 @@ class Blueprint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fallbacks: list[str] = msgspec.field(default_factory=list)
     isolate: Literal["none", "worktree"] = "none"
     edit_args: list[str] = msgspec.field(default_factory=list)
+    stderr_ignore: list[str] = msgspec.field(default_factory=list)
     retry: RetrySection = msgspec.field(default_factory=RetrySection)
     health: HealthSection = msgspec.field(default_factory=HealthSection)
     warm: WarmSection = msgspec.field(default_factory=WarmSection)
@@ -360,6 +361,12 @@ def _check_blueprint(name: str, bp: Blueprint, reg: RegistryFile, problems: list
             re.compile(pattern)
         except (re.error, OverflowError, RecursionError) as exc:
             problems.append(f"{path}.rate_limit_patterns[{i}]: invalid regular expression: "
+                            f"{exc or type(exc).__name__}")
+    for i, pattern in enumerate(bp.stderr_ignore):
+        try:
+            re.compile(pattern)
+        except (re.error, OverflowError, RecursionError) as exc:
+            problems.append(f"{path}.stderr_ignore[{i}]: invalid regular expression: "
                             f"{exc or type(exc).__name__}")
     for i, other in enumerate(bp.fallbacks):
         if other == name or other not in reg.blueprints:

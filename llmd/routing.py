@@ -16,6 +16,8 @@ Invariants:
   fallback within its budgets (``fallback_reason: "budget"``) when its ``budget.fallback``
   allows, else they fail at once with -32009; past ``[budget]`` (all blueprints), every
   run fails with -32009.
+- A run that ran out of retries on a rate limit moves on to a fallback chosen the same way
+  (:func:`fallback_after_rate_limit`), once its blueprint has been put to cool down.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 from llmd.budget import BudgetBook, Use
 from llmd.config import Registry
-from llmd.errors import BudgetExhausted, RateLimited
+from llmd.errors import BudgetExhausted, LlmdError, RateLimited
 from llmd.health.monitor import HealthMonitor
 
 # What a fallback must be to take over a run; "unknown" counts because a blueprint
@@ -113,3 +115,31 @@ def _over_budget(health: HealthMonitor, registry: Registry, name: str, over: Use
         if usable is not None:
             return Route(usable, name, "budget")
     raise BudgetExhausted(f"{name!r}: {why}", over.data())
+
+
+def fallback_after_rate_limit(health: HealthMonitor, registry: Registry, name: str, *,
+                              pinned: bool = False,
+                              budget: BudgetBook | None = None) -> Route | None:
+    """Where a run goes on after blueprint ``name`` ran out of retries on a rate limit.
+
+    Call it once ``name`` cools down (:meth:`HealthMonitor.note_rate_limited`): the same
+    rule as for a new run then picks its first usable fallback.
+
+    Args:
+        health: The health cache.
+        registry: The registry in force.
+        name: The blueprint that is rate limited.
+        pinned: The run names a session or a model, so it stays.
+        budget: The budgets, which a fallback must be within.
+
+    Returns:
+        The fallback's route, or None when the run cannot move (pinned, no usable fallback,
+        or ``name`` is no longer configured).
+    """
+    if pinned or name not in registry.blueprints:
+        return None
+    try:
+        chosen = route(health, registry, name, budget=budget)
+    except LlmdError:
+        return None
+    return chosen if chosen.swapped else None

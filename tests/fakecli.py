@@ -12,7 +12,8 @@ Modes:
   grandchild        fork a grandchild that holds the pipes; both write their pids to
                     $FAKE_PIDFILE; then sleep forever (or exit at once with --exit)
   ratelimit N FILE  fail with a rate-limit message (stderr, exit 1) for the first N calls
-                    counted in FILE, then print "ok after N"
+                    counted in FILE, then print "ok after N"; with --partial, each failing
+                    call prints "partial answer" on stdout first
   fail CODE         print "boom" on stderr and exit CODE
   flood BYTES       write BYTES bytes of "x" (in 64 KiB lines) to stdout
   lines N           print N numbered lines, flushing each
@@ -33,6 +34,9 @@ Modes:
                     the grandchild points its stdio at /dev/null, as daemons do
   echo-fail         print "error: cannot answer: PROMPT" on stderr and exit 1 (PROMPT:
                     the arguments after ``--``, else stdin)
+  noisy TEXT [CODE]  print "Warning: colour banner" and "a real complaint" on stderr (the
+                    banner's end in a later write than its start), then TEXT on stdout;
+                    exit CODE (default 0)
 """
 
 from __future__ import annotations
@@ -131,6 +135,9 @@ def main() -> int:
         with open(path, "w") as f:
             f.write(str(seen + 1))
         if seen < count:
+            if "--partial" in rest:
+                out.write("partial answer\n")
+                out.flush()
             sys.stderr.write("Error: 429 Too Many Requests (rate limit reached); "
                              "retry after 1s\n")
             return 1
@@ -203,6 +210,13 @@ def main() -> int:
         text = " ".join(prompt) if prompt else sys.stdin.read()
         sys.stderr.write(f"error: cannot answer: {text}\n")
         return 1
+    elif mode == "noisy":
+        for said in ("Warning: colour ", "banner\na real complaint\n"):
+            sys.stderr.write(said)
+            sys.stderr.flush()
+        out.write(rest[0])
+        out.flush()
+        return int(rest[1]) if len(rest) > 1 else 0
     else:
         sys.stderr.write(f"fakecli: unknown mode {mode}\n")
         return 2

@@ -200,10 +200,13 @@ class World:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings))
 
-    def registry(self, url: str) -> str:
-        """The bundled registry, pointed at ``url`` and at the private homes."""
+    def registry(self, url: str, fallbacks: bool = True) -> str:
+        """The bundled registry, pointed at ``url`` and at the private homes (without
+        ``fallbacks`` when told, so that a rate-limited run stays where it is)."""
         doc = json.loads(json.dumps(BUNDLED))
         for name, bp in doc["blueprints"].items():
+            if not fallbacks:
+                bp.pop("fallbacks", None)
             program = (self.bindir / "ollama" if name == "ollama"
                        else Path(REAL_CLIS) / bp["command"][0])
             bp["command"] = [str(program), *bp["command"][1:]]
@@ -274,11 +277,12 @@ def world(short_tmp: Path, mock: MockLLM, monkeypatch: pytest.MonkeyPatch) -> Wo
     return World(short_tmp, bindir, project, mock)
 
 
-async def start(daemon_factory: Any, world: World, url: str | None = None) -> DaemonHandle:
+async def start(daemon_factory: Any, world: World, url: str | None = None,
+                fallbacks: bool = True) -> DaemonHandle:
     """The real daemon on the bundled registry, pointed at ``url`` (the mock's by default)."""
     url = url or world.mock.url
     world.write_homes(url)
-    handle: DaemonHandle = await daemon_factory(world.registry(url))
+    handle: DaemonHandle = await daemon_factory(world.registry(url, fallbacks))
     return handle
 
 
@@ -488,7 +492,8 @@ async def test_rate_limit_is_acted_on_at_once_then_retried(
 
 
 async def test_rate_limit_that_persists_is_reported(daemon_factory: Any, world: World) -> None:
-    d = await start(daemon_factory, world)
+    # Without fallbacks: with them the run would move on (test_rate_limited_run_moves_on).
+    d = await start(daemon_factory, world, fallbacks=False)
 
     async def check(name: str) -> None:
         expect = EXPECT[name]
@@ -505,6 +510,23 @@ async def test_rate_limit_that_persists_is_reported(daemon_factory: Any, world: 
         assert health["result"]["blueprints"][name]["state"] == "cooling_down"
 
     await for_each(CLIS, check)
+
+
+async def test_rate_limited_run_moves_on(daemon_factory: Any, world: World) -> None:
+    """claude answers 429 every time: the same run goes on at its first fallback, codex."""
+    d = await start(daemon_factory, world)
+    world.mock.fail(429, retry_after=1, only=EXPECT["claude"].answer_path, client="claude")
+    outcome = await run(d, world, "claude", **{**failure_params("claude"), "stream": True})
+    result = outcome.result
+    assert (result["blueprint"], result["requested_blueprint"]) == ("codex", "claude")
+    assert result["text"].strip()
+    attempts = BUNDLED_REGISTRY.blueprints["claude"].retry.max_attempts
+    assert result["attempts"] == attempts + 1
+    assert len(world.answering("claude")) == attempts * EXPECT["claude"].requests_per_attempt
+    moved = [n["params"] for n in outcome.notes if n["method"] == "llm.state"
+             and n["params"].get("requested_blueprint") == "claude"
+             and n["params"]["state"] == "retrying"]
+    assert [m["blueprint"] for m in moved] == ["codex"]
 
 
 async def test_server_error_fails_without_a_retry(daemon_factory: Any, world: World) -> None:

@@ -5,6 +5,8 @@ Usage (``llmc --help`` and ``llmc COMMAND --help`` say more)::
     llmc run NAME [PROMPT]        run blueprint NAME; the prompt is read from stdin when omitted
     llmc blueprints | info | jobs | job ID [--follow] | cancel ID | status | watch
     llmc mcp                      serve llmd's tools to an MCP client on stdin/stdout
+    llmc top [--once]             a live view of jobs, health and cooldowns
+    llmc completion bash|zsh|fish print a shell completion script
 
 Exit status:
 
@@ -164,6 +166,9 @@ def _add_run(run: argparse.ArgumentParser) -> None:
                      help="with --isolate: where the worktree starts (default: head)")
     run.add_argument("--edit", action="store_true",
                      help="with --isolate: let the agent edit files without asking")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="show the CLI's own stderr on a terminal too (it is hidden there "
+                          "unless the run fails)")
 
 
 def _add_jobs(jobs: argparse.ArgumentParser) -> None:
@@ -234,6 +239,17 @@ def _add_usage(usage: argparse.ArgumentParser) -> None:
                        help="one row per blueprint, model, day or cwd")
 
 
+def _add_top(top: argparse.ArgumentParser) -> None:
+    top.add_argument("--once", action="store_true",
+                     help="print one snapshot as plain text and exit (also when stdout is "
+                          "not a terminal)")
+
+
+def _add_completion(completion: argparse.ArgumentParser) -> None:
+    completion.add_argument("shell", metavar="SHELL", choices=("bash", "zsh", "fish"),
+                            help="bash, zsh or fish")
+
+
 def _add_nothing(parser: argparse.ArgumentParser) -> None:
     del parser
 
@@ -288,7 +304,34 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
             "peek, jobs, cancel and status hand every call to llmd. For Claude Code:\n"
             "  claude mcp add llmd -- llmc mcp\n"
             "Logs go to stderr; it ends when stdin does.", _add_mcp),
+    "top": ("watch llmd at work: jobs, health, cooldowns, warm processes",
+            "A live view, refreshed every second: running and queued jobs (id, blueprint,\n"
+            "state, elapsed, output so far, warm, cwd), each blueprint's health and\n"
+            "cooldown, warm processes and today's runs and cost where llmd keeps them.\n"
+            "Keys: q quit, c cancel the selected job, f follow it, arrows or j/k select.\n"
+            "--once (or a stdout that is no terminal) prints one snapshot.", _add_top),
+    "completion": ("print a shell completion script (bash, zsh, fish)",
+                   "Print a completion script for SHELL: commands, options, and blueprint\n"
+                   "names and job ids asked of llmd as you type. Add one line to your shell's\n"
+                   "start-up file:\n"
+                   "  bash (~/.bashrc):   eval \"$(llmc completion bash)\"\n"
+                   "  zsh (~/.zshrc):     eval \"$(llmc completion zsh)\"\n"
+                   "  fish (config.fish): llmc completion fish | source", _add_completion),
 }
+
+# What `llmc` alone prints: the commands people use most.
+SHORT_USAGE = """\
+usage: llmc COMMAND [ARGS...]
+
+  llmc run NAME "PROMPT"   run a blueprint on a prompt and print the answer
+  llmc status              which blueprints are ready, cooling down or missing
+  llmc jobs                recent jobs (llmc job ID shows one)
+  llmc top                 watch llmd at work, live
+  llmc blueprints          the blueprints you can run
+
+Every command: llmc --help; one command's options: llmc COMMAND --help.
+Shell completion: llmc completion bash|zsh|fish.
+"""
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -322,7 +365,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         # SUPPRESS: when not given after the command, the one before it (or None) stays.
         sub.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
                          help="llmd's socket (overrides $LLMD_SOCKET)")
-        if name not in ("run", "mcp"):
+        if name not in ("run", "mcp", "completion", "top"):
             sub.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -383,14 +426,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["__complete"]:
+        # What a completion script asks for as you type; never in --help.
+        from llmc.completion import complete_names  # noqa: PLC0415
+
+        return complete_names(arguments[1] if len(arguments) > 1 else "", None)
     parser = build_parser(only=command_in(arguments))
     try:
         args = parser.parse_args(arguments)
     except SystemExit as exc:
         return _status_of(exc)
     if args.command is None:
-        error("no command given (see: llmc --help)")
+        # A usage error like any other (status 2), but one a newcomer meets first.
+        write(SHORT_USAGE, sys.stderr)
         return exitcodes.USAGE
+
+    if args.command == "completion":
+        from llmc.completion import cmd_completion  # noqa: PLC0415
+
+        return cmd_completion(args)
 
     if args.command == "mcp":
         # Without the human-output commands: an MCP client waits for this one to start.

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 __all__ = ["HANDLERS", "UsageError", "job_status", "read_prompt"]
 
+# How long `llmc status` waits for first probes still in flight, and how often it looks.
+FIRST_PROBE_WAIT = 3.0
+FIRST_PROBE_POLL = 0.1
+
 # The states in which a job has ended, with the status they map to when the record carries no
 # error code.
 _FINAL_STATES = {"succeeded": exitcodes.OK, "failed": exitcodes.FAILED,
@@ -314,6 +318,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     timeout = None if args.check else QUICK_CALL_TIMEOUT
     with connect(args) as conn:
         result = as_object(call(conn, method, params, timeout=timeout), method)
+        # Just after llmd started, first probes may still be running: wait a little for
+        # real states rather than show "unknown".
+        deadline = time.monotonic() + FIRST_PROBE_WAIT
+        while _any_unknown(result) and time.monotonic() < deadline:
+            time.sleep(FIRST_PROBE_POLL)
+            result = as_object(call(conn, method, params, timeout=timeout), method)
         warm = None if args.json else _warm_line(conn)
         budgets = [] if args.json else ledger.budget_lines(conn, args.blueprint)
     if args.json:
@@ -340,6 +350,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if warm:
         write(warm + "\n")
     return exitcodes.OK
+
+
+def _any_unknown(result: dict[str, Any]) -> bool:
+    health = result.get("blueprints")
+    return isinstance(health, dict) and any(
+        isinstance(entry, dict) and entry.get("state") == "unknown" for entry in health.values())
 
 
 def _warm_line(conn: Connection) -> str | None:
@@ -404,6 +420,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watch(args)
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    """``llmc top``: loaded only here, so no other command pays for it."""
+    from llmc.top import cmd_top as top  # noqa: PLC0415
+
+    return top(args)
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "blueprints": cmd_blueprints,
@@ -419,4 +442,5 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "usage": ledger.cmd_usage,
     "stats": ledger.cmd_stats,
     "metrics": ledger.cmd_metrics,
+    "top": cmd_top,
 }

@@ -123,4 +123,6 @@ class Job:
         return JobRecord(job=self.id, blueprint=self.blueprint, state=self.state,
                          created_at=self.created_at, started_at=self.started_at,
                          finished_at=self.finished_at, attempts=self.attempts, result=result,
-                         error=self.error.to_wire() if self.error is not None else None)
+                         error=self.error.to_wire() if self.error is not None else None,
+                         cwd=self.params.cwd,
+                         output_chars=getattr(self.attempt, "kept_chars", None))

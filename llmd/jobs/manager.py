@@ -63,9 +63,11 @@ from llmd.errors import (
     UnknownBlueprint,
 )
 from llmd.health.monitor import HealthMonitor
-from llmd.jobs import usage
+from llmd.jobs import moving, usage
 from llmd.jobs.events import JobEvents
 from llmd.jobs.job import Job, new_job_id
+from llmd.jobs.moving import MoveTo
+from llmd.jobs.noise import NoiseFilter
 from llmd.jobs.records import RunParams, RunResult
 from llmd.jobs.retry import Backoff
 from llmd.jobs.state import FINAL_STATES, JobState, advance, can_follow
@@ -250,7 +252,7 @@ class JobManager:
         """
         try:
             with job.scope:
-                result = await self._execute(job)
+                result = await self._execute_moving(job)
                 # A cancel that landed after the last checkpoint still wins (see cancel).
                 if not job.cancel_requested:
                     self._finish(job, "succeeded", result=result)
@@ -599,7 +601,8 @@ class JobManager:
         limiter = self._limiters[job.blueprint]
         moved = ({"requested_blueprint": job.requested, "fallback_reason": job.fallback_reason}
                  if job.requested else {})
-        await self._set_state(job, "queued", blueprint=job.blueprint, **moved)
+        if job.state == "queued":  # not again when a fallback takes over the run
+            await self._set_state(job, "queued", blueprint=job.blueprint, **moved)
         if job.detached and not job.durable.is_set() and (
                 limiter.available_tokens < 1 or self._global.available_tokens < 1):
             await self._commit(job)  # it waits for a slot: give its id out now
@@ -619,7 +622,9 @@ class JobManager:
                         env: dict[str, str]) -> RunResult:
         backoff = Backoff(bp.retry.max_attempts, bp.retry.base_delay, bp.retry.max_delay)
         patterns = job.rate_limit_res
-        job.started_at = utc_now()
+        before = job.attempts  # made on blueprints this run left for a fallback
+        if job.started_at is None:
+            job.started_at = utc_now()
         started = time.monotonic()
         while True:
             job.attempts += 1
@@ -636,7 +641,8 @@ class JobManager:
                 raise CliFailed(f"{job.blueprint!r} failed: {what}",
                                 self._error_data(job, bp, attempt, kind=verdict.kind))
             remaining = job.deadline - trio.current_time()
-            delay = backoff.next_delay(job.attempts, remaining, self.rng, verdict.retry_after_s)
+            delay = backoff.next_delay(job.attempts - before, remaining, self.rng,
+                                       verdict.retry_after_s)
             if delay is None:
                 data = self._error_data(job, bp, attempt)
                 if verdict.retry_after_s is not None:
@@ -649,6 +655,13 @@ class JobManager:
                         f"{attempt.stderr_tail}\n{attempt.stdout[-65536:]}", now)
                     self.health.note_rate_limited(
                         job.blueprint, reopens if reopens is not None else verdict.retry_after_s)
+                    # And this one moves there too, unless it is pinned.
+                    where = routing.fallback_after_rate_limit(
+                        self.health, self.registry, job.blueprint,
+                        pinned=job.params.session is not None or job.params.model is not None,
+                        budget=self.budget)
+                    if where is not None:
+                        raise MoveTo(where)
                 raise RateLimited(f"{job.blueprint!r} is rate limited "
                                   f"({verdict.reason or 'rate limit'}); gave up after "
                                   f"{job.attempts} attempt{'s' if job.attempts > 1 else ''}",
@@ -661,6 +674,15 @@ class JobManager:
             await self._set_state(job, "retrying", retry_in_s=round(delay, 3),
                                   restart_output=restart)
             await trio.sleep(delay)
+
+    async def _execute_moving(self, job: Job) -> RunResult:
+        """Execute a job; when its blueprint runs out of retries on a rate limit and a
+        fallback may take it, go on there (:mod:`llmd.jobs.moving`)."""
+        while True:
+            try:
+                return await self._execute(job)
+            except MoveTo as move:
+                await moving.move(self, job, move.route)
 
     def _driver(self, job: Job) -> Driver:
         """How this job's attempts are carried out: by a warm process when its blueprint
@@ -678,6 +700,15 @@ class JobManager:
             session=job.params.session))
         job.attempt = attempt.process
         job.live_text = []  # jobs.output follows the attempt in flight
+        # Known chatter on stderr is not shown to listeners; the record keeps it.
+        noise = NoiseFilter(bp.stderr_ignore)
+
+        async def show(stream: Stream, text: str) -> None:
+            if stream == "stdout":
+                job.streamed_stdout = True
+            payload = {"job": job.id, "seq": job.seq, "stream": stream, "text": text}
+            job.seq += 1
+            await self._publish(job, "llm.output", payload)
 
         async def on_text(stream: Stream, text: str) -> None:
             if stream == "stdout" and bp.parser != "text":
@@ -687,13 +718,13 @@ class JobManager:
                 job.first_output = trio.current_time()
             if not job.listeners:
                 return
-            if stream == "stdout":
-                job.streamed_stdout = True
-            payload = {"job": job.id, "seq": job.seq, "stream": stream, "text": text}
-            job.seq += 1
-            await self._publish(job, "llm.output", payload)
+            if stream == "stderr" and not (text := noise.feed(text)):
+                return
+            await show(stream, text)
 
         outcome = await attempt.run(on_text)
+        if (rest := noise.flush()) and job.listeners:
+            await show("stderr", rest)
         job.warm = outcome.warm
         return outcome
 

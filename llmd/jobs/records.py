@@ -103,3 +103,7 @@ class JobRecord(msgspec.Struct, frozen=True):
     result: RunResult | None = None
     error: dict[str, Any] | None = None
     worktree: WorktreeInfo | None = None
+    cwd: str | None = None
+    """The run's working directory (as the request gave it; None: the daemon's)."""
+    output_chars: int | None = None
+    """While an attempt runs: the characters of its stdout so far (for ``llmc top``)."""
