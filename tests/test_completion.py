@@ -75,7 +75,7 @@ async def test_bash_completes_commands_options_blueprints_and_job_ids(
     assert started.returncode == 0, started.stderr
     job = started.stdout.decode().strip()
     with trio.fail_after(60):
-        assert await trio.to_thread.run_sync(bash_complete, d, "llmc", "st") == ["status"]
+        assert await trio.to_thread.run_sync(bash_complete, d, "llmc", "sta") == ["status", "stats"]
         assert await trio.to_thread.run_sync(bash_complete, d, "llmc", "run", "al") == \
             ["alpha", "alpine"]
         # After an option that takes a value, the blueprint is still the first positional.
