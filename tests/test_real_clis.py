@@ -69,8 +69,9 @@ RUN_TIMEOUT = 60.0
 # A bound on any one test's runs; CI shares two cores between several Node programs.
 TEST_LIMIT = 120.0
 # What "at once" means for a run that fails: far below the minutes that claude (182 s)
-# and gemini (205 s) spend on their own retries, with room for a loaded machine.
-FAST = 30.0
+# and gemini (205 s) spend on their own retries, with room for a loaded machine (three
+# attempts of gemini, each starting Node anew, take 35-40 s on two busy cores).
+FAST = 60.0
 PROMPT = "Say hello to the test suite."
 # gemini's default model first asks a router model, whose requests retry on their own
 # schedule; an explicit model goes straight to the answer.
@@ -576,7 +577,9 @@ async def test_hanging_endpoint_is_ended_by_the_timeout(
         outcome = await run(d, world, name, timeout=timeout, **failure_params(name))
         outcome.fails_with(-32003)
         grace = BUNDLED_REGISTRY.blueprints[name].kill_grace
-        assert outcome.elapsed < timeout + grace + 1
+        # The daemon's bound is timeout + grace; the rest is the client's side of a loaded
+        # machine, far below what a CLI left running would take.
+        assert outcome.elapsed < timeout + grace + 5
         assert world.requests(name)
         await assert_processes_gone(world, name)
 
