@@ -196,9 +196,10 @@ class JobManager:
         argv_mod.render(bp, params.blueprint, params.prompt, model=params.model,
                         session=params.session, edit=params.edit)
         limiter = self._limiters[params.blueprint]
-        if (self.queued >= self.registry.daemon.max_queue
-                and (limiter.available_tokens < 1 or self._global.available_tokens < 1
-                     or self.queued > 0)):
+        # Jobs admitted a moment ago count as queued until their tasks take a slot: in a
+        # burst, as many of them as there are free slots are about to run, not to wait.
+        free = min(limiter.available_tokens, self._global.available_tokens)
+        if self.queued - free >= self.registry.daemon.max_queue:
             raise Busy(f"the queue is full ({self.queued} waiting); try again later",
                        {"blueprint": params.blueprint})
         job = Job(new_job_id(), params, trio.current_time() + timeout, bp=bp, timeout=timeout,
