@@ -26,6 +26,20 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+# What the suite found and what now holds, for the README (kept with the tests' classes).
+FIXED = (
+    "Found by these tests and fixed: a reload that removed a blueprint or timeout category "
+    "in use no longer crashes the daemon (a job keeps what it was admitted with, and one "
+    "job's defect fails that job alone with -32603); `llmc` and `llmc mcp` refuse a socket "
+    "served by another uid or in a directory another user owns or can write; `llmc` never "
+    "exits 0 having written part of an answer; the in-memory caps hold whatever else runs; "
+    "queued jobs never start after SIGTERM; a detached job's id is sent only once its "
+    "record is durable; `cancelled: true` means the job ends cancelled; a prompt over the "
+    "message limit is reported as such (exit 2); a vanished cwd is named as the cause; "
+    "children get `PWD`; a zombie daemon counts as dead; a job of another daemon sharing "
+    "the store is waited for; a burst of runs is admitted up to the free slots plus "
+    "`max_queue`.")
+
 BEGIN = "<!-- reliability:begin (written by scripts/reliability-report) -->"
 END = "<!-- reliability:end -->"
 MAX_GROWTH_KB = 20 * 1024
@@ -112,7 +126,10 @@ def section(totals: dict[str, float], counts: dict[str, int], bugs: list[str],
         "signals or escaping their process group, the registry deleted, a reload removing "
         "what running jobs use, SIGTERM with a queue, the daemon killed with SIGKILL (also "
         "right after a detached reply), cancels racing a run's end, a cwd removed under a "
-        "queued job, two daemons on one store. It runs in CI with the rest of the tests; "
+        "queued job, two daemons on one store, a listener or socket directory of another "
+        "user, a disk filling up under llmc, a full listen backlog, LSP messages with a "
+        "too-short length or headers in another order. It runs in CI with the rest of the "
+        "tests; "
         "`scripts/reliability-report` runs it alone and rewrites this section from its "
         "own counts, and `scripts/reliability-report --soak MINUTES` repeats the abuse and "
         "load loops for that long.")
@@ -134,6 +151,7 @@ def section(totals: dict[str, float], counts: dict[str, int], bugs: list[str],
         lines += [textwrap.fill(reason.removeprefix("bug: "), WIDTH, initial_indent="- ",
                                 subsequent_indent="  ", break_on_hyphens=False)
                   for reason in bugs]
+    lines += ["", textwrap.fill(FIXED, WIDTH, break_on_hyphens=False)]
     lines.append(END)
     return "\n".join(lines) + "\n"
 
