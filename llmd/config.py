@@ -50,7 +50,8 @@ DEFAULT_RATE_LIMIT_PATTERNS = (
     r"\bRESOURCE_EXHAUSTED\b",
     r"(?i)\bresource (?:has been )?exhausted\b",
     r"(?i)\bquota (?:exceeded|exhausted)\b",
-    r"(?i)\busage limit (?:reached|exceeded)\b|\bhit your usage limit\b",
+    r"(?i)\busage limit (?:reached|exceeded)\b|\bhit your usage limit\b"
+    r"|\b\d+-hour limit reached\b|\bweekly limit reached\b",
     r"(?i)\boverloaded_error\b|\b529 overloaded\b"
     r"|\b(?:server|service|api|model)s? (?:is |are )?(?:currently |temporarily )?overloaded\b",
 )

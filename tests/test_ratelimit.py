@@ -100,6 +100,8 @@ def test_default_patterns_do_not_fire(text: str) -> None:
     '{"type":"overloaded_error","message":"Overloaded"}',
     "Claude AI usage limit reached|1700000000",
     "You've hit your usage limit.",
+    "5-hour limit reached \u2219 resets 3pm",
+    "Weekly limit reached \u2219 resets Dec 9, 10am",
 ])
 def test_default_patterns_fire(text: str) -> None:
     assert classify(1, "", text, DEFAULT_PATTERNS).kind == "rate_limit"
