@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -101,7 +101,14 @@ class _Turn:
     usage: dict[str, int] | None = None
     verdict: Verdict | None = None
     done: trio.Event = field(default_factory=trio.Event)
+    wake: trio.Event = field(default_factory=trio.Event)
+    """Set when the turn is done or its agent died."""
     sink: Callable[[str], None] | None = None
+
+    def end(self) -> None:
+        """The turn is over."""
+        self.done.set()
+        self.wake.set()
 
 
 class _Call:
@@ -124,15 +131,17 @@ class Agent:
         allow_kinds: Tool kinds the permission policy allows (default: none).
         approval: codex's approval policy for threads.
         sandbox: codex's sandbox mode for threads.
+        start_timeout: Seconds the agent has to answer ``initialize``.
         on_spawn: Told the process's pid.
     """
 
     def __init__(self, dialect: Dialect, argv: Sequence[str], *, env: Mapping[str, str],
                  kill_grace: float = 5.0, max_concurrency: int = 4,
                  allow_kinds: frozenset[str] = frozenset(), approval: str = "never",
-                 sandbox: str = "read-only",
+                 sandbox: str = "read-only", start_timeout: float = START_TIMEOUT,
                  on_spawn: Callable[[int], None] | None = None) -> None:
         self.dialect = dialect
+        self.start_timeout = start_timeout
         self.acp = acp.AcpClient(acp.PermissionPolicy(allow_kinds))
         self.codex = codexapp.CodexAppClient(codexapp.ApprovalPolicy(allow_kinds))
         self.approval = approval
@@ -168,20 +177,24 @@ class Agent:
             OSError: The program could not be started.
             WarmUnavailable: It did not initialize.
         """
+        failed = ""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.process.run)
             nursery.start_soon(self._write_replies)
+            nursery.start_soon(self._watch)
             try:
-                with trio.fail_after(START_TIMEOUT):
+                with trio.fail_after(self.start_timeout):
                     await self._initialize()
             except (trio.TooSlowError, WarmUnavailable, ProtocolError) as exc:
-                self.process.kill(f"it did not initialize: {exc or 'too slow'}")
-                raise WarmUnavailable(f"the agent did not initialize: {exc or 'too slow'}"
-                                      ) from None
-            self.ready.set()
-            task_status.started()
+                failed = str(exc) or "too slow"
+                self.process.kill(failed)
+            else:
+                self.ready.set()
+                task_status.started()
             await self.process.dead.wait()
             nursery.cancel_scope.cancel()
+        if failed:
+            raise WarmUnavailable(f"the agent did not initialize: {failed}")
 
     async def _initialize(self) -> None:
         if self.dialect == "acp":
@@ -202,13 +215,7 @@ class Agent:
         call = self._calls[rid] = _Call()
         try:
             await self._send(data)
-            async with trio.open_nursery() as nursery:
-                async def dead() -> None:
-                    await self.process.dead.wait()
-                    nursery.cancel_scope.cancel()
-                nursery.start_soon(dead)
-                await call.event.wait()
-                nursery.cancel_scope.cancel()
+            await call.event.wait()  # also woken when the agent dies (see _watch)
         finally:
             # A cancelled prompt's late answer still ends its turn (see _answered).
             self._calls.pop(rid, None)
@@ -216,6 +223,14 @@ class Agent:
         if response is None:
             raise WarmUnavailable(f"the agent died: {self.process.why_dead}")
         return response
+
+    async def _watch(self) -> None:
+        """Wake every waiter once the agent is dead: its answers will not come."""
+        await self.process.dead.wait()
+        for call in self._calls.values():
+            call.event.set()
+        for turn in self._turns.values():
+            turn.wake.set()
 
     def _peer_forget(self, rid: int) -> None:
         (self.acp.peer if self.dialect == "acp" else self.codex.peer).forget(rid)
@@ -256,7 +271,7 @@ class Agent:
             return
         for turn in self._turns.values():
             if turn.rid == response.id:
-                turn.done.set()
+                turn.end()
 
     def _reply(self, data: bytes, note: str) -> None:
         self._outbox.append(data)
@@ -295,11 +310,11 @@ class Agent:
             if not event.will_retry or verdict.kind != "failure":
                 turn.verdict = turn.verdict or verdict
                 if event.will_retry:
-                    turn.done.set()
+                    turn.end()
         elif isinstance(event, codexapp.TurnDone):
             if event.turn.error is not None and event.turn.status == "failed":
                 turn.verdict = turn.verdict or _codex_verdict(event.turn.error)
-            turn.done.set()
+            turn.end()
 
     def _text(self, turn: _Turn, text: str) -> None:
         turn.text.append(text)
@@ -388,21 +403,27 @@ class Agent:
                 send_text.send_nowait(text)
 
         turn.sink = sink
+        unavailable: WarmUnavailable | None = None
+        ended = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_forward, receive_text, on_text)
                 try:
                     await self._run_turn(session, spec, turn)
+                except WarmUnavailable as exc:
+                    unavailable = exc
                 finally:
                     send_text.close()
-        except trio.Cancelled:
-            with trio.CancelScope(shield=True):
-                await self._stop(session, turn, spec.kill_grace)
-            raise
+            ended = True
         finally:
+            if not ended:  # cancelled (a nursery wraps Cancelled in a group): stop it
+                with trio.CancelScope(shield=True):
+                    await self._stop(session, turn, spec.kill_grace)
             self._turns.pop(session, None)
             process.duration = time.monotonic() - started
             process.stderr_tail = self.process.stderr_tail
+        if unavailable is not None:
+            raise unavailable
         self.turns_served += 1
         text = "".join(turn.text)
         if not text and turn.whole:  # no deltas came: the whole message is the answer
@@ -427,7 +448,7 @@ class Agent:
                 if turn.chars:
                     return  # the outcome says it died mid-turn
                 raise
-            turn.done.set()
+            turn.end()
             if response.error is not None:
                 code, message = response.error
                 turn.verdict = verdict_from_message(
@@ -454,13 +475,9 @@ class Agent:
         except ProtocolError as exc:
             self.process.kill(f"out of protocol: {exc}")
             raise WarmUnavailable(str(exc)) from None
-        async with trio.open_nursery() as nursery:
-            async def dead() -> None:
-                await self.process.dead.wait()
-                nursery.cancel_scope.cancel()
-            nursery.start_soon(dead)
-            await turn.done.wait()
-            nursery.cancel_scope.cancel()
+        if not self.process.alive:
+            turn.wake.set()
+        await turn.wake.wait()
         if not turn.done.is_set() and not turn.chars:
             raise WarmUnavailable(f"the agent died: {self.process.why_dead}")
         if turn.verdict is not None and turn.verdict.kind != "ok" and turn.turn_id:
@@ -487,25 +504,14 @@ class Agent:
         except trio.BrokenResourceError:
             return
         with trio.move_on_after(grace):
-            while not turn.done.is_set() and self.process.alive:
-                # The prompt's answer (acp) or turn/completed (codex) ends the turn.
-                await _first(turn.done.wait, self.process.dead.wait)
+            # The prompt's answer (acp) or turn/completed (codex) ends the turn.
+            await turn.wake.wait()
             return
         self.process.kill("a cancelled turn did not end within kill_grace")
 
     def close(self, why: str = "closed") -> None:
         """Kill the process (it is reaped by :meth:`serve`)."""
         self.process.kill(why)
-
-
-async def _first(*waits: Callable[[], Awaitable[Any]]) -> None:
-    """Return once the first of ``waits`` returns."""
-    async with trio.open_nursery() as nursery:
-        for wait in waits:
-            async def one(wait: Callable[[], Awaitable[Any]] = wait) -> None:
-                await wait()
-                nursery.cancel_scope.cancel()
-            nursery.start_soon(one)
 
 
 async def _forward(receive: trio.MemoryReceiveChannel[str], on_text: TextSink) -> None:
