@@ -247,3 +247,45 @@ async def test_resume_in_a_new_process(
     assert again.parsed.text == ANSWER and "".join(seen.pieces) == ANSWER
     last = mock.model_requests(client=_client(dialect))[-1]
     assert last.has_text("Which word was it?") and last.has_text("marigold")
+
+
+@pytest.mark.parametrize("allow", [frozenset(), frozenset({"edit"})])
+async def test_a_permission_request_is_answered_by_the_policy(
+        tmp_path: Path, mock: MockLLM, allow: frozenset[str]) -> None:
+    dialect: Dialect = "acp"
+    cwd = Path(_projects(tmp_path, 1)[0])
+    target = cwd / "note.txt"
+    mock.tool_call("write_file", {"file_path": str(target), "content": "written"},
+                   client="gemini")
+    async with trio.open_nursery() as nursery:
+        host = AgentHost(nursery)
+        with trio.fail_after(LIMIT):
+            agent = await host.get(dialect, _argv(dialect), _env(tmp_path, mock, dialect),
+                                   kill_grace=15.0, allow_kinds=allow)
+            outcome = await _run(agent, TurnSpec("Write a note.", str(cwd)))
+        host.close()
+    assert outcome.verdict is None, outcome.verdict
+    assert outcome.parsed.text.endswith(ANSWER)
+    verb = "allowed" if allow else "rejected"
+    assert f"{verb} a tool call (edit)" in agent.replies
+    assert target.exists() == bool(allow)
+
+
+async def test_a_timeout_in_a_stalled_turn_stops_it_and_the_agent_serves_on(
+        agent: Agent, mock: MockLLM, tmp_path: Path) -> None:
+    cwd = _projects(tmp_path, 1)[0]
+    client = _client(agent.dialect)
+    mock.hang(client=client)
+    with trio.fail_after(LIMIT):
+        attempt = AgentAttempt(agent, TurnSpec("Never answered.", cwd))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(attempt.run, Seen())
+            # The deadline falls once the provider has the request and stalls on it.
+            while not mock.saw_text("Never answered.", client):
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    mock.heal()
+    assert agent.busy == 0
+    assert agent.process.alive, agent.process.why_dead
+    outcome = await _run(agent, TurnSpec("After the timeout.", cwd))
+    assert outcome.verdict is None and outcome.parsed.text == ANSWER

@@ -68,7 +68,7 @@ async def test_unserved_requests_get_errors_and_permissions_follow_the_policy(
         assert outcome.parsed.session == "s1" and outcome.process.exit_code == 0
         assert agent.replies[-2:] == [
             "refused fs/read_text_file",
-            f"{'allowed' if allow else 'rejected'} a edit tool call"]
+            f"{'allowed' if allow else 'rejected'} a tool call (edit)"]
         agent.close()
 
 

@@ -284,7 +284,7 @@ class AcpClient:
             kind = params.toolCall.kind or "unknown"
             return Replied(params.sessionId, request.method,
                            self.peer.respond(request.id, result),
-                           f"{'allowed' if allowed else 'rejected'} a {kind} tool call")
+                           f"{'allowed' if allowed else 'rejected'} a tool call ({kind})")
         return Replied(_session_of(request), request.method,
                        self._refuse(request.id, request.method),
                        f"refused {request.method}")

@@ -333,7 +333,7 @@ class CodexAppClient:
             allowed = kind in self.policy.allow_kinds
             data = self.peer.respond(request.id, {"decision": accept if allowed else decline})
             return Replied(thread, request.method, data,
-                           f"{'accepted' if allowed else 'declined'} a {kind} approval")
+                           f"{'accepted' if allowed else 'declined'} an approval ({kind})")
         data = self.peer.respond_error(request.id, METHOD_NOT_FOUND,
                                        f"llmd does not serve {request.method}")
         return Replied(thread, request.method, data, f"refused {request.method}")
