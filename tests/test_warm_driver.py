@@ -15,8 +15,18 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-from llmd.drivers.warmagent import Agent, AgentAttempt, AgentHost, TurnSpec, WarmUnavailable
+from llmd.drivers.warmagent import (
+    Agent,
+    AgentAttempt,
+    AgentHost,
+    AgentKey,
+    AgentOptions,
+    AgentPool,
+    TurnSpec,
+    WarmUnavailable,
+)
 from llmd.process.procs import group_members
 from llmd.process.supervisor import Stream
 
@@ -136,3 +146,57 @@ async def test_a_turn_that_goes_on_after_cancel_gets_its_group_killed(
         while group_members(pid):  # reaped by the serving task
             await trio.sleep(0.05)
     assert "kill_grace" in agent.process.why_dead
+
+
+def _key(mode: str, blueprint: str = "fake") -> AgentKey:
+    return AgentKey(blueprint, "acp", (sys.executable, FAKE, mode),
+                    (("PATH", "/usr/bin:/bin"),))
+
+
+async def test_the_pool_keeps_one_agent_per_key_and_ends_it_after_idle_ttl(
+        mock_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    pool = AgentPool()
+    options = AgentOptions(idle_ttl=600.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        with trio.fail_after(LIMIT):
+            agent = await pool.get(_key("ok"), options)
+            assert agent is not None
+            assert await pool.get(_key("ok"), options) is agent
+            other = await pool.get(_key("cancellable"), options)
+            assert other is not None and other is not agent
+            assert pool.info() == {"processes": 2, "idle": 2, "busy": 0, "sessions": 0}
+        # (The virtual clock jumps past any deadline set before: bounds start afresh.)
+        mock_clock.jump(300.0)
+        pool.touch(_key("cancellable"))
+        mock_clock.jump(301.0)  # the first is unused for 601 s, the other for 301 s
+        with trio.fail_after(LIMIT):
+            await agent.process.dead.wait()
+            assert other.process.alive and pool.info()["processes"] == 1
+            assert agent.process.why_dead == "unused for idle_ttl"
+            pool.retire({"fake"})
+            await other.process.dead.wait()
+            assert pool.info()["processes"] == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_pool_starts_nothing_without_room_and_replaces_a_dead_agent(
+        tmp_path: Path) -> None:
+    room = [0]
+    pool = AgentPool(room=lambda: room[0])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        with trio.fail_after(LIMIT):
+            assert await pool.get(_key("ok"), AgentOptions()) is None
+            room[0] = 1
+            agent = await pool.get(_key("ok"), AgentOptions())
+            assert agent is not None and agent.process.pid is not None
+            agent.close("killed from outside")
+            await agent.process.dead.wait()
+            fresh = await pool.get(_key("ok"), AgentOptions())
+            assert fresh is not None and fresh is not agent and fresh.process.alive
+            health = pool.health("fake")
+            assert health == [{"pid": fresh.process.pid, "alive": True, "busy": 0,
+                               "turns": 0}]
+        nursery.cancel_scope.cancel()
+    assert not fresh.process.alive  # the pool ended with its nursery

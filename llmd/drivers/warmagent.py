@@ -603,3 +603,159 @@ async def _serve_quietly(agent: Agent,
         await agent.serve(task_status=task_status)
     except WarmUnavailable:
         task_status.started()
+
+
+@dataclass(frozen=True)
+class AgentKey:
+    """What one agent process serves: every run of a blueprint with this argv and
+    environment, whatever its cwd (gemini's model is in its argv; codex's is per thread)."""
+
+    blueprint: str
+    dialect: Dialect
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """How an agent of one blueprint runs (from ``[blueprints.NAME.warm]``)."""
+
+    max_concurrency: int = 4
+    kill_grace: float = 5.0
+    idle_ttl: float = 600.0
+    allow_kinds: frozenset[str] = frozenset()
+
+
+class AgentPool:
+    """The agent processes of a daemon: one per :class:`AgentKey`, started on demand,
+    ended when unused for ``idle_ttl``, when dead, or when there is no room.
+
+    Args:
+        room: How many more warm processes may exist (``warm_max`` less those of other
+            kinds); asked before an agent starts.
+    """
+
+    def __init__(self, room: Callable[[], int] = lambda: 1 << 30) -> None:
+        self.room = room
+        self.agents: dict[AgentKey, Agent] = {}
+        self.last_used: dict[AgentKey, float] = {}
+        self.options: dict[AgentKey, AgentOptions] = {}
+        self.retired: list[Agent] = []
+        """Agents of a changed blueprint, still busy: they end once idle."""
+        self._nursery: trio.Nursery | None = None
+        self._lock = trio.Lock()
+        self._wake = trio.Event()
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`run` is serving."""
+        return self._nursery is not None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Serve the agents, ending the unused ones, until cancelled (every agent is
+        killed before this returns)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                while True:
+                    self._wake = trio.Event()
+                    with trio.move_on_at(self._next_expiry()):
+                        await self._wake.wait()
+                    self._expire()
+        finally:
+            self._nursery = None
+            self.close()
+
+    def _next_expiry(self) -> float:
+        times = [self.last_used[key] + self.options[key].idle_ttl
+                 for key, agent in self.agents.items() if agent.busy == 0]
+        return min(times, default=float("inf"))
+
+    def _expire(self) -> None:
+        for agent in list(self.retired):
+            if agent.busy == 0 or not agent.process.alive:
+                agent.close("its blueprint changed")
+                self.retired.remove(agent)
+        now = trio.current_time()
+        for key, agent in list(self.agents.items()):
+            if not agent.process.alive:
+                self.agents.pop(key, None)
+            elif agent.busy == 0 and now >= self.last_used[key] + self.options[key].idle_ttl:
+                agent.close("unused for idle_ttl")
+                self.agents.pop(key, None)
+
+    async def get(self, key: AgentKey, options: AgentOptions, *,
+                  on_spawn: Callable[[int], None] | None = None) -> Agent | None:
+        """The live agent of ``key``, started now when there is none and there is room.
+
+        Returns:
+            None when there is no room (the run goes one-shot).
+
+        Raises:
+            WarmUnavailable: It could not be started or did not initialize.
+        """
+        nursery = self._nursery
+        if nursery is None:
+            return None
+        async with self._lock:
+            agent = self.agents.get(key)
+            if agent is not None and agent.process.alive:
+                self.touch(key)
+                return agent
+            self.agents.pop(key, None)
+            if self.room() <= 0:
+                return None
+            agent = Agent(key.dialect, key.argv, env=dict(key.env),
+                          kill_grace=options.kill_grace,
+                          max_concurrency=options.max_concurrency,
+                          allow_kinds=options.allow_kinds, on_spawn=on_spawn)
+            try:
+                await nursery.start(_serve_quietly, agent)
+            except OSError as exc:
+                raise WarmUnavailable(f"cannot start {key.argv[0]!r}: {exc}") from None
+            if not agent.ready.is_set():
+                raise WarmUnavailable(f"the agent did not initialize: "
+                                      f"{agent.process.why_dead}")
+            self.agents[key] = agent
+            self.options[key] = options
+            self.touch(key)
+            return agent
+
+    def touch(self, key: AgentKey) -> None:
+        """A run used (or ended on) the agent of ``key``: its idle time starts afresh."""
+        self.last_used[key] = trio.current_time()
+        self._wake.set()
+
+    def retire(self, blueprints: set[str]) -> None:
+        """End the agents of these blueprints (changed or removed on reload) once idle;
+        they serve no new run."""
+        for key, agent in list(self.agents.items()):
+            if key.blueprint in blueprints:
+                self.agents.pop(key, None)
+                if agent.busy == 0:
+                    agent.close("its blueprint changed")
+                else:
+                    self.retired.append(agent)
+
+    def close(self) -> None:
+        """Kill every agent."""
+        for agent in [*self.agents.values(), *self.retired]:
+            agent.close("the daemon stops")
+        self.agents.clear()
+        self.retired.clear()
+
+    def info(self) -> dict[str, int]:
+        """Counts: ``processes`` (live agents), ``idle`` (none of its turns running),
+        ``busy``, and ``sessions`` (turns in flight)."""
+        live = [agent for agent in self.agents.values() if agent.process.alive]
+        busy = sum(1 for agent in live if agent.busy)
+        return {"processes": len(live), "idle": len(live) - busy, "busy": busy,
+                "sessions": sum(agent.busy for agent in live)}
+
+    def health(self, blueprint: str) -> list[dict[str, Any]]:
+        """The liveness of ``blueprint``'s agents, for its health detail."""
+        return [{"pid": agent.process.pid, "alive": agent.process.alive,
+                 "busy": agent.busy, "turns": agent.turns_served}
+                for key, agent in self.agents.items() if key.blueprint == blueprint]
