@@ -200,3 +200,23 @@ async def test_the_pool_starts_nothing_without_room_and_replaces_a_dead_agent(
                                "turns": 0}]
         nursery.cancel_scope.cancel()
     assert not fresh.process.alive  # the pool ended with its nursery
+
+
+async def test_the_pool_starts_an_agent_in_the_background(tmp_path: Path) -> None:
+    pool = AgentPool()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        with trio.fail_after(LIMIT):
+            assert pool.ready(_key("ok")) is None
+            assert pool.ensure(_key("ok"), AgentOptions())
+            assert not pool.ensure(_key("ok"), AgentOptions())  # one is starting
+            while (agent := pool.ready(_key("ok"))) is None:
+                await trio.sleep(0.02)
+            outcome = await AgentAttempt(agent, TurnSpec("p", str(tmp_path))).run(Seen())
+            assert outcome.verdict is None
+            # One that cannot start leaves no trace.
+            broken = AgentKey("fake", "acp", ("/nonexistent/agent",), ())
+            assert pool.ensure(broken, AgentOptions())
+            while broken in pool.agents:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()

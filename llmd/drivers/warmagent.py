@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from llmd.drivers.agentproc import AgentProcess
 from llmd.drivers.rpcpeer import ProtocolError, Response, decode_result
 from llmd.parsers import ParseResult
 from llmd.parsers.ratelimit import Verdict, verdict_from_message
+
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -722,6 +725,46 @@ class AgentPool:
             self.options[key] = options
             self.touch(key)
             return agent
+
+    def ready(self, key: AgentKey) -> Agent | None:
+        """The live, initialized agent of ``key``, if there is one (never waits)."""
+        agent = self.agents.get(key)
+        if agent is None or not agent.ready.is_set() or not agent.process.alive:
+            return None
+        self.touch(key)
+        return agent
+
+    def ensure(self, key: AgentKey, options: AgentOptions) -> bool:
+        """Start the agent of ``key`` in the background unless it exists; return at once.
+
+        Returns:
+            Whether one is starting.
+        """
+        if self._nursery is None:
+            return False
+        agent = self.agents.get(key)
+        if agent is not None and not agent.process.dead.is_set():
+            return False  # running, or starting
+        if self.room() <= 0:
+            return False
+        agent = Agent(key.dialect, key.argv, env=dict(key.env),
+                      kill_grace=options.kill_grace, max_concurrency=options.max_concurrency,
+                      allow_kinds=options.allow_kinds)
+        self.agents[key] = agent
+        self.options[key] = options
+        self.touch(key)
+        self._nursery.start_soon(self._keep, key, agent)
+        return True
+
+    async def _keep(self, key: AgentKey, agent: Agent) -> None:
+        try:
+            await agent.serve()
+        except (OSError, WarmUnavailable) as exc:
+            log.warning("the agent of %s could not start: %s", key.blueprint, exc)
+        finally:
+            if self.agents.get(key) is agent:
+                del self.agents[key]
+            self._wake.set()
 
     def touch(self, key: AgentKey) -> None:
         """A run used (or ended on) the agent of ``key``: its idle time starts afresh."""
