@@ -181,21 +181,30 @@ class Agent:
             WarmUnavailable: It did not initialize.
         """
         failed = ""
+        spawn_error: OSError | None = None
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.process.run)
-            nursery.start_soon(self._write_replies)
-            nursery.start_soon(self._watch)
             try:
-                with trio.fail_after(self.start_timeout):
-                    await self._initialize()
-            except (trio.TooSlowError, WarmUnavailable, ProtocolError) as exc:
-                failed = str(exc) or "too slow"
-                self.process.kill(failed)
-            else:
-                self.ready.set()
-                task_status.started()
-            await self.process.dead.wait()
-            nursery.cancel_scope.cancel()
+                await nursery.start(self.process.run)
+            except OSError as exc:  # raised here, not from the nursery (a group)
+                spawn_error = exc
+                self.process.dead.set()
+                nursery.cancel_scope.cancel()
+            if spawn_error is None:
+                nursery.start_soon(self._write_replies)
+                nursery.start_soon(self._watch)
+                try:
+                    with trio.fail_after(self.start_timeout):
+                        await self._initialize()
+                except (trio.TooSlowError, WarmUnavailable, ProtocolError) as exc:
+                    failed = str(exc) or "too slow"
+                    self.process.kill(failed)
+                else:
+                    self.ready.set()
+                    task_status.started()
+                await self.process.dead.wait()
+                nursery.cancel_scope.cancel()
+        if spawn_error is not None:
+            raise spawn_error
         if failed:
             raise WarmUnavailable(f"the agent did not initialize: {failed}")
 
@@ -683,7 +692,7 @@ class AgentPool:
                 self.retired.remove(agent)
         now = trio.current_time()
         for key, agent in list(self.agents.items()):
-            if not agent.process.alive:
+            if agent.process.dead.is_set():  # (one still starting is not alive yet)
                 self.agents.pop(key, None)
             elif agent.busy == 0 and now >= self.last_used[key] + self.options[key].idle_ttl:
                 agent.close("unused for idle_ttl")
