@@ -331,12 +331,12 @@ class CodexAppClient:
         if approval is not None:
             kind, decline, accept = approval
             allowed = kind in self.policy.allow_kinds
-            data = self.peer.respond(request.id, {"decision": accept if allowed else decline})
-            return Replied(thread, request.method, data,
+            frame = self.peer.respond(request.id, {"decision": accept if allowed else decline})
+            return Replied(thread, request.method, frame,
                            f"{'accepted' if allowed else 'declined'} an approval ({kind})")
-        data = self.peer.respond_error(request.id, METHOD_NOT_FOUND,
+        frame = self.peer.respond_error(request.id, METHOD_NOT_FOUND,
                                        f"llmd does not serve {request.method}")
-        return Replied(thread, request.method, data, f"refused {request.method}")
+        return Replied(thread, request.method, frame, f"refused {request.method}")
 
 
 def _thread_of(request: Request) -> str | None:
