@@ -64,6 +64,7 @@ class DaemonSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     stop_grace: NonNegative = 10.0
+    warm_max: Annotated[int, msgspec.Meta(ge=0)] = 4
 
 
 class StoreSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -95,6 +96,16 @@ class HealthSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cooldown: Positive = 60.0
 
 
+class WarmSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[blueprints.NAME.warm]``: CLI processes started ahead of need."""
+
+    enabled: bool = False
+    idle_ttl: Positive = 600.0
+    max_idle: Annotated[int, msgspec.Meta(ge=0)] = 2
+    args: list[str] = msgspec.field(
+        default_factory=lambda: ["--input-format", "stream-json"])
+
+
 class Blueprint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One CLI the daemon may run, and how."""
 
@@ -117,6 +128,7 @@ class Blueprint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fallbacks: list[str] = msgspec.field(default_factory=list)
     retry: RetrySection = msgspec.field(default_factory=RetrySection)
     health: HealthSection = msgspec.field(default_factory=HealthSection)
+    warm: WarmSection = msgspec.field(default_factory=WarmSection)
 
 
 def _default_timeouts() -> dict[str, float]:
@@ -334,6 +346,12 @@ def _check_blueprint(name: str, bp: Blueprint, reg: RegistryFile, problems: list
                         "start with '-'")
     if bp.retry.max_delay < bp.retry.base_delay:
         problems.append(f"{path}.retry.max_delay: must be >= base_delay")
+    if bp.warm.enabled and (bp.parser != "claude-stream-json" or bp.prompt != "stdin"):
+        problems.append(f"{path}.warm.enabled: a warm process needs parser = "
+                        "\"claude-stream-json\" and prompt = \"stdin\"")
+    for i, element in enumerate(bp.warm.args):
+        if "\x00" in element or element in PLACEHOLDERS:
+            problems.append(f"{path}.warm.args[{i}]: must be a plain argument")
     if bp.health.expect is not None and bp.health.prompt is None:
         problems.append(f"{path}.health.expect: only meaningful with health.prompt")
 

@@ -12,6 +12,8 @@ Invariants:
   (SIGINT or a second signal: no wait); then cancel every unfinished job (groups
   killed, callers answered, detached ones recorded ``interrupted``) and return.
 - A reload that fails validation leaves the registry in force untouched.
+- Warm processes die with the daemon: idle ones when shutdown begins, the rest with
+  their runs; those a crashed daemon left are killed at start, under the socket's lock.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import trio
 
 from llmd.config import Registry, load_file, parse_registry
+from llmd.drivers.warm import WarmPool, kill_leftovers
 from llmd.health.monitor import HealthMonitor
 from llmd.jobs.manager import JobManager
 from llmd.jobs.store import JobStore, default_path
@@ -125,6 +128,11 @@ class Daemon:
         return (f"{state}: {jobs.running} running, {jobs.queued} queued, "
                 f"{jobs.finished_count} finished")
 
+    @property
+    def warm_groups_file(self) -> Path:
+        """Where the warm process groups are listed, for a restart after a crash."""
+        return self.socket_path.with_name(self.socket_path.name + ".warm")
+
     def reload(self) -> Registry:
         """Re-read the registry from its source.
 
@@ -159,7 +167,8 @@ class Daemon:
 
     def _make_parts(self, store: JobStore) -> _Serving:
         """The job manager, the methods and the server, around an open store."""
-        manager = JobManager(self.registry, health=self.health, store=store)
+        manager = JobManager(self.registry, health=self.health, store=store,
+                             warm=WarmPool(self.registry, self.warm_groups_file))
         context = methods.MethodContext(host=self, manager=manager, store=store,
                                         health=self.health)
         dispatcher = Dispatcher(methods.build(context), log=logging.getLogger("llmd.rpc"))
@@ -192,6 +201,7 @@ class Daemon:
         try:
             # Under the single-instance lock: recovery may kill what a crashed daemon left.
             store = await self._open_store()
+            kill_leftovers(self.warm_groups_file)
             parts = self._serving = self._make_parts(store)
             manager, server = parts.manager, parts.server
             async with trio.open_nursery() as nursery:
@@ -227,6 +237,7 @@ class Daemon:
                 accepting.cancel()
                 self.listener.release()
                 manager.draining = True
+                manager.warm.close()
                 # Queued jobs never start now: they end cancelled and their callers learn
                 # it at once.
                 manager.cancel_queued("cancelled: llmd is shutting down")

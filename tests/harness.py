@@ -394,6 +394,12 @@ class RawClient:
             if isinstance(reply, dict) and reply.get("id") == id and "method" not in reply:
                 return reply
 
+    async def run(self, blueprint: str, prompt: str = "x", id: Any = 1,
+                  **params: Any) -> Any:
+        """An ``llm.run`` of ``blueprint``: its reply (notifications before it skipped)."""
+        return await self.call("llm.run", {"blueprint": blueprint, "prompt": prompt, **params},
+                               id=id)
+
     async def aclose(self) -> None:
         """Close."""
         await self.stream.aclose()

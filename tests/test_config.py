@@ -41,7 +41,7 @@ prompt = "pipe"
     assert sorted(found) == sorted([
         "daemon.max_jobs: expected an integer >= 1, got an integer 0",
         "daemon.bogus: unknown key (known keys: log_level, max_jobs, max_message_bytes, "
-        "max_queue, stop_grace)",
+        "max_queue, stop_grace, warm_max)",
         "timeouts.quick: expected a number > 0, got a string 'soon'",
         "blueprints.claude.command: expected an array of strings, got a string 'claude -p'",
         "blueprints.claude.retry.jitter: unknown key (known keys: base_delay, max_attempts, "

@@ -123,7 +123,7 @@ async def test_status_answers_at_once_while_a_probe_hangs(bindir: Path) -> None:
     spawned = trio.Event()
 
     def factory(*args: Any, **kwargs: Any) -> Attempt:
-        return Attempt(*args, on_spawn=lambda _pid: spawned.set(), **kwargs)
+        return Attempt(*args, **{**kwargs, "on_spawn": lambda _pid: spawned.set()})
 
     mon = HealthMonitor(registry(hang="hangcli", good="goodcli"), {"PATH": str(bindir)},
                         attempt_factory=factory)

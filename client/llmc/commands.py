@@ -298,6 +298,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     timeout = None if args.check else QUICK_CALL_TIMEOUT
     with connect(args) as conn:
         result = as_object(call(conn, method, params, timeout=timeout), method)
+        warm = None if args.json else _warm_line(conn)
     if args.json:
         dump(result)
         return exitcodes.OK
@@ -319,7 +320,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     text = table(["NAME", "STATE", "VERSION", "CHECKED", "LATENCY", "DETAIL"], rows,
                  terminal_width())
     write(_paint_states(text) if _colour_wanted() else text)
+    if warm:
+        write(warm + "\n")
     return exitcodes.OK
+
+
+def _warm_line(conn: Connection) -> str | None:
+    """The warm processes in one line (None: none, or a daemon that does not say)."""
+    from llmc.connection import ClientError  # noqa: PLC0415 - status only
+
+    try:
+        info = call(conn, "daemon.info")
+    except ClientError:
+        return None
+    warm = info.get("warm") if isinstance(info, dict) else None
+    if not isinstance(warm, dict) or not warm.get("processes"):
+        return None
+    count = warm["processes"]
+    return (f"warm: {format_value(count)} process{'es' if count != 1 else ''} "
+            f"({format_value(warm.get('idle'))} idle, {format_value(warm.get('busy'))} busy, "
+            f"{format_value(warm.get('rss_mb'))} MB)")
 
 
 _STATE_COLOURS = {"healthy": "32", "unhealthy": "31", "missing": "31",

@@ -2,9 +2,11 @@
 
 The job manager decides what runs, when, how often and until when (admission, the queue,
 retries, deadlines, records); a driver carries out one attempt: it starts the CLI, streams
-its parsed text as it comes, can be cancelled, and ends with an :class:`Outcome`. Today
-there is one way, :mod:`llmd.drivers.oneshot` (a process per attempt); a driver that hands
-the prompt to a CLI started ahead of need fits the same interface.
+its parsed text as it comes, can be cancelled, and ends with an :class:`Outcome`. Health
+probes are attempts too, carried out by the one-shot driver. There are two drivers:
+:mod:`llmd.drivers.oneshot` (a process per attempt) and
+:mod:`llmd.drivers.warm` (the prompt handed to a CLI started ahead of need, one-shot when
+none is ready; its policy is :mod:`llmd.drivers.pool`).
 
 Invariants:
 - Whatever the driver, an attempt's children live in process groups of their own that a
@@ -57,6 +59,8 @@ class AttemptSpec:
         env: The child's environment.
         cwd: The child's working directory (None: the daemon's).
         on_spawn: Told the pid of each child spawned (its process group's id).
+        model: The model the run asked for (a warm process is started for one).
+        session: The conversation the run resumes (a warm process is bound to one).
     """
 
     blueprint: str
@@ -65,6 +69,8 @@ class AttemptSpec:
     env: Mapping[str, str]
     cwd: str | None
     on_spawn: Callable[[int], None]
+    model: str | None = None
+    session: str | None = None
 
 
 @dataclass
@@ -76,11 +82,13 @@ class Outcome:
         parsed: What its output said (the answer's text, session, usage...).
         verdict: A rate limit or failure signalled in the output, which ended the attempt
             early; None when the attempt ran to its end (the manager classifies it then).
+        warm: Served by a process started before the request.
     """
 
     process: AttemptProcess
     parsed: ParseResult
     verdict: Verdict | None
+    warm: bool = False
 
 
 class RunningAttempt(Protocol):

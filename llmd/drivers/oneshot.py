@@ -60,6 +60,8 @@ class OneShotAttempt:
         self._scope = trio.CancelScope()
         self._streamed = 0  # characters of stdout streamed so far
         self._on_text: TextSink | None = None
+        self.spawn_error: OSError | None = None
+        """Why the process could not be started (the error raised says it for a run)."""
         self._process = attempt_factory(
             spec.invocation, env=spec.env, cwd=spec.cwd,
             max_output_bytes=spec.bp.max_output_bytes, kill_grace=spec.bp.kill_grace,
@@ -80,11 +82,18 @@ class OneShotAttempt:
         """
         self._on_text = on_text
         spec, process = self.spec, self._process
-        with self._scope:
-            try:
-                await process.run()
-            except OSError as exc:
-                raise _spawn_failure(spec, exc) from None
+        try:
+            with self._scope:
+                try:
+                    await process.run()
+                except OSError as exc:
+                    self.spawn_error = exc
+                    raise _spawn_failure(spec, exc) from None
+        finally:
+            # The process and this attempt refer to each other (its on_output is ours): cut
+            # that, so that what it kept goes when the job lets go of it, not at a later
+            # garbage collection.
+            process.on_output = None
         events, parsed = self._parser.finish()
         if self._plain:
             parsed.text = process.stdout

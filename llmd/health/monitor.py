@@ -30,15 +30,18 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+import msgspec
 import trio
 
 from llmd.config import Blueprint, Registry
-from llmd.errors import ExecutableMissing, InvalidParams, UnknownBlueprint
+from llmd.drivers import AttemptSpec
+from llmd.drivers.oneshot import OneShot
+from llmd.errors import ExecutableMissing, InvalidParams, LlmdError, UnknownBlueprint
 from llmd.parsers import make_parser
 from llmd.process.argv import Invocation, child_env, render
-from llmd.process.supervisor import Attempt, describe_exit
+from llmd.process.supervisor import Attempt, Stream, describe_exit
 from llmd.timestamps import rfc3339
 
 log = logging.getLogger("llmd.health")
@@ -57,20 +60,6 @@ MAX_COOLDOWN = 7 * 24 * 3600.0
 DETAIL_CHARS = 300
 
 VERSION_RE = re.compile(r"\d+(?:\.\d+)+(?:[-+.\w]*)?")
-
-
-class ProbeProcess(Protocol):
-    """What the monitor needs of a supervised child (:class:`~llmd.process.supervisor.Attempt`)."""
-
-    exit_code: int | None
-    stderr_tail: str
-
-    @property
-    def stdout(self) -> str:
-        """The child's stdout kept."""
-
-    async def run(self) -> int:
-        """Run the child to its end (killing its group when cancelled)."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +111,7 @@ class HealthMonitor:
 
     def __init__(self, registry: Registry, environ: Mapping[str, str], *,
                  rng: random.Random | None = None,
-                 attempt_factory: Callable[..., ProbeProcess] = Attempt,
+                 attempt_factory: Callable[..., Attempt] = Attempt,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.environ = dict(environ)
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
@@ -366,18 +355,28 @@ class HealthMonitor:
         program = shutil.which(inv.argv[0], path=path)
         if program is None:
             return _Outcome("missing", detail=_not_found(inv.argv[0], path))
-        attempt = self.attempt_factory(
-            Invocation([program, *inv.argv[1:]], inv.stdin), env=env, cwd=None,
+        # A probe is an attempt like a run's, carried out by the one-shot driver; its
+        # text goes nowhere, and a version probe's output is plain text.
+        probe_bp = msgspec.structs.replace(
+            bp, parser=bp.parser if health.prompt is not None else "text",
             max_output_bytes=PROBE_OUTPUT_BYTES,
             kill_grace=min(bp.kill_grace, PROBE_KILL_GRACE))
+        driven = OneShot(self.attempt_factory).attempt(AttemptSpec(
+            blueprint=name, bp=probe_bp,
+            invocation=Invocation([program, *inv.argv[1:]], inv.stdin), env=env, cwd=None,
+            on_spawn=_ignore_pid))
+        attempt = driven.process
+        verdict = None
         started = trio.current_time()
         with trio.move_on_after(health.timeout) as deadline:
             try:
-                await attempt.run()
-            except OSError as exc:
+                verdict = (await driven.run(_ignore_text)).verdict
+            except LlmdError as exc:
                 # `which` saw it, yet it cannot be executed (a bad interpreter line,
                 # permissions, removed meanwhile): -32002 says exactly that.
-                return _Outcome("missing", detail=f"cannot run {program}: {exc.strerror or exc}")
+                why = driven.spawn_error
+                return _Outcome("missing", detail=f"cannot run {program}: "
+                                f"{why.strerror or why if why is not None else exc.message}")
             except ValueError as exc:  # a NUL byte in the argv or env: a configuration error
                 return _Outcome("unhealthy", detail=f"cannot run {program}: {exc}")
         latency = trio.current_time() - started
@@ -385,6 +384,10 @@ class HealthMonitor:
         if deadline.cancelled_caught:
             return _Outcome("unhealthy", latency,
                             detail=_join(f"timed out after {health.timeout:g} s", said))
+        if verdict is not None:
+            # A rate limit or login error in the output ended the probe at once.
+            return _Outcome("unhealthy", latency,
+                            detail=_join(verdict.reason or verdict.kind, said))
         if attempt.exit_code != 0:
             return _Outcome("unhealthy", latency,
                             detail=_join(describe_exit(attempt.exit_code), said))
@@ -466,6 +469,14 @@ class HealthMonitor:
 
 
 _PATH_SEARCHED = " (PATH searched: "
+
+
+def _ignore_pid(pid: int) -> None:
+    """A probe's process group is killed with the probe; nothing records it."""
+
+
+async def _ignore_text(stream: Stream, text: str) -> None:
+    """A probe's output streams nowhere."""
 
 
 def _not_found(program: str, path: str) -> str:

@@ -71,6 +71,8 @@ class Job:
         self.fallback_reason: str | None = None
         self.seq = 0
         self.streamed_stdout = False
+        self.warm = False
+        """Whether the last attempt was served by a process started before the request."""
         self.attempt: AttemptProcess | None = None
         """The attempt in flight (what it kept so far is the error's ``output``)."""
         self.stored = False

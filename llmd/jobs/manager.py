@@ -42,6 +42,7 @@ from llmd import routing
 from llmd.config import Blueprint, Registry
 from llmd.drivers import AttemptProcess, AttemptSpec, Driver, Outcome
 from llmd.drivers.oneshot import OneShot
+from llmd.drivers.warm import WarmDriver, WarmPool, warm_key
 from llmd.errors import (
     Busy,
     Cancelled,
@@ -93,13 +94,14 @@ class JobManager:
         health: Routes runs around missing and cooling-down blueprints, and learns of
             rate limits.
         store: Keeps every job's record on disk.
+        warm: The warm processes (default: a pool of the registry's, no groups file).
     """
 
     def __init__(self, registry: Registry, environ: Mapping[str, str] | None = None, *,
                  rng: random.Random | None = None,
                  attempt_factory: Callable[..., Attempt] = Attempt,
                  health: HealthMonitor | None = None,
-                 store: JobStore | None = None) -> None:
+                 store: JobStore | None = None, warm: WarmPool | None = None) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.attempt_factory = attempt_factory
         self.health = health
@@ -116,6 +118,7 @@ class JobManager:
         self._global = trio.CapacityLimiter(registry.daemon.max_jobs)
         self._limiters: dict[str, trio.CapacityLimiter] = {}
         self.registry = registry
+        self.warm = warm if warm is not None else WarmPool(registry)
         self.set_registry(registry)
 
     def set_registry(self, registry: Registry) -> None:
@@ -128,6 +131,7 @@ class JobManager:
                 self._limiters[name] = trio.CapacityLimiter(bp.max_concurrency)
             else:
                 limiter.total_tokens = bp.max_concurrency
+        self.warm.set_registry(registry)
 
     # --- entry points ------------------------------------------------------
 
@@ -263,6 +267,7 @@ class JobManager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
+                await nursery.start(self.warm.run)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
@@ -301,6 +306,44 @@ class JobManager:
                      exc.code)
         except Exception:  # run() contains them; this task must never end the daemon
             log.exception("job %s (%s): internal error", job.id, job.blueprint)
+
+    def prewarm(self, blueprint: str, cwd: str | None = None, model: str | None = None
+                ) -> bool:
+        """Start a warm process for later runs of ``blueprint`` in ``cwd`` with ``model``
+        (``llm.prewarm``); it returns at once.
+
+        Returns:
+            Whether one is starting (False: the blueprint keeps none, one is ready, or
+            ``warm_max`` leaves no room).
+
+        Raises:
+            LlmdError: Unknown blueprint, a bad cwd or model, a missing program.
+        """
+        bp = self.registry.blueprints.get(blueprint)
+        if bp is None:
+            raise UnknownBlueprint(f"unknown blueprint {blueprint!r}", {"blueprint": blueprint})
+        if cwd is not None and (not os.path.isabs(cwd) or "\x00" in cwd
+                                or not os.path.isdir(cwd)):
+            raise InvalidParams(f"cwd must be the absolute path of an existing directory, "
+                                f"not {cwd!r}", {"blueprint": blueprint})
+        if not bp.warm.enabled or self.draining:
+            return False
+        # The environment and program exactly as a run's (see _execute), or no run matches.
+        env = argv_mod.child_env(self.environ, bp)
+        env.pop("OLDPWD", None)
+        env.pop("PWD", None)
+        with contextlib.suppress(OSError):
+            env["PWD"] = cwd if cwd is not None else os.getcwd()
+        program = shutil.which(bp.command[0], path=env.get("PATH", os.defpath))
+        if program is None:
+            raise ExecutableMissing(f"{blueprint!r}: {bp.command[0]!r} was not found",
+                                    {"blueprint": blueprint, "executable": bp.command[0]})
+        inv = argv_mod.render(bp, blueprint, "", model=model)
+        key = warm_key(AttemptSpec(
+            blueprint=blueprint, bp=bp,
+            invocation=argv_mod.Invocation([program, *inv.argv[1:]], inv.stdin), env=env,
+            cwd=cwd, on_spawn=lambda pid: None, model=model))
+        return key is not None and self.warm.replenish(key)
 
     def cancel(self, job_id: str, reason: str = "cancelled by llm.cancel") -> bool:
         """Cancel a job; False when it had already finished.
@@ -538,14 +581,19 @@ class JobManager:
             await trio.sleep(delay)
 
     def _driver(self, job: Job) -> Driver:
-        """How this job's attempts are carried out: a process each, today."""
-        return OneShot(self.attempt_factory)
+        """How this job's attempts are carried out: by a warm process when its blueprint
+        keeps them and one matches, else a process each."""
+        oneshot = OneShot(self.attempt_factory)
+        if job.bp is not None and job.bp.warm.enabled and self.warm.running:
+            return WarmDriver(self.warm, oneshot)
+        return oneshot
 
     async def _one_attempt(self, job: Job, bp: Blueprint, inv: argv_mod.Invocation,
                            env: dict[str, str]) -> Outcome:
         attempt = self._driver(job).attempt(AttemptSpec(
             blueprint=job.blueprint, bp=bp, invocation=inv, env=env, cwd=job.params.cwd,
-            on_spawn=lambda pid: self._spawned(job, pid)))
+            on_spawn=lambda pid: self._spawned(job, pid), model=job.params.model,
+            session=job.params.session))
         job.attempt = attempt.process
 
         async def on_text(stream: Stream, text: str) -> None:
@@ -557,7 +605,9 @@ class JobManager:
             job.seq += 1
             await self._publish(job, "llm.output", payload)
 
-        return await attempt.run(on_text)
+        outcome = await attempt.run(on_text)
+        job.warm = outcome.warm
+        return outcome
 
     def _result(self, job: Job, attempt: AttemptProcess, parsed: ParseResult,
                 duration: float) -> RunResult:
@@ -573,7 +623,7 @@ class JobManager:
                          json=value, json_error=json_error, session=parsed.session,
                          usage=parsed.usage, cost_usd=parsed.cost_usd,
                          requested_blueprint=job.requested,
-                         fallback_reason=job.fallback_reason)
+                         fallback_reason=job.fallback_reason, warm=job.warm)
 
 
 def _result_chars(job: Job) -> int:

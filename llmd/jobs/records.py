@@ -64,6 +64,8 @@ class RunResult(msgspec.Struct, omit_defaults=False, frozen=True):
     requested_blueprint: str | None = None
     """Set when a fallback served the run: the blueprint the request named."""
     fallback_reason: str | None = None
+    warm: bool = False
+    """Served by a process started before the request."""
 
 
 class JobRecord(msgspec.Struct, frozen=True):

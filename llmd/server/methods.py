@@ -70,6 +70,14 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 50
 
 
+class PrewarmParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``llm.prewarm`` parameters."""
+
+    blueprint: str
+    cwd: Union[str, None] = None  # noqa: UP007 - msgspec needs a runtime Union on 3.10
+    model: Union[str, None] = None  # noqa: UP007
+
+
 class Host(Protocol):
     """What the methods need of the daemon that serves them."""
 
@@ -203,7 +211,11 @@ def build(context: MethodContext) -> list[Method]:
                          "finished": manager.finished_count},
                 "connections": host.connections,
                 "max_message_bytes": registry.daemon.max_message_bytes,
-                "store": store.info()}
+                "store": store.info(), "warm": manager.warm.info()}
+
+    async def llm_prewarm(params: PrewarmParams, ctx: CallContext) -> dict[str, Any]:
+        started = manager.prewarm(params.blueprint, params.cwd, params.model)
+        return {"blueprint": params.blueprint, "started": started}
 
     async def health_status(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
         return {"blueprints": health.status(params.blueprint)}
@@ -218,6 +230,7 @@ def build(context: MethodContext) -> list[Method]:
     return [
         Method("llm.run", llm_run, RunParams),
         Method("llm.cancel", llm_cancel, JobParams),
+        Method("llm.prewarm", llm_prewarm, PrewarmParams),
         Method("jobs.get", jobs_get, GetParams),
         Method("jobs.list", jobs_list, ListParams),
         Method("blueprints.list", blueprints_list, None),

@@ -70,12 +70,6 @@ def faulty(fake_bin: Path, pidfile: Path) -> str:
     })
 
 
-async def call(client: RawClient, blueprint: str, prompt: str = "x", id: Any = 1,
-               **extra: Any) -> Any:
-    return await client.call("llm.run", {"blueprint": blueprint, "prompt": prompt, **extra},
-                             id=id)
-
-
 @pytest.mark.parametrize(("blueprint", "number", "name"), [
     ("sigkill", 9, "SIGKILL"), ("sigsegv", 11, "SIGSEGV"), ("sigterm", 15, "SIGTERM")])
 async def test_a_cli_killed_by_a_signal_is_32005(daemon_factory: Any, fake_bin: Path,
@@ -84,7 +78,7 @@ async def test_a_cli_killed_by_a_signal_is_32005(daemon_factory: Any, fake_bin: 
     d: DaemonHandle = await daemon_factory(faulty(fake_bin, short_tmp / "pids"))
     client = await d.connect()
     with trio.fail_after(20):
-        reply = await call(client, blueprint)
+        reply = await client.run(blueprint)
         error = reply["error"]
         assert error["code"] == -32005, reply
         assert error["data"]["exit_code"] == -number
@@ -99,7 +93,7 @@ async def test_the_signal_is_named(daemon_factory: Any, fake_bin: Path, short_tm
     d: DaemonHandle = await daemon_factory(faulty(fake_bin, short_tmp / "pids"))
     client = await d.connect()
     with trio.fail_after(20):
-        reply = await call(client, blueprint)
+        reply = await client.run(blueprint)
     tally("faults")
     assert name in reply["error"]["message"], reply["error"]["message"]
 
@@ -136,7 +130,7 @@ async def test_a_cli_that_closes_stdout_early_is_waited_for(daemon_factory: Any,
         assert elapsed >= 1.0
         assert cpu_seconds(d.proc.pid) - cpu_before < 0.5
         # One that closes stdout and never ends is ended by its timeout, group and all.
-        reply = await call(client, "closer-forever", id=2, timeout=1.0)
+        reply = await client.run("closer-forever", id=2, timeout=1.0)
         assert reply["error"]["code"] == -32003, reply
         assert reply["error"]["data"]["output"] == "early\n"
         [pid] = read_pids(pidfile)[-1:]
@@ -155,7 +149,7 @@ async def test_invalid_utf8_output_is_replaced_not_fatal(daemon_factory: Any, fa
     client = await d.connect()
     expected = BAD_UTF8.decode("utf-8", "replace")
     with trio.fail_after(20):
-        reply = await call(client, "badutf8")
+        reply = await client.run("badutf8")
         assert reply["result"]["text"] == expected
         assert reply["result"]["output"] == expected
         # Streamed, the pieces (cut inside characters) decode to the same text.
@@ -249,7 +243,7 @@ async def test_a_daemonised_grandchild_does_not_hold_the_run(daemon_factory: Any
     try:
         with trio.fail_after(10):
             started = trio.current_time()
-            reply = await call(client, blueprint)
+            reply = await client.run(blueprint)
             elapsed = trio.current_time() - started
             assert reply["result"]["text"] == "parent\n", reply
             assert elapsed < 5
@@ -298,7 +292,7 @@ async def test_the_registry_deleted_while_running(daemon_factory: Any, fake_bin:
         after = [b["name"] for b in (await client.call("blueprints.list", id=5))["result"]
                  ["blueprints"]]
         assert after == names
-        assert (await call(client, "echo", "still", id=6))["result"]["text"] == "still"
+        assert (await client.run("echo", "still", id=6))["result"]["text"] == "still"
         flag.touch()
         while "method" in (reply := await runner.recv()):
             pass

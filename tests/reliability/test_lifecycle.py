@@ -47,12 +47,6 @@ def blueprints(fake_bin: Path, pidfile: Path, *, keep: bool = True, daemon: Any 
     return registry_toml(fake_bin, specs, daemon=daemon, extra=extra)
 
 
-async def run(client: RawClient, blueprint: str, prompt: str = "x", id: Any = 1,
-              **extra: Any) -> Any:
-    return await client.call("llm.run", {"blueprint": blueprint, "prompt": prompt, **extra},
-                             id=id)
-
-
 async def first_state(client: RawClient, blueprint: str, prompt: str, id: Any,
                       **extra: Any) -> str:
     """Start a streamed run and return its job id (from its first llm.state)."""
@@ -101,7 +95,7 @@ async def test_a_reload_removing_a_detached_jobs_category_and_blueprint(
     assert record["result"]["state"] == "timed_out"
     assert "after 5 s" in error["message"] and "after 0 s" not in error["message"]
     assert d.proc.returncode is None
-    assert (await run(client, "echo", "still serving", id=3))["result"]["text"] == "still serving"
+    assert (await client.run("echo", "still serving", id=3))["result"]["text"] == "still serving"
     tally("faults")
 
 
@@ -153,7 +147,7 @@ async def test_sigterm_cancels_queued_jobs_at_once_and_never_starts_them(
         while await state_of(first, running) != "running":
             await trio.sleep(0.02)
         queued = await first_state(second, "env", "x", 1)
-        detached = (await run(second, "env", "y", id=2, detach=True))["result"]["job"]
+        detached = (await second.run("env", "y", id=2, detach=True))["result"]["job"]
         assert await state_of(first, detached) == "queued"
         d.proc.send_signal(signal.SIGTERM)
         # The queued caller is answered at once, while the running job still holds its slot.
@@ -197,7 +191,7 @@ async def test_sigkill_right_after_a_detached_reply(
     with trio.fail_after(30):
         if queued_first:  # the detached job waits for a slot when the daemon dies
             await first_state(client, "hand", str(short_tmp / "never"), "busy")
-        reply = await run(client, "hang", "x", detach=True)
+        reply = await client.run("hang", "x", detach=True)
         d.proc.kill()  # right after the reply: nothing more reaches the disk
         assert await d.proc.wait() == -signal.SIGKILL
         job = reply["result"]["job"]
@@ -319,7 +313,7 @@ async def test_a_job_of_another_daemon_sharing_the_store(
     flag = short_tmp / "go"
     client_a, client_b = await a.connect(), await b.connect()
     with trio.fail_after(60):
-        job = (await run(client_a, "hand", str(flag), detach=True))["result"]["job"]
+        job = (await client_a.run("hand", str(flag), detach=True))["result"]["job"]
         while await state_of(client_b, job) != "running":
             await trio.sleep(0.02)
         # B waits for it, polling the store, instead of answering "running" at once.
