@@ -37,6 +37,7 @@ from llmd.drivers.agentproc import AgentProcess
 from llmd.drivers.rpcpeer import ProtocolError, Response, decode_result
 from llmd.parsers import ParseResult
 from llmd.parsers.ratelimit import Verdict, verdict_from_message
+from llmd.process.procs import group_members
 
 log = logging.getLogger(__name__)
 
@@ -806,8 +807,28 @@ class AgentPool:
         return {"processes": len(live), "idle": len(live) - busy, "busy": busy,
                 "sessions": sum(agent.busy for agent in live)}
 
+    def rss_mb(self) -> float:
+        """The resident memory of the agents' process groups, in MiB."""
+        total = 0
+        for agent in self.agents.values():
+            if agent.process.pid is not None and agent.process.alive:
+                total += sum(_rss_kb(pid) for pid in group_members(agent.process.pid))
+        return total / 1024
+
     def health(self, blueprint: str) -> list[dict[str, Any]]:
         """The liveness of ``blueprint``'s agents, for its health detail."""
         return [{"pid": agent.process.pid, "alive": agent.process.alive,
                  "busy": agent.busy, "turns": agent.turns_served}
                 for key, agent in self.agents.items() if key.blueprint == blueprint]
+
+
+def _rss_kb(pid: int) -> int:
+    """The resident set of ``pid`` in KiB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0

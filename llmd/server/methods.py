@@ -211,7 +211,7 @@ def build(context: MethodContext) -> list[Method]:
                          "finished": manager.finished_count},
                 "connections": host.connections,
                 "max_message_bytes": registry.daemon.max_message_bytes,
-                "store": store.info(), "warm": manager.warm.info()}
+                "store": store.info(), "warm": manager.warm_info()}
 
     async def llm_prewarm(params: PrewarmParams, ctx: CallContext) -> dict[str, Any]:
         started = manager.prewarm(params.blueprint, params.cwd, params.model)
