@@ -10,6 +10,7 @@ apart, resume their sessions, and a 429 still ends in -32004 at once. Skipped wi
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -65,7 +66,11 @@ async def test_runs_are_served_warm_per_cwd_stream_and_resume(
             assert len(outcome.stdout_deltas()) > 1  # it streamed
             others.append((prompt, result["session"]))
         info = await _info(d)
-        assert info["warm"]["processes"] >= 1
+        assert info["warm"]["processes"] >= 1 and info["warm"]["rss_mb"] > 0
+        client = await d.connect()
+        status = (await client.call("health.status", {"blueprint": name}))["result"]
+        assert re.search(r"warm agent pid \d+ alive, 0 busy, 2 served",
+                         status["blueprints"][name]["detail"])
         # No conversation leaks: each warm run's request carries its own prompt only.
         for prompt, _ in others:
             asked = [r for r in world.requests(name) if r.has_text(prompt)]

@@ -800,12 +800,13 @@ class AgentPool:
         self.retired.clear()
 
     def info(self) -> dict[str, int]:
-        """Counts: ``processes`` (live agents), ``idle`` (none of its turns running),
-        ``busy``, and ``sessions`` (turns in flight)."""
-        live = [agent for agent in self.agents.values() if agent.process.alive]
-        busy = sum(1 for agent in live if agent.busy)
-        return {"processes": len(live), "idle": len(live) - busy, "busy": busy,
-                "sessions": sum(agent.busy for agent in live)}
+        """Counts: ``processes`` (live or starting agents), ``idle`` (ready, none of its
+        turns running), ``busy``, and ``sessions`` (turns in flight)."""
+        live = [agent for agent in self.agents.values() if not agent.process.dead.is_set()]
+        ready = [agent for agent in live if agent.ready.is_set()]  # the others start
+        busy = sum(1 for agent in ready if agent.busy)
+        return {"processes": len(live), "idle": len(ready) - busy, "busy": busy,
+                "sessions": sum(agent.busy for agent in ready)}
 
     def rss_mb(self) -> float:
         """The resident memory of the agents' process groups, in MiB."""

@@ -217,11 +217,21 @@ def build(context: MethodContext) -> list[Method]:
         started = manager.prewarm(params.blueprint, params.cwd, params.model)
         return {"blueprint": params.blueprint, "started": started}
 
+    def with_agents(status: dict[str, Any]) -> dict[str, Any]:
+        """A warm agent's liveness is part of its blueprint's health detail."""
+        for name, entry in status.items():
+            said = "; ".join(
+                f"warm agent pid {a['pid']} {'alive' if a['alive'] else 'dead'}, "
+                f"{a['busy']} busy, {a['turns']} served" for a in manager.agents.health(name))
+            if said:
+                entry["detail"] = f"{entry['detail']}; {said}" if entry["detail"] else said
+        return status
+
     async def health_status(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
-        return {"blueprints": health.status(params.blueprint)}
+        return {"blueprints": with_agents(health.status(params.blueprint))}
 
     async def health_check(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
-        return {"blueprints": await health.check(params.blueprint)}
+        return {"blueprints": with_agents(await health.check(params.blueprint))}
 
     async def daemon_reload(params: None, ctx: CallContext) -> dict[str, Any]:
         registry = host.reload()
