@@ -10,7 +10,9 @@ apart, resume their sessions, and a 429 still ends in -32004 at once. Skipped wi
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from typing import Any
 
 import pytest
@@ -95,3 +97,26 @@ async def test_a_429_on_a_warm_agent_is_a_rate_limit_at_once(
         outcome = await run(d, world, name, "Limited?", **params)
         outcome.fails_with(-32004)
         assert trio.current_time() - started < FAST
+
+
+async def test_an_agent_killed_from_outside_is_replaced_and_runs_still_succeed(
+        daemon_factory: Any, world: World) -> None:
+    name = "codex"
+    with trio.fail_after(TEST_LIMIT * 2):
+        d = await start(daemon_factory, world)
+        await run(d, world, name)
+        await _until_idle(d, 1)
+        client = await d.connect()
+        status = (await client.call("health.status", {"blueprint": name}))["result"]
+        match = re.search(r"warm agent pid (\d+) alive", status["blueprints"][name]["detail"])
+        assert match is not None
+        os.killpg(int(match.group(1)), signal.SIGKILL)
+        while (await _info(d))["warm"]["processes"]:  # seen dead
+            await trio.sleep(0.1)
+        # The dead agent serves nothing: the run goes one-shot and succeeds, and a new
+        # agent takes its place for the runs after it.
+        outcome = await run(d, world, name, "After the kill.")
+        assert outcome.result["text"] == ANSWER and outcome.result["warm"] is False
+        await _until_idle(d, 1)
+        outcome = await run(d, world, name, "And warm again.")
+        assert outcome.result["text"] == ANSWER and outcome.result["warm"] is True
