@@ -89,7 +89,10 @@ def bench(name: str, rounds: int, workdir: Path) -> None:
         env = {**{k: v for k, v in os.environ.items()
                   if not k.startswith(("GEMINI_", "GOOGLE_", "CODEX_", "OPENAI_"))},
                **world.env(name, mock.url)}
-        daemon = launch(root, world.registry(mock.url))
+        registry = world.registry(mock.url).replace(
+            f'["blueprints"."{name}"."warm"]\n"enabled" = false',
+            f'["blueprints"."{name}"."warm"]\n"enabled" = true')
+        daemon = launch(root, registry)
         try:
             client = Client(daemon.socket)
             through_llmd(client, name, world.project)  # one-shot; starts the agent

@@ -21,7 +21,7 @@ import trio
 from tests import test_real_clis
 from tests.conftest import DaemonHandle
 from tests.mockllm import ANSWER
-from tests.test_real_clis import FAST, GEMINI_MODEL, REAL_CLIS, TEST_LIMIT, World, run, start
+from tests.test_real_clis import FAST, GEMINI_MODEL, REAL_CLIS, TEST_LIMIT, World, run
 
 # The real-CLI tests' fixtures: the mock endpoint and the CLIs' private homes.
 mock = test_real_clis.mock
@@ -30,6 +30,18 @@ world = test_real_clis.world
 pytestmark = pytest.mark.skipif(not REAL_CLIS, reason="LLMD_REAL_CLIS is unset")
 
 PARAMS: dict[str, dict[str, Any]] = {"codex": {}, "gemini": {"model": GEMINI_MODEL}}
+
+
+async def _start(daemon_factory: Any, world: World) -> DaemonHandle:
+    """The daemon on the bundled registry with the gemini and codex agents switched on."""
+    world.write_homes(world.mock.url)
+    text = world.registry(world.mock.url)
+    for name in ("codex", "gemini"):
+        header = f'["blueprints"."{name}"."warm"]\n"enabled" = false'
+        assert header in text
+        text = text.replace(header, header.replace("false", "true"))
+    handle: DaemonHandle = await daemon_factory(text)
+    return handle
 
 
 async def _info(d: DaemonHandle) -> dict[str, Any]:
@@ -50,7 +62,7 @@ async def test_runs_are_served_warm_per_cwd_stream_and_resume(
         daemon_factory: Any, world: World, name: str) -> None:
     params = PARAMS[name]
     with trio.fail_after(TEST_LIMIT * 2):
-        d = await start(daemon_factory, world)
+        d = await _start(daemon_factory, world)
         first = await run(d, world, name, "First, about alpha.", **params)
         assert first.result["text"] == ANSWER and first.result["warm"] is False
         await _until_idle(d, 1)
@@ -89,7 +101,7 @@ async def test_a_429_on_a_warm_agent_is_a_rate_limit_at_once(
         daemon_factory: Any, world: World, name: str) -> None:
     params = PARAMS[name]
     with trio.fail_after(TEST_LIMIT * 2):
-        d = await start(daemon_factory, world)
+        d = await _start(daemon_factory, world)
         await run(d, world, name, **params)
         await _until_idle(d, 1)
         world.mock.fail(429, retry_after=7, client=name)
@@ -103,7 +115,7 @@ async def test_an_agent_killed_from_outside_is_replaced_and_runs_still_succeed(
         daemon_factory: Any, world: World) -> None:
     name = "codex"
     with trio.fail_after(TEST_LIMIT * 2):
-        d = await start(daemon_factory, world)
+        d = await _start(daemon_factory, world)
         await run(d, world, name)
         await _until_idle(d, 1)
         client = await d.connect()
