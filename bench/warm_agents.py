@@ -89,9 +89,11 @@ def bench(name: str, rounds: int, workdir: Path) -> None:
         env = {**{k: v for k, v in os.environ.items()
                   if not k.startswith(("GEMINI_", "GOOGLE_", "CODEX_", "OPENAI_"))},
                **world.env(name, mock.url)}
-        registry = world.registry(mock.url).replace(
-            f'["blueprints"."{name}"."warm"]\n"enabled" = false',
-            f'["blueprints"."{name}"."warm"]\n"enabled" = true')
+        # The bundled agents are opt-in: this one is switched on.
+        off = f'["blueprints"."{name}"."warm"]\n"enabled" = false'
+        registry = world.registry(mock.url)
+        assert off in registry
+        registry = registry.replace(off, off.replace("false", "true"))
         daemon = launch(root, registry)
         try:
             client = Client(daemon.socket)
