@@ -40,9 +40,11 @@ bench: venv
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/streaming.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/usage.py
 	$(BIN)/python bench/health.py
 	$(BIN)/python bench/mcp.py
 	$(BIN)/python bench/editors.py
+	$(BIN)/python bench/worktree.py
 	$(BIN)/python -m bench.bench_parsers
 
 clean:

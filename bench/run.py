@@ -5,7 +5,8 @@
 Figures (targets in brackets):
 - daemon overhead: p50 of 300 sequential ``llm.run`` calls of ``/bin/echo`` on one
   connection, minus p50 of spawning the same argv directly   [<= 1 ms added]
-- client cold start: ``llmc run`` end to end against ``python -c pass``   [<= 4x]
+- client cold start: ``llmc run`` end to end against ``python -c pass``   [<= 4x]; and
+  ``llmc top --once`` (a snapshot: four calls), which must not make ``run`` slower
 - 200 concurrent one-second jobs: wall time, daemon RSS, fds after   [<= 1.5 s, <= 80 MB,
   fds back to baseline]
 """
@@ -73,9 +74,10 @@ def bench_client(sock: str, n: int) -> dict[str, float]:
     env = {**os.environ, "LLMD_SOCKET": sock}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     llmc = shutil.which("llmc", path=str(Path(sys.executable).parent)) or "llmc"
-    bare, cold = [], []
+    bare, cold, top = [], [], []
     subprocess.run([llmc, "run", "echo", "warm-up"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
+    subprocess.run([llmc, "top", "--once"], env=env, check=True, stdout=subprocess.DEVNULL)
     for _ in range(n):
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
@@ -84,8 +86,23 @@ def bench_client(sock: str, n: int) -> dict[str, float]:
         subprocess.run([llmc, "run", "echo", "hello"], env=env, check=True,
                        stdout=subprocess.DEVNULL)
         cold.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        subprocess.run([llmc, "top", "--once"], env=env, check=True, stdout=subprocess.DEVNULL)
+        top.append(time.perf_counter() - t)
     return {"python_pass_p50_ms": p50(bare) * 1e3, "llmc_run_p50_ms": p50(cold) * 1e3,
-            "ratio": p50(cold) / p50(bare)}
+            "ratio": p50(cold) / p50(bare), "llmc_top_once_p50_ms": p50(top) * 1e3,
+            "run_imports_top": float(_run_imports_top(env))}
+
+
+def _run_imports_top(env: dict[str, str]) -> bool:
+    """Whether ``llmc run`` loads top's modules (curses, llmc.top): it must not."""
+    code = ("import sys; from llmc import cli; cli.main(['run', 'echo', 'x']); "
+            "print('\\nloaded:', *sorted(m for m in sys.modules if m in "
+            "('curses', '_curses', 'llmc.top', 'llmc.completion')))")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                          capture_output=True, text=True)
+    [line] = [x for x in proc.stdout.splitlines() if x.startswith("loaded:")]
+    return line != "loaded:"
 
 
 def bench_concurrent(sock: str, pid: int, jobs: int) -> dict[str, float]:
@@ -139,7 +156,9 @@ def main() -> int:
           f"via llmd {over['daemon_p50_ms']:.3f} ms, added {over['added_ms']:.3f} ms "
           f"(ratio {over['daemon_p50_ms'] / over['direct_p50_ms']:.2f}x) [target: <= 1 ms added]")
     print(f"llmc run cold: {cli['llmc_run_p50_ms']:.1f} ms vs python -c pass "
-          f"{cli['python_pass_p50_ms']:.1f} ms: {cli['ratio']:.2f}x [target: <= 4x]")
+          f"{cli['python_pass_p50_ms']:.1f} ms: {cli['ratio']:.2f}x [target: <= 4x]; "
+          f"it loads top's modules: {'yes' if cli['run_imports_top'] else 'no'} [no]")
+    print(f"llmc top --once: {cli['llmc_top_once_p50_ms']:.1f} ms (p50)")
     print(f"200 concurrent 1 s jobs: {conc['wall_s']:.3f} s wall ({conc['wall_s']:.2f}x the "
           f"1 s job) [<= 1.5 s], failed {conc['failed']}, RSS {conc['rss_before_mb']:.1f} -> "
           f"peak {conc['rss_peak_mb']:.1f} MB [<= 80 MB], fds {conc['fds_before']} -> "

@@ -116,6 +116,30 @@ class WarmSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Tool kinds an agent's permission requests are granted (default: none)."""
 
 
+class BudgetSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[budget]`` (all blueprints together) and ``[blueprints.NAME.budget]`` (one):
+    hard limits per calendar day and month, in local time; unset means no limit."""
+
+    daily_usd: Union[Positive, None] = None  # noqa: UP007 - msgspec needs the runtime Union on 3.10
+    monthly_usd: Union[Positive, None] = None  # noqa: UP007
+    daily_runs: Union[PositiveInt, None] = None  # noqa: UP007
+    fallback: bool = True
+
+
+class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[prices."MODEL"]``: US dollars per million tokens, to estimate a run's cost."""
+
+    input_per_mtok: NonNegative
+    output_per_mtok: NonNegative
+
+
+class MetricsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[metrics]``: a Prometheus text file for node_exporter's textfile collector."""
+
+    textfile: str = ""
+    interval: Positive = 60.0
+
+
 class Blueprint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One CLI the daemon may run, and how."""
 
@@ -136,9 +160,13 @@ class Blueprint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_output_bytes: Annotated[int, msgspec.Meta(ge=1)] = 16 * 1024 * 1024
     kill_grace: NonNegative = 5.0
     fallbacks: list[str] = msgspec.field(default_factory=list)
+    isolate: Literal["none", "worktree"] = "none"
+    edit_args: list[str] = msgspec.field(default_factory=list)
+    stderr_ignore: list[str] = msgspec.field(default_factory=list)
     retry: RetrySection = msgspec.field(default_factory=RetrySection)
     health: HealthSection = msgspec.field(default_factory=HealthSection)
     warm: WarmSection = msgspec.field(default_factory=WarmSection)
+    budget: BudgetSection = msgspec.field(default_factory=BudgetSection)
 
 
 def _default_timeouts() -> dict[str, float]:
@@ -152,6 +180,9 @@ class RegistryFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     timeouts: dict[str, Positive] = msgspec.field(default_factory=_default_timeouts)
     blueprints: dict[str, Blueprint] = msgspec.field(default_factory=dict)
+    budget: BudgetSection = msgspec.field(default_factory=BudgetSection)
+    prices: dict[str, Price] = msgspec.field(default_factory=dict)
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
 
 
 class Registry:
@@ -311,6 +342,9 @@ def _check_blueprint(name: str, bp: Blueprint, reg: RegistryFile, problems: list
                 elif element == ph and ph not in allowed:
                     problems.append(f"{path}.{key}[{i}]: {ph} is not allowed here "
                                     f"(only {' and '.join(allowed)})")
+    for i, element in enumerate(bp.edit_args):
+        if element in PLACEHOLDERS:
+            problems.append(f"{path}.edit_args[{i}]: {element} is not allowed here")
     if bp.command.count("{args}") > 1:
         problems.append(f"{path}.command: \"{{args}}\" may appear at most once")
     if bp.command[:1] == ["{args}"] or bp.command[:1] == ["{prompt}"]:
@@ -338,11 +372,18 @@ def _check_blueprint(name: str, bp: Blueprint, reg: RegistryFile, problems: list
         except (re.error, OverflowError, RecursionError) as exc:
             problems.append(f"{path}.rate_limit_patterns[{i}]: invalid regular expression: "
                             f"{exc or type(exc).__name__}")
+    for i, pattern in enumerate(bp.stderr_ignore):
+        try:
+            re.compile(pattern)
+        except (re.error, OverflowError, RecursionError) as exc:
+            problems.append(f"{path}.stderr_ignore[{i}]: invalid regular expression: "
+                            f"{exc or type(exc).__name__}")
     for i, other in enumerate(bp.fallbacks):
         if other == name or other not in reg.blueprints:
             problems.append(f"{path}.fallbacks[{i}]: {other!r} is not another blueprint")
     for key, values in (("command", bp.command), ("model_args", bp.model_args),
-                        ("resume_args", bp.resume_args), ("health.command", bp.health.command)):
+                        ("resume_args", bp.resume_args), ("health.command", bp.health.command),
+                        ("edit_args", bp.edit_args)):
         for i, element in enumerate(values):
             if "\x00" in element:
                 problems.append(f"{path}.{key}[{i}]: holds a NUL byte, which no argument can")

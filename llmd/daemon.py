@@ -14,30 +14,39 @@ Invariants:
 - A reload that fails validation leaves the registry in force untouched.
 - Warm processes die with the daemon: idle ones when shutdown begins, the rest with
   their runs; those a crashed daemon left are killed at start, under the socket's lock.
+- The budgets count this month's runs from the ledger before the first request; with
+  ``[metrics] textfile`` the figures are written there from start to stop.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from llmd import metrics
+from llmd.budget import BudgetBook
 from llmd.config import Registry, load_file, parse_registry
 from llmd.drivers.warm import WarmPool, kill_leftovers
 from llmd.health.monitor import HealthMonitor
+from llmd.jobs import ledger
 from llmd.jobs.manager import JobManager
 from llmd.jobs.store import JobStore, default_path
+from llmd.jobs.worktree import Worktrees, tend
 from llmd.paths import PACKAGED_CONFIG, packaged_config, prepare_socket_dir
 from llmd.server import methods
 from llmd.server.connections import Server
 from llmd.server.dispatch import Dispatcher
 from llmd.server.listener import Listener
+from llmd.stats import RunStats
 from llmd.systemd import runtime
 from llmd.systemd.notify import Notifier
 
@@ -56,6 +65,18 @@ def load_registry(source: str) -> Registry:
     if source == PACKAGED_CONFIG:
         return parse_registry(packaged_config(), PACKAGED_CONFIG)
     return load_file(source)
+
+
+async def seed_budget(manager: JobManager, store: JobStore) -> None:
+    """Count this month's runs already in the ledger towards the budgets."""
+    book = manager.budget
+    if book is None:
+        return
+    month = book.clock().date().replace(day=1).isoformat()
+    days, ranges = ledger.window(month, None)
+    rows = await store.usage_rows(days, ranges, ("day", "blueprint"))
+    book.seed((day, blueprint, runs, cost)
+              for day, blueprint, runs, _ok, _failed, _in, _out, cost, _s in rows)
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,7 @@ class Daemon:
         self.default_socket = default_socket
         self.started = time.monotonic()
         self.health = HealthMonitor(registry, os.environ)
+        self.stats = RunStats(trio.current_time)
         self.store_path = (Path(registry.doc.store.path).expanduser()
                            if registry.doc.store.path else default_path())
         self.listener = Listener(socket_path)
@@ -168,9 +190,12 @@ class Daemon:
     def _make_parts(self, store: JobStore) -> _Serving:
         """The job manager, the methods and the server, around an open store."""
         manager = JobManager(self.registry, health=self.health, store=store,
-                             warm=WarmPool(self.registry, self.warm_groups_file))
+                             warm=WarmPool(self.registry, self.warm_groups_file),
+                             worktrees=Worktrees(self.store_path.parent / "worktrees"),
+                             budget=BudgetBook(self.registry),
+                             on_finish=[metrics.observe(self.stats)])
         context = methods.MethodContext(host=self, manager=manager, store=store,
-                                        health=self.health)
+                                        health=self.health, stats=self.stats)
         dispatcher = Dispatcher(methods.build(context), log=logging.getLogger("llmd.rpc"))
         return _Serving(store, manager,
                         Server(dispatcher, self.registry.daemon.max_message_bytes))
@@ -203,10 +228,15 @@ class Daemon:
             store = await self._open_store()
             kill_leftovers(self.warm_groups_file)
             parts = self._serving = self._make_parts(store)
+            await seed_budget(parts.manager, store)
             manager, server = parts.manager, parts.server
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run)
                 await nursery.start(manager.serve)
+                if store.available and manager.worktrees is not None:
+                    await nursery.start(partial(tend, manager.worktrees, store.has,
+                                                interval=store.prune_interval))
+                await nursery.start(manager.events.serve)
                 accepting = trio.CancelScope()
 
                 async def accept(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -219,6 +249,13 @@ class Daemon:
 
                 await nursery.start(accept)
                 await nursery.start(self.health.run)
+                textfile = self.registry.doc.metrics.textfile
+                if textfile:
+                    await nursery.start(functools.partial(
+                        metrics.write_textfile, Path(textfile).expanduser(),
+                        self.registry.doc.metrics.interval,
+                        lambda: metrics.exposition(self.stats, manager, self.health,
+                                                   self.uptime_s)))
                 # Before READY=1: a reload or stop sent at once must find its handler.
                 await nursery.start(self._watch_signals)
                 # Both return at once outside systemd (no NOTIFY_SOCKET, no WATCHDOG_USEC).

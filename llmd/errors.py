@@ -25,6 +25,8 @@ CLI_FAILED = -32005
 BUSY = -32006
 NO_SUCH_JOB = -32007
 INVALID_CONFIG = -32008
+BUDGET_EXHAUSTED = -32009
+APPLY_CONFLICT = -32010
 CANCELLED = -32800
 # LSP's ServerCancelled: cancelled by something other than the request's own client.
 SERVER_CANCELLED = -32802
@@ -145,6 +147,12 @@ class ConfigError(LlmdError):
         self.source = source
 
 
+class BudgetExhausted(LlmdError):
+    """A run would start past a budget's hard limit (API.md -32009)."""
+
+    code = BUDGET_EXHAUSTED
+
+
 class Cancelled(LlmdError):
     """The run was cancelled by ``$/cancelRequest`` or a disconnect."""
 
@@ -155,3 +163,10 @@ class ServerCancelled(Cancelled):
     """The run was cancelled from elsewhere: ``llm.cancel`` (any client), a daemon stop."""
 
     code = SERVER_CANCELLED
+
+
+class ApplyConflict(LlmdError):
+    """A job's changes conflict with the checkout they would be applied to; nothing was
+    applied."""
+
+    code = APPLY_CONFLICT

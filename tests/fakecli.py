@@ -12,13 +12,16 @@ Modes:
   grandchild        fork a grandchild that holds the pipes; both write their pids to
                     $FAKE_PIDFILE; then sleep forever (or exit at once with --exit)
   ratelimit N FILE  fail with a rate-limit message (stderr, exit 1) for the first N calls
-                    counted in FILE, then print "ok after N"
+                    counted in FILE, then print "ok after N"; with --partial, each failing
+                    call prints "partial answer" on stdout first
   fail CODE         print "boom" on stderr and exit CODE
   flood BYTES       write BYTES bytes of "x" (in 64 KiB lines) to stdout
   lines N           print N numbered lines, flushing each
   handshake PATH    print "before", wait until PATH exists, print "after"
   env               print the environment as JSON
   cwd               print the working directory
+  edit FILE [GATE]  write stdin to FILE (relative to the working directory) and print
+                    "edited"; with GATE, then wait until the path GATE exists
   version           print "fakecli 1.2.3"
   signal NAME       print "partial", then kill itself with signal NAME (KILL, SEGV...)
   close-stdout SEC  print "early", close stdout, keep running SEC seconds ("inf": for
@@ -31,6 +34,9 @@ Modes:
                     the grandchild points its stdio at /dev/null, as daemons do
   echo-fail         print "error: cannot answer: PROMPT" on stderr and exit 1 (PROMPT:
                     the arguments after ``--``, else stdin)
+  noisy TEXT [CODE]  print "Warning: colour banner" and "a real complaint" on stderr (the
+                    banner's end in a later write than its start), then TEXT on stdout;
+                    exit CODE (default 0)
 """
 
 from __future__ import annotations
@@ -129,6 +135,9 @@ def main() -> int:
         with open(path, "w") as f:
             f.write(str(seen + 1))
         if seen < count:
+            if "--partial" in rest:
+                out.write("partial answer\n")
+                out.flush()
             sys.stderr.write("Error: 429 Too Many Requests (rate limit reached); "
                              "retry after 1s\n")
             return 1
@@ -157,6 +166,13 @@ def main() -> int:
         out.write(json.dumps(dict(os.environ)))
     elif mode == "cwd":
         out.write(os.getcwd())
+    elif mode == "edit":
+        with open(rest[0], "wb") as f:
+            f.write(sys.stdin.buffer.read())
+        out.write("edited\n")
+        out.flush()
+        while len(rest) > 1 and not os.path.exists(rest[1]):
+            time.sleep(0.005)
     elif mode == "version":
         out.write("fakecli 1.2.3\n")
     elif mode == "signal":
@@ -194,6 +210,13 @@ def main() -> int:
         text = " ".join(prompt) if prompt else sys.stdin.read()
         sys.stderr.write(f"error: cannot answer: {text}\n")
         return 1
+    elif mode == "noisy":
+        for said in ("Warning: colour ", "banner\na real complaint\n"):
+            sys.stderr.write(said)
+            sys.stderr.flush()
+        out.write(rest[0])
+        out.flush()
+        return int(rest[1]) if len(rest) > 1 else 0
     else:
         sys.stderr.write(f"fakecli: unknown mode {mode}\n")
         return 2

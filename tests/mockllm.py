@@ -27,6 +27,12 @@ client of that name, and the name is stripped before routing. Per client, a test
   provably gets the answer in more than one piece;
 - answer a Gemini request with a tool call (:meth:`MockLLM.tool_call`), so that the
   agent asks to use the tool.
+
+A prompt holding ``MOCK-WRITE NAME TEXT`` (one word each) makes the Anthropic endpoint
+ask for claude's ``Write`` tool first: ``NAME`` in the working directory the request's
+system prompt names, holding ``TEXT`` and a newline; once the tool's result comes back,
+the usual answer follows. Whether the file then exists is what claude's permission mode
+decided.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ ANSWER = "Hello from the mock LLM server."
 ANSWER_PARTS = ("Hello ", "from ", "the ", "mock ", "LLM ", "server.")
 OUTPUT_TOKENS = len(ANSWER_PARTS)
 
+_WRITE_RE = re.compile(r"MOCK-WRITE (\S+) (\S+)")
+_CWD_RE = re.compile(r"[Ww]orking directory: (/\S+)")
 _GEMINI_RE = re.compile(r"^/v1(?:beta|alpha)?/models/(?P<model>[^/:]+):(?P<verb>\w+)$")
 _CLIENT_RE = re.compile(r"^/(?!v\d)(?P<client>[A-Za-z][\w.-]*)(?P<rest>/.*)?$")
 
@@ -497,6 +505,8 @@ class _Handler(BaseHTTPRequestHandler):
         msg_id = f"msg_mock_{self._next_id()}"
         usage = {"input_tokens": _input_tokens(request.body), "output_tokens": OUTPUT_TOKENS,
                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        if request.streaming and self._ask_write(request, msg_id, model, usage):
+            return
         if not request.streaming:
             self._send_json(200, {"id": msg_id, "type": "message", "role": "assistant",
                                   "model": model,
@@ -525,6 +535,41 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": {"output_tokens": OUTPUT_TOKENS}}))
         self._chunk(_sse("message_stop", {"type": "message_stop"}))
         self._end_stream()
+
+    def _ask_write(self, request: Request, msg_id: str, model: str,
+                   usage: dict[str, int]) -> bool:
+        """Answer with a ``Write`` tool call when the prompt asks for one (see the module)
+        and no tool result has come back yet; False otherwise."""
+        body = request.json if isinstance(request.json, dict) else {}
+        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        if not messages or '"tool_result"' in json.dumps(messages):
+            return False
+        wanted = next((m for m in map(_WRITE_RE.search, _strings(messages)) if m), None)
+        cwd = next((m for m in map(_CWD_RE.search, request.strings()) if m), None)
+        if wanted is None or cwd is None:
+            return False
+        tool_input = {"file_path": f"{cwd.group(1).rstrip('.')}/{wanted.group(1)}",
+                      "content": wanted.group(2) + "\n"}
+        self._start_stream()
+        self._chunk(_sse("message_start", {
+            "type": "message_start",
+            "message": {"id": msg_id, "type": "message", "role": "assistant", "model": model,
+                        "content": [], "stop_reason": None, "stop_sequence": None,
+                        "usage": {**usage, "output_tokens": 1}}}))
+        self._chunk(_sse("content_block_start", {
+            "type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": f"toolu_mock_{self._next_id()}",
+                              "name": "Write", "input": {}}}))
+        self._chunk(_sse("content_block_delta", {
+            "type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": json.dumps(tool_input)}}))
+        self._chunk(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        self._chunk(_sse("message_delta", {
+            "type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            "usage": {"output_tokens": OUTPUT_TOKENS}}))
+        self._chunk(_sse("message_stop", {"type": "message_stop"}))
+        self._end_stream()
+        return True
 
     # --- OpenAI Responses --------------------------------------------------------
 

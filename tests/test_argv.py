@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -65,7 +67,7 @@ def test_options_go_where_args_stands_or_before_the_prompt() -> None:
     ({"model": "x"}, "does not take a model"),
     ({"session": "x"}, "cannot resume a session"),
 ])
-def test_model_and_session_need_their_templates(kwargs: dict[str, str], needle: str) -> None:
+def test_model_and_session_need_their_templates(kwargs: dict[str, Any], needle: str) -> None:
     with pytest.raises(InvalidParams, match=needle):
         render(BP["dashdash"], "dashdash", "p", **kwargs)
 

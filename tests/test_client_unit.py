@@ -111,8 +111,9 @@ def test_relative_socket_path_is_made_absolute(monkeypatch: pytest.MonkeyPatch,
 
 # -- arguments and usage errors ------------------------------------------------------------------
 
+# `llmc` alone prints a short usage instead (tests/test_completion.py).
 @pytest.mark.parametrize("argv", [
-    [], ["run"], ["nosuch"], ["run", "bp", "x", "--timeout", "0"],
+    ["run"], ["nosuch"], ["run", "bp", "x", "--timeout", "0"],
     ["run", "bp", "x", "--timeout", "-5"], ["run", "bp", "x", "--timeout", "nan"],
     ["run", "bp", "x", "--timeout", "inf"],
     ["run", "bp", "x", "--timeout", "two words"], ["run", "bp", "x", "--bogus"],

@@ -310,7 +310,8 @@ async def test_every_method_answers_the_documented_shape(
         daemon_factory: DaemonFactory, fake_bin: Path) -> None:
     d = await daemon_factory(registry_toml(fake_bin, {
         "a": {"command": ["@fakecli", "stdin"], "prompt": "stdin"},
-        "b": {"command": ["@fakecli", "sleep", "30"], "prompt": "stdin"}}))
+        "b": {"command": ["@fakecli", "sleep", "30"], "prompt": "stdin"}},
+        extra="[budget]\ndaily_usd = 100.0\ndaily_runs = 1000\n"))
     client: RawClient = await d.connect()
     rows = method_rows()
     results: dict[str, Any] = {}
@@ -321,7 +322,10 @@ async def test_every_method_answers_the_documented_shape(
             ("llm.cancel", {"job": job}), ("jobs.get", {"job": job}),
             ("jobs.list", {}), ("blueprints.list", None), ("health.status", None),
             ("health.check", {"blueprint": "a"}), ("daemon.info", None),
-            ("daemon.reload", None)]
+            ("daemon.reload", None), ("jobs.output", {"job": job}), ("jobs.watch", {}),
+            ("jobs.unwatch", {"watch": 1}), ("budget.status", None), ("daemon.stats", None),
+            ("daemon.metrics", None),
+            ("usage.summary", {"by": ["blueprint", "model", "day", "cwd"]})]
         for n, (method, params) in enumerate(calls, start=2):
             reply = await client.call(method, params, id=n)
             assert "result" in reply, reply

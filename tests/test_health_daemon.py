@@ -76,8 +76,9 @@ async def test_rate_limit_cools_down_and_falls_back(
     client = await d.connect()
     with trio.fail_after(30):
         await client.call("health.check", id=0)
+        # Out of retries on a rate limit, the run itself moves on to a usable fallback.
         reply = await client.call("llm.run", {"blueprint": "limited", "prompt": "x"}, id=1)
-        assert reply["error"]["code"] == -32004
+        assert (reply["result"]["blueprint"], reply["result"]["text"]) == ("good", "x")
         status = await client.call("health.status", {"blueprint": "limited"}, id=2)
         entry = status["result"]["blueprints"]["limited"]
         assert entry["state"] == "cooling_down"

@@ -185,6 +185,31 @@ async def test_blueprint_slots_are_fifo_and_queue_is_bounded(autojump_clock: Any
     assert [t for t, _n in script.started] == pytest.approx([0.0, 5.0, 10.0], abs=1e-6)
 
 
+async def test_a_burst_admits_a_full_house_before_any_job_has_started(
+        autojump_clock: Any) -> None:
+    # Submitted back to back, before any job's task has taken its slot: those that will run
+    # at once are not counted against the queue's bound.
+    script = Script(*(Step(seconds=5, stdout=str(n)) for n in range(6)))
+    jm = manager(script)
+    jm.set_registry(parse_registry("""
+[daemon]
+max_jobs = 4
+max_queue = 2
+[blueprints.cli]
+command = ["/bin/sh", "{prompt}"]
+max_concurrency = 4
+"""))
+    async with trio.open_nursery() as nursery:
+        jobs = [jm.submit(RunParams(blueprint="cli", prompt=str(n), timeout=600))
+                for n in range(6)]
+        with pytest.raises(Busy):
+            jm.submit(RunParams(blueprint="cli", prompt="seventh"))
+        for job in jobs:
+            nursery.start_soon(jm.run, job)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (jm.running, jm.queued) == (4, 2)
+
+
 async def test_queue_wait_counts_against_the_timeout(autojump_clock: Any) -> None:
     script = Script(Step(seconds=50, stdout="a"), Step(seconds=1, stdout="b"))
     jm = manager(script)

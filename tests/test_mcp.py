@@ -122,7 +122,7 @@ async def test_initialize_and_tools_list_with_the_registrys_descriptions(
             listed = await client.list_tools()
             await client.send_ping()
     tools = {tool.name: tool for tool in listed.tools}
-    assert set(tools) == {"run", "start", "result", "cancel", "status"}
+    assert set(tools) == {"run", "start", "result", "cancel", "status", "wait", "jobs", "peek"}
     run = tools["run"]
     blueprint = run.input_schema["properties"]["blueprint"]
     assert set(blueprint["enum"]) == {"say", "jsonish", "lines", "fail", "slow", "hand", "hang"}
@@ -332,6 +332,19 @@ async def test_status_lists_blueprints_with_health(daemon_factory: Any, fake_bin
     assert "- say: healthy" in text_of(status)
 
 
+async def test_status_has_todays_totals(daemon_factory: Any, fake_bin: Path) -> None:
+    d: DaemonHandle = await daemon_factory(registry(fake_bin))
+    with trio.fail_after(60):
+        async with session(d.socket, d.workdir) as client:
+            ran = await client.call_tool("run", {"blueprint": "say", "prompt": "hello"})
+            status = await client.call_tool("status", {})
+    assert not ran.is_error
+    assert status.structured_content is not None
+    today = status.structured_content["today"]
+    assert (today["runs"], today["succeeded"], today["cost_usd"]) == (1, 1, None)
+    assert "Today: 1 run (0 failed)" in text_of(status)
+
+
 # -- failures ----------------------------------------------------------------------------------
 
 async def test_failures_are_error_results_that_say_what_to_do(
@@ -400,7 +413,8 @@ async def test_progress_is_reported_while_a_run_goes_on(
     values = [value for value, _ in seen]
     assert values == sorted(values) and len(set(values)) == len(values)
     messages = [message for _, message in seen]
-    assert any("queued" in m for m in messages)
+    # A detached run is handed out once spawned: the first report already says running.
+    assert "running" in messages[0]
     assert any("running for" in m for m in messages)
     assert all(m.startswith("hand: llmd job ") for m in messages)
 

@@ -227,8 +227,10 @@ async def test_rate_limit_on_a_warm_process_fails_fast(daemon_factory: Any,
         await until_idle(d)
         world.mock.fail(429, retry_after=1, only="/v1/messages", client="claude")
         outcome = await run(d, world, "claude")
-        error = outcome.fails_with(-32004)
-        assert error["data"]["attempts"] == 3
+        # Out of retries, the run moves on to claude's first fallback (codex answers).
+        result = outcome.result
+        assert (result["blueprint"], result["requested_blueprint"]) == ("codex", "claude")
+        assert result["attempts"] == 4
         assert outcome.elapsed < FAST + 6
         # The process that met the rate limit is not kept.
         await until(lambda: not warm_pids(world), "no warm process left")

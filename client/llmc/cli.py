@@ -3,8 +3,10 @@
 Usage (``llmc --help`` and ``llmc COMMAND --help`` say more)::
 
     llmc run NAME [PROMPT]        run blueprint NAME; the prompt is read from stdin when omitted
-    llmc blueprints | info | jobs | job ID | cancel ID | status
+    llmc blueprints | info | jobs | job ID [--follow] | cancel ID | status | watch
     llmc mcp                      serve llmd's tools to an MCP client on stdin/stdout
+    llmc top [--once]             a live view of jobs, health and cooldowns
+    llmc completion bash|zsh|fish print a shell completion script
 
 Exit status:
 
@@ -14,7 +16,7 @@ Exit status:
  2    usage error: bad arguments, invalid params (-32602), unsupported method (-32601)
  3    llmd is not reachable, or it dropped the connection
  4    timed out (-32003), or job --wait --timeout ran out before the job ended
- 5    rate limited (-32004)
+ 5    rate limited (-32004), or a budget is exhausted (-32009)
  6    busy: llmd's queue is full (-32006)
  7    unknown blueprint (-32001) or its executable is missing (-32002)
  8    invalid configuration (-32008)
@@ -158,12 +160,23 @@ def _add_run(run: argparse.ArgumentParser) -> None:
                           "is given")
     run.add_argument("--detach", action="store_true",
                      help="start the run as a background job and print its id at once")
+    run.add_argument("--isolate", action="store_true",
+                     help="work in a git worktree of its own; see: llmc diff|apply|discard")
+    run.add_argument("--base", metavar="head|working-tree|REF",
+                     help="with --isolate: where the worktree starts (default: head)")
+    run.add_argument("--edit", action="store_true",
+                     help="with --isolate: let the agent edit files without asking")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="show the CLI's own stderr on a terminal too (it is hidden there "
+                          "unless the run fails)")
 
 
 def _add_jobs(jobs: argparse.ArgumentParser) -> None:
     jobs.add_argument("--state", choices=JOB_STATES, metavar="STATE",
                       help=f"only jobs in this state: {', '.join(JOB_STATES)}")
     jobs.add_argument("--limit", type=_positive_int, default=50, help="at most this many (50)")
+    jobs.add_argument("--unapplied", action="store_true",
+                      help="only jobs whose worktree holds changes not applied nor discarded")
 
 
 def _add_job(job: argparse.ArgumentParser) -> None:
@@ -172,10 +185,27 @@ def _add_job(job: argparse.ArgumentParser) -> None:
     job.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
                      help="with --wait: give up after this long (status 4)")
     job.add_argument("--text", action="store_true", help="print only the answer's text")
+    job.add_argument("--follow", action="store_true",
+                     help="print the job's output as it comes, then exit with its status")
+
+
+def _add_watch(watch: argparse.ArgumentParser) -> None:
+    watch.add_argument("--state", action="append", choices=JOB_STATES, metavar="STATE",
+                       help="only changes to this state (repeatable): "
+                            f"{', '.join(JOB_STATES)}")
+    watch.add_argument("--blueprint", metavar="NAME", help="only jobs of this blueprint")
+    watch.add_argument("--notify", action="store_true",
+                       help="also raise a desktop notification (notify-send) when a job ends")
 
 
 def _add_cancel(cancel: argparse.ArgumentParser) -> None:
     cancel.add_argument("job", metavar="ID")
+
+
+def _add_diff(diff: argparse.ArgumentParser) -> None:
+    diff.add_argument("job", metavar="ID")
+    diff.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                      help="colour the diff (auto: on a terminal)")
 
 
 def _add_status(status: argparse.ArgumentParser) -> None:
@@ -192,6 +222,32 @@ def _add_mcp(mcp: argparse.ArgumentParser) -> None:
                      default=None,
                      help="seconds between progress notifications while a call waits "
                           "(default: $LLMC_MCP_PROGRESS_S, else 5)")
+    mcp.add_argument("--max-wait", metavar="SECONDS", type=_positive_seconds, default=None,
+                     help="the longest a call waits before it answers with the job id of a "
+                          "run still going (default: $LLMC_MCP_MAX_WAIT, else 50, or 300 for "
+                          "a call that asked for progress)")
+
+
+def _add_usage(usage: argparse.ArgumentParser) -> None:
+    when = usage.add_mutually_exclusive_group()
+    when.add_argument("--today", action="store_true", help="runs that ended today")
+    when.add_argument("--week", action="store_true", help="this week (from Monday)")
+    when.add_argument("--month", action="store_true", help="this calendar month")
+    when.add_argument("--since", metavar="DATE",
+                      help="from DATE (YYYY-MM-DD, local) or an RFC 3339 time")
+    usage.add_argument("--by", choices=("blueprint", "model", "day", "cwd"),
+                       help="one row per blueprint, model, day or cwd")
+
+
+def _add_top(top: argparse.ArgumentParser) -> None:
+    top.add_argument("--once", action="store_true",
+                     help="print one snapshot as plain text and exit (also when stdout is "
+                          "not a terminal)")
+
+
+def _add_completion(completion: argparse.ArgumentParser) -> None:
+    completion.add_argument("shell", metavar="SHELL", choices=("bash", "zsh", "fish"),
+                            help="bash, zsh or fish")
 
 
 def _add_nothing(parser: argparse.ArgumentParser) -> None:
@@ -212,21 +268,70 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
     "info": ("show the daemon's facts", "", _add_nothing),
     "jobs": ("list recent jobs, newest first", "", _add_jobs),
     "job": ("show one job",
-            "Show one job's record and, once it has succeeded, its answer.\n"
+            "Show one job's record and, once it has succeeded, its answer; --follow\n"
+            "prints its output as it comes (also after a restart of llmd) instead.\n"
             "The exit status follows the job's outcome: 0 succeeded (or not ended yet), the\n"
             "error's status when it failed (as for run), 4 timed out, 10 cancelled or\n"
             "interrupted by a daemon stop.", _add_job),
+    "watch": ("print job events as they happen",
+              "Print a line for every state change of every job (started by any client)\n"
+              "until interrupted; --json prints each event as one JSON object per line.\n"
+              "--notify also raises a desktop notification when a job ends.", _add_watch),
     "cancel": ("cancel a job",
                "Cancel a job: prints 'cancelled ID', or that it had already finished (also\n"
                "status 0). An unknown ID is status 1.", _add_cancel),
+    "diff": ("show what an isolated job changed, as a diff against its base",
+             "Show the unified diff of job ID's worktree against its base (binary files\n"
+             "named). On a terminal it is coloured, and paged through $PAGER when long.",
+             _add_diff),
+    "apply": ("apply an isolated job's changes to the checkout",
+              "Merge job ID's changes into the checkout it was started from (three-way\n"
+              "against its base), then remove its worktree. A conflict applies nothing and\n"
+              "names the files (status 1).", _add_cancel),
+    "discard": ("throw an isolated job's worktree away", "", _add_cancel),
     "status": ("show the blueprints' health (from llmd's cache)", "", _add_status),
+    "usage": ("show what runs cost, from llmd's usage ledger",
+              "Sum the runs that ended (all of them, or --today, --week, --month, --since):\n"
+              "runs, outcomes, tokens, cost and time, per --by group, and the budgets' use.\n"
+              "On a terminal a bar column shows each group's cost (its runs when no cost\n"
+              "is known).", _add_usage),
+    "stats": ("show each blueprint's runs, failures and durations (last hour and day)", "",
+              _add_nothing),
+    "metrics": ("print llmd's metrics in the Prometheus text format", "", _add_nothing),
     "mcp": ("serve llmd's tools to an MCP client on stdin/stdout",
             "Speak the Model Context Protocol on stdin/stdout, for an MCP client (Claude\n"
-            "Code, Cursor, Zed, VS Code...) to start: its tools run, start, result, cancel\n"
-            "and status hand every call to llmd. For Claude Code:\n"
+            "Code, Cursor, Zed, VS Code...) to start: its tools run, start, wait, result,\n"
+            "peek, jobs, cancel and status hand every call to llmd. For Claude Code:\n"
             "  claude mcp add llmd -- llmc mcp\n"
             "Logs go to stderr; it ends when stdin does.", _add_mcp),
+    "top": ("watch llmd at work: jobs, health, cooldowns, warm processes",
+            "A live view, refreshed every second: running and queued jobs (id, blueprint,\n"
+            "state, elapsed, output so far, warm, cwd), each blueprint's health and\n"
+            "cooldown, warm processes and today's runs and cost where llmd keeps them.\n"
+            "Keys: q quit, c cancel the selected job, f follow it, arrows or j/k select.\n"
+            "--once (or a stdout that is no terminal) prints one snapshot.", _add_top),
+    "completion": ("print a shell completion script (bash, zsh, fish)",
+                   "Print a completion script for SHELL: commands, options, and blueprint\n"
+                   "names and job ids asked of llmd as you type. Add one line to your shell's\n"
+                   "start-up file:\n"
+                   "  bash (~/.bashrc):   eval \"$(llmc completion bash)\"\n"
+                   "  zsh (~/.zshrc):     eval \"$(llmc completion zsh)\"\n"
+                   "  fish (config.fish): llmc completion fish | source", _add_completion),
 }
+
+# What `llmc` alone prints: the commands people use most.
+SHORT_USAGE = """\
+usage: llmc COMMAND [ARGS...]
+
+  llmc run NAME "PROMPT"   run a blueprint on a prompt and print the answer
+  llmc status              which blueprints are ready, cooling down or missing
+  llmc jobs                recent jobs (llmc job ID shows one)
+  llmc top                 watch llmd at work, live
+  llmc blueprints          the blueprints you can run
+
+Every command: llmc --help; one command's options: llmc COMMAND --help.
+Shell completion: llmc completion bash|zsh|fish.
+"""
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -260,7 +365,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         # SUPPRESS: when not given after the command, the one before it (or None) stays.
         sub.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
                          help="llmd's socket (overrides $LLMD_SOCKET)")
-        if name not in ("run", "mcp"):
+        if name not in ("run", "mcp", "completion", "top"):
             sub.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -321,14 +426,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["__complete"]:
+        # What a completion script asks for as you type; never in --help.
+        from llmc.completion import complete_names  # noqa: PLC0415
+
+        return complete_names(arguments[1] if len(arguments) > 1 else "", None)
     parser = build_parser(only=command_in(arguments))
     try:
         args = parser.parse_args(arguments)
     except SystemExit as exc:
         return _status_of(exc)
     if args.command is None:
-        error("no command given (see: llmc --help)")
+        # A usage error like any other (status 2), but one a newcomer meets first.
+        write(SHORT_USAGE, sys.stderr)
         return exitcodes.USAGE
+
+    if args.command == "completion":
+        from llmc.completion import cmd_completion  # noqa: PLC0415
+
+        return cmd_completion(args)
 
     if args.command == "mcp":
         # Without the human-output commands: an MCP client waits for this one to start.

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from llmc import exitcodes
+from llmc import exitcodes, ledger
 from llmc.calling import (
     QUICK_CALL_TIMEOUT,
     UsageError,
@@ -26,6 +26,7 @@ from llmc.calling import (
 )
 from llmc.output import error, format_value, indented, key_values, table, terminal_width, write
 from llmc.run import cmd_run, read_prompt
+from llmc.worktree import cmd_apply, cmd_diff, cmd_discard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
     from llmc.connection import Connection
 
 __all__ = ["HANDLERS", "UsageError", "job_status", "read_prompt"]
+
+# How long `llmc status` waits for first probes still in flight, and how often it looks.
+FIRST_PROBE_WAIT = 3.0
+FIRST_PROBE_POLL = 0.1
 
 # The states in which a job has ended, with the status they map to when the record carries no
 # error code.
@@ -154,8 +159,12 @@ def job_duration(record: dict[str, Any], now: float | None = None) -> float | No
 
 def _job_row(record: dict[str, Any]) -> list[str]:
     duration = job_duration(record)
+    tree = record.get("worktree")
+    # A mark for changes waiting in a worktree (llmc diff|apply|discard).
+    mark = ("*" if isinstance(tree, dict) and tree.get("status") == "unapplied"
+            and tree.get("changed_files") else "")
     return [format_value(record.get("job")), format_value(record.get("blueprint")),
-            format_value(record.get("state")), local_time(record.get("created_at")),
+            format_value(record.get("state")) + mark, local_time(record.get("created_at")),
             "-" if duration is None else format_duration(duration),
             format_value(record.get("attempts"))]
 
@@ -165,6 +174,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"limit": args.limit}
     if args.state:
         params["state"] = args.state
+    if args.unapplied:
+        params["unapplied"] = True
     with connect(args) as conn:
         result = as_object(call(conn, "jobs.list", params), "jobs.list")
     if args.json:
@@ -174,6 +185,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if not rows:
         write(f"no {args.state} jobs\n" if args.state else "no jobs\n")
         return exitcodes.OK
+    if any(row[2].endswith("*") for row in rows):
+        rows.append(["", "", "* unapplied", "", "", ""])
     # The blueprint column gives way, and on a narrow terminal the attempts, the duration and
     # the time go: ids and states are what one reads the list for.
     write(table(["JOB", "BLUEPRINT", "STATE", "CREATED", "DURATION", "ATTEMPTS"], rows,
@@ -257,6 +270,13 @@ def cmd_job(args: argparse.Namespace) -> int:
             params["timeout"] = args.timeout
     elif args.timeout is not None:
         raise UsageError("--timeout goes with --wait (llmc job ID --wait --timeout SECONDS)")
+    if args.follow:
+        if args.wait or args.json or args.text:
+            raise UsageError("--follow goes alone (it prints the output, then ends with the "
+                             "job's status)")
+        from llmc.follow import cmd_follow  # noqa: PLC0415
+
+        return cmd_follow(args)
     with connect(args) as conn:
         if args.wait:
             record = _wait_for_job(conn, args, params)
@@ -298,7 +318,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     timeout = None if args.check else QUICK_CALL_TIMEOUT
     with connect(args) as conn:
         result = as_object(call(conn, method, params, timeout=timeout), method)
+        # Just after llmd started, first probes may still be running: wait a little for
+        # real states rather than show "unknown".
+        deadline = time.monotonic() + FIRST_PROBE_WAIT
+        while _any_unknown(result) and time.monotonic() < deadline:
+            time.sleep(FIRST_PROBE_POLL)
+            result = as_object(call(conn, method, params, timeout=timeout), method)
         warm = None if args.json else _warm_line(conn)
+        budgets = [] if args.json else ledger.budget_lines(conn, args.blueprint)
     if args.json:
         dump(result)
         return exitcodes.OK
@@ -310,7 +337,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 continue
             detail = format_value(entry.get("detail")) if entry.get("detail") else ""
             if entry.get("cooldown_until"):
-                detail = f"until {format_value(entry['cooldown_until'])} {detail}".strip()
+                detail = f"{ledger.cooling_text(entry['cooldown_until'])} {detail}".strip()
             rows.append([name, format_value(entry.get("state")),
                          format_value(entry.get("version")), _ago(entry.get("checked_at")),
                          _seconds(entry.get("latency_s")), detail])
@@ -319,10 +346,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         return exitcodes.OK
     text = table(["NAME", "STATE", "VERSION", "CHECKED", "LATENCY", "DETAIL"], rows,
                  terminal_width())
-    write(_paint_states(text) if _colour_wanted() else text)
+    write((_paint_states(text) if _colour_wanted() else text) + "".join(budgets))
     if warm:
         write(warm + "\n")
     return exitcodes.OK
+
+
+def _any_unknown(result: dict[str, Any]) -> bool:
+    health = result.get("blueprints")
+    return isinstance(health, dict) and any(
+        isinstance(entry, dict) and entry.get("state") == "unknown" for entry in health.values())
 
 
 def _warm_line(conn: Connection) -> str | None:
@@ -380,6 +413,20 @@ def _ago(stamp: object) -> str:
     return f"{seconds // 3600}h ago"
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """``llmc watch``: see :mod:`llmc.follow`."""
+    from llmc.follow import cmd_watch as watch  # noqa: PLC0415 - only watch needs it
+
+    return watch(args)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """``llmc top``: loaded only here, so no other command pays for it."""
+    from llmc.top import cmd_top as top  # noqa: PLC0415
+
+    return top(args)
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "blueprints": cmd_blueprints,
@@ -388,4 +435,12 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "job": cmd_job,
     "cancel": cmd_cancel,
     "status": cmd_status,
+    "diff": cmd_diff,
+    "apply": cmd_apply,
+    "discard": cmd_discard,
+    "watch": cmd_watch,
+    "usage": ledger.cmd_usage,
+    "stats": ledger.cmd_stats,
+    "metrics": ledger.cmd_metrics,
+    "top": cmd_top,
 }

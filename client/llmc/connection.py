@@ -416,6 +416,28 @@ class Connection:
             except RpcError as exc:
                 raise _too_large(exc, size, method) or exc from None
 
+    def listen(self, on_notification: NotificationHandler, *,
+               timeout: float | None = None, what: str = "notifications") -> bool:
+        """Wait for the next notification and hand it to ``on_notification``, for at most
+        ``timeout`` seconds (None: as long as it takes). Replies to no request are skipped.
+
+        Returns:
+            Whether a notification came (False: the time ran out).
+
+        Raises:
+            ConnectionLost: The connection closed or broke.
+            ProtocolError: The daemon sent something that is not JSON-RPC.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                incoming = self._receive(what, deadline, None)
+            except CallTimeout:
+                return False
+            if isinstance(incoming, dict) and "method" in incoming:
+                self._dispatch(incoming, on_notification, what)
+                return True
+
     def notify(self, method: str, params: dict[str, Any] | list[Any] | None = None) -> None:
         """Send a notification (no reply is expected).
 

@@ -4,8 +4,8 @@ Invariants:
 - Arguments are checked and the prompt is read before connecting, so a usage error never
   depends on whether the daemon runs.
 - Stdout carries the answer and nothing else: the status line, notes and the CLI's own stderr
-  go to stderr. Text already written to stdout is never rewritten; when a retry voids it, a
-  note on stderr says so.
+  go to stderr (the CLI's own, on a terminal, only with ``-v``). Text already written to
+  stdout is never rewritten; when a retry voids it, a note on stderr says so.
 - The run is streamed (``stream: true``) whenever its notifications are of use: to print the
   answer live, or to keep a status line on a terminal stderr. Live printing is the default
   only when stdout is a terminal and the answer is not wanted as JSON.
@@ -114,6 +114,15 @@ def run_params(args: argparse.Namespace, prompt: str, notify: bool = False) -> d
         params["session"] = args.session
     if args.detach:
         params["detach"] = True
+    if (args.base is not None or args.edit) and not args.isolate:
+        raise UsageError("--edit and --base go with --isolate: an agent may edit files "
+                         "unattended only in a git worktree of its own")
+    if args.isolate:
+        params["isolate"] = "worktree"
+    if args.base is not None:
+        params["base"] = args.base
+    if args.edit:
+        params["edit"] = True
     return params
 
 
@@ -125,11 +134,14 @@ class Streamer:
         live: Print the output as it arrives (else the notifications only feed the status).
         divert: Send the stdout stream to stderr, keeping stdout for a JSON document.
         status: The status line, or None when stderr is no terminal.
+        show_stderr: Print the CLI's own stderr as it arrives (on a terminal, only with
+            ``-v``: a failure's error quotes its tail anyway).
     """
 
     def __init__(self, blueprint: str = "", live: bool = True, divert: bool = False,
-                 status: StatusLine | None = None) -> None:
+                 status: StatusLine | None = None, show_stderr: bool = True) -> None:
         self.blueprint = blueprint
+        self.show_stderr = show_stderr
         self.live = live
         self.divert = divert
         self.status = status
@@ -149,7 +161,8 @@ class Streamer:
             if not isinstance(text, str) or not self.live:
                 return
             if params.get("stream") == "stderr":
-                self._print(text, sys.stderr)
+                if self.show_stderr:
+                    self._print(text, sys.stderr)
                 return
             self.stdout_parts.append(text)
             self._print(text, sys.stderr if self.divert else sys.stdout)
@@ -295,7 +308,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     live = _wants_live(args)
     params = run_params(args, prompt, notify=live or status is not None)
     machine = args.json or args.raw
-    streamer = Streamer(args.name, live=live, divert=machine, status=status)
+    # On a terminal the CLI's chatter hides the answer; -v shows it, a pipe keeps it.
+    show_stderr = bool(getattr(args, "verbose", False)) or not is_tty(sys.stderr)
+    streamer = Streamer(args.name, live=live, divert=machine, status=status,
+                        show_stderr=show_stderr)
     with connect(args) as conn:
         try:
             reply = conn.call("llm.run", params, on_notification=streamer, timeout=None,

@@ -8,6 +8,8 @@ Invariants:
   never in a request's task: :meth:`~HealthMonitor.status`, :meth:`~HealthMonitor.state`
   and :meth:`~HealthMonitor.cooldown` only read the cache, and a cancelled ``health.check``
   does not kill a probe that others wait for.
+- Every blueprint's first probe starts when the monitor does, at most
+  :data:`FIRST_PROBES_AT_ONCE` at a time; later probes are spread over the interval.
 - A probe is bounded by its ``health.timeout``; past it the supervisor kills the
   probe's whole process group before the result is recorded.
 - Scheduling reads trio's clock only (so tests run on a virtual one); the wall clock
@@ -49,7 +51,11 @@ log = logging.getLogger("llmd.health")
 HealthState = Literal["healthy", "unhealthy", "missing", "cooling_down", "unknown"]
 
 STARTUP_STAGGER = 10.0
-"""First probes start uniformly in [0, min(interval, this)] s, not all at once."""
+"""Second probes come an interval plus up to this many seconds after the first, so that
+blueprints probed together at start drift apart."""
+FIRST_PROBES_AT_ONCE = 2
+"""First probes (all due at start) that run at the same time; the rest wait for a slot.
+Few: a CLI's start-up is CPU-bound (node), and the first runs start at the same moment."""
 RELOAD_STAGGER = 1.0
 """Blueprints added or changed by a reload are probed within this many seconds."""
 PROBE_OUTPUT_BYTES = 64 * 1024
@@ -93,6 +99,7 @@ class _Entry:
         self.cool_end: float | None = None  # trio clock
         self.cool_until: str | None = None  # the same instant, wall clock, for clients
         self.due = math.inf
+        self.first = False  # its first probe since start has yet to begin
         self.probe: _Probe | None = None
         self.shown: HealthState = "unknown"  # the state last logged
 
@@ -120,6 +127,7 @@ class HealthMonitor:
         self._entries: dict[str, _Entry] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        self._first_slots = trio.CapacityLimiter(FIRST_PROBES_AT_ONCE)
         self.set_registry(registry)
 
     # --- public interface --------------------------------------------------
@@ -136,7 +144,9 @@ class HealthMonitor:
             try:
                 now = trio.current_time()
                 for entry in self._entries.values():
-                    entry.due = now + self._jitter(entry.bp, STARTUP_STAGGER)
+                    # Health is wanted from the first second: every blueprint is due now.
+                    entry.due = now
+                    entry.first = True
                 task_status.started()
                 while True:
                     wake_at = self._tick(nursery)
@@ -297,7 +307,11 @@ class HealthMonitor:
         entry.probe = probe
         # Counted from the start, so a check resets the schedule and probes do not drift.
         entry.due = trio.current_time() + entry.bp.health.interval
-        nursery.start_soon(self._run_probe, name, entry, probe)
+        first, entry.first = entry.first, False
+        if first:
+            # Probed together at start; from now on apart.
+            entry.due += self._jitter(entry.bp, STARTUP_STAGGER)
+        nursery.start_soon(self._run_probe, name, entry, probe, first)
         return probe
 
     def _drop_probe(self, entry: _Entry) -> None:
@@ -318,12 +332,17 @@ class HealthMonitor:
             if not probe.superseded:
                 return
 
-    async def _run_probe(self, name: str, entry: _Entry, probe: _Probe) -> None:
+    async def _run_probe(self, name: str, entry: _Entry, probe: _Probe,
+                         first: bool = False) -> None:
         try:
             outcome: _Outcome | None = None
             with probe.scope:
                 try:
-                    outcome = await self._probe(name, probe.bp)
+                    if first:
+                        async with self._first_slots:
+                            outcome = await self._probe(name, probe.bp)
+                    else:
+                        outcome = await self._probe(name, probe.bp)
                 except Exception:
                     # A bug met while probing one blueprint must not end the scheduler,
                     # and with it the daemon: it is logged in full and shown as the

@@ -6,5 +6,7 @@
 - :mod:`llmd.jobs.records`: the wire shapes of a run request, its result and a job record
   (and how a job's three shapes relate).
 - :mod:`llmd.jobs.retry`: the back-off policy.
+- :mod:`llmd.jobs.events`: state changes for `jobs.watch`; :mod:`llmd.jobs.output`: the
+  output so far for `jobs.output`.
 - :mod:`llmd.jobs.store` and :mod:`llmd.jobs.storedb`: every job's record in SQLite.
 """

@@ -25,6 +25,7 @@ from llmd.errors import LlmdError
 from llmd.jobs.records import JobRecord, RunParams, RunResult
 from llmd.jobs.state import INITIAL_STATE, JobState
 from llmd.jobs.storedb import JobRow, ProcGroup
+from llmd.jobs.worktree import Sidecar
 from llmd.timestamps import utc_now
 
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -78,8 +79,28 @@ class Job:
         self.stored = False
         """Whether the final record is committed to the store."""
         self.detached = False
+        self.admitted = trio.current_time()
+        self.first_output: float | None = None
+        """When its first output text came (trio's clock), for the time-to-first-output."""
         self.durable = trio.Event()
         """Set once a detached job's record can be found after a crash (see the manager)."""
+        self.worktree: Sidecar | None = None
+        """The job's worktree, once made (``isolate: "worktree"``)."""
+        self.live_text: list[str] = []
+        """The stdout text of the attempt in flight (or the last), as streamed, for a
+        structured parser (a plain-text attempt's kept stdout is its text)."""
+
+    @property
+    def cwd(self) -> str | None:
+        """Where the job's CLI works: inside its worktree, or the request's ``cwd``."""
+        return self.worktree.cwd if self.worktree is not None else self.params.cwd
+
+    @property
+    def model(self) -> str | None:
+        """The model the run asked for, else its blueprint's default (None: the CLI's)."""
+        if self.params.model is not None:
+            return self.params.model
+        return self.bp.default_model if self.bp is not None else None
 
     def row(self) -> JobRow:
         """A snapshot for the store (fresh tuples: the store may write it later)."""
@@ -91,7 +112,7 @@ class Job:
                       finished_at=self.finished_at, attempts=self.attempts,
                       request=msgspec.structs.asdict(self.params), exit_code=exit_code,
                       result=self.result, error=error, history=tuple(self.history),
-                      groups=tuple(self.groups))
+                      groups=tuple(self.groups), model=self.model)
 
     def record(self, *, with_text: bool = True) -> JobRecord:
         """The job as ``jobs.get`` shows it."""
@@ -102,4 +123,6 @@ class Job:
         return JobRecord(job=self.id, blueprint=self.blueprint, state=self.state,
                          created_at=self.created_at, started_at=self.started_at,
                          finished_at=self.finished_at, attempts=self.attempts, result=result,
-                         error=self.error.to_wire() if self.error is not None else None)
+                         error=self.error.to_wire() if self.error is not None else None,
+                         cwd=self.params.cwd,
+                         output_chars=getattr(self.attempt, "kept_chars", None))

@@ -20,11 +20,15 @@ Invariants:
   spawned (with the process group recovery kills), or while it waits for a slot.
 - Every state change is published to the job's listeners in order; a listener that
   blocks slows that job alone (it is how back-pressure reaches the child's pipe).
+- A job that ends is told to the budgets (if it ever started) and to every ``on_finish``
+  observer, once, as its final state is set; new runs are routed by budgets as by
+  cooldowns (:mod:`llmd.routing`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import logging
 import os
 import random
@@ -32,13 +36,14 @@ import shutil
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
 import trio
 
 from llmd import routing
+from llmd.budget import BudgetBook
 from llmd.config import Blueprint, Registry
 from llmd.drivers import AttemptProcess, AttemptSpec, Driver, Outcome
 from llmd.drivers.agents import AgentDriver, agent_key, agent_options
@@ -60,12 +65,17 @@ from llmd.errors import (
     UnknownBlueprint,
 )
 from llmd.health.monitor import HealthMonitor
+from llmd.jobs import moving, usage
+from llmd.jobs.events import JobEvents
 from llmd.jobs.job import Job, new_job_id
+from llmd.jobs.moving import MoveTo
+from llmd.jobs.noise import NoiseFilter
 from llmd.jobs.records import RunParams, RunResult
 from llmd.jobs.retry import Backoff
 from llmd.jobs.state import FINAL_STATES, JobState, advance, can_follow
 from llmd.jobs.store import JobStore, ProcGroup
-from llmd.parsers import ParseResult
+from llmd.jobs.worktree import Worktrees
+from llmd.parsers import ParseResult, quota
 from llmd.parsers.jsonextract import extract_json
 from llmd.parsers.ratelimit import classify
 from llmd.process import argv as argv_mod
@@ -97,14 +107,20 @@ class JobManager:
             rate limits.
         store: Keeps every job's record on disk.
         warm: The warm processes (default: a pool of the registry's, no groups file).
+        worktrees: Where runs with ``isolate: "worktree"`` work (None: they are refused).
+        budget: Budgets that route new runs and are told of every run that ends.
+        on_finish: Told of every job as it reaches its final state (the ledger's figures).
     """
 
     def __init__(self, registry: Registry, environ: Mapping[str, str] | None = None, *,
                  rng: random.Random | None = None,
                  attempt_factory: Callable[..., Attempt] = Attempt,
                  health: HealthMonitor | None = None,
-                 store: JobStore | None = None, warm: WarmPool | None = None) -> None:
+                 store: JobStore | None = None, warm: WarmPool | None = None,
+                 worktrees: Worktrees | None = None, budget: BudgetBook | None = None,
+                 on_finish: Iterable[Callable[[Job], None]] = ()) -> None:
         self.environ = dict(os.environ if environ is None else environ)
+        self.worktrees = worktrees
         self.attempt_factory = attempt_factory
         self.health = health
         self.store = store
@@ -123,13 +139,21 @@ class JobManager:
         self.warm = warm if warm is not None else WarmPool(registry)
         # gemini's and codex's agents: a process serving a session per run, any cwd.
         self.agents = AgentPool(room=self._warm_room)
+        self.budget = budget
+        """Budgets that route new runs (:mod:`llmd.budget`), told of every run that ends."""
+        self.on_finish: list[Callable[[Job], None]] = list(on_finish)
+        """Told of every job as it reaches its final state (the ledger's figures)."""
         self.set_registry(registry)
+        self.events = JobEvents()
+        """Every state change of every job, for ``jobs.watch``."""
 
     def set_registry(self, registry: Registry) -> None:
         """Put a (re)loaded registry in force; running jobs keep their blueprint."""
         self.agents.retire({name for name, bp in self.registry.blueprints.items()
                             if registry.blueprints.get(name) != bp})
         self.registry = registry
+        if self.budget is not None:
+            self.budget.set_registry(registry)
         self._global.total_tokens = registry.daemon.max_jobs
         for name, bp in registry.blueprints.items():
             limiter = self._limiters.get(name)
@@ -173,13 +197,15 @@ class JobManager:
                                        or not os.path.isdir(params.cwd)):
             raise InvalidParams(f"cwd must be the absolute path of an existing directory, "
                                 f"not {params.cwd!r}", {"blueprint": params.blueprint})
+        params = self._isolation(params, bp)
         # Render now so a bad prompt is refused before anything is queued.
         argv_mod.render(bp, params.blueprint, params.prompt, model=params.model,
-                        session=params.session)
+                        session=params.session, edit=params.edit)
         limiter = self._limiters[params.blueprint]
-        if (self.queued >= self.registry.daemon.max_queue
-                and (limiter.available_tokens < 1 or self._global.available_tokens < 1
-                     or self.queued > 0)):
+        # Jobs admitted a moment ago count as queued until their tasks take a slot: in a
+        # burst, as many of them as there are free slots are about to run, not to wait.
+        free = min(limiter.available_tokens, self._global.available_tokens)
+        if self.queued - free >= self.registry.daemon.max_queue:
             raise Busy(f"the queue is full ({self.queued} waiting); try again later",
                        {"blueprint": params.blueprint})
         job = Job(new_job_id(), params, trio.current_time() + timeout, bp=bp, timeout=timeout,
@@ -190,6 +216,36 @@ class JobManager:
         self.jobs[job.id] = job
         self.queued += 1
         return job
+
+    def isolated(self, params: RunParams) -> bool:
+        """Whether the run asks (or its blueprint defaults) to work in a worktree."""
+        bp = self.registry.blueprints.get(params.blueprint)
+        return (params.isolate or (bp.isolate if bp is not None else "none")) == "worktree"
+
+    def _isolation(self, params: RunParams, bp: Blueprint) -> RunParams:
+        """Resolve ``isolate``, ``base`` and ``edit`` (see API.md); -32602 when they do not
+        go together."""
+        isolate = params.isolate or bp.isolate
+        data = {"blueprint": params.blueprint}
+        if isolate != "worktree":
+            if params.edit:
+                raise InvalidParams("edit: true needs isolate: \"worktree\": an agent may "
+                                    "edit files unattended only in a worktree of its own", data)
+            if params.base is not None:
+                raise InvalidParams("base goes with isolate: \"worktree\"", data)
+            return params
+        if params.edit and not bp.edit_args:
+            raise InvalidParams(f"blueprint {params.blueprint!r} declares no edit_args; it "
+                                "cannot be let edit", data)
+        if self.worktrees is None:
+            raise InvalidParams("this llmd keeps no worktrees", data)
+        if params.cwd is None:
+            raise InvalidParams("isolate: \"worktree\" needs a cwd inside a git work tree",
+                                data)
+        if params.base is not None and not params.base:
+            raise InvalidParams("base is \"head\", \"working-tree\" or a ref, not empty",
+                                data)
+        return msgspec.structs.replace(params, isolate="worktree")
 
     async def run(self, job: Job) -> RunResult:
         """Run a submitted job to its end.
@@ -203,7 +259,7 @@ class JobManager:
         """
         try:
             with job.scope:
-                result = await self._execute(job)
+                result = await self._execute_moving(job)
                 # A cancel that landed after the last checkpoint still wins (see cancel).
                 if not job.cancel_requested:
                     self._finish(job, "succeeded", result=result)
@@ -256,6 +312,9 @@ class JobManager:
     async def _concluded(self, job: Job) -> None:
         """Record the final state, then tell the job's listeners (bounded: they may not
         read). The record is on disk before the caller's answer is sent."""
+        if job.worktree is not None and self.worktrees is not None:
+            # A failed or cancelled run keeps its partial work, measured, for inspection.
+            await self.worktrees.conclude(job.id, measure=job.result is None)
         if self.store is not None and job.state in FINAL_STATES:
             job.stored = await self.store.save_final(job.row())
         job.durable.set()
@@ -432,7 +491,8 @@ class JobManager:
             return None
         # A session or a model name means nothing to another CLI.
         route = routing.route(self.health, self.registry, params.blueprint,
-                              pinned=params.session is not None or params.model is not None)
+                              pinned=params.session is not None or params.model is not None,
+                              budget=self.budget)
         return route if route.swapped else None
 
     def _spawned(self, job: Job, pid: int) -> None:
@@ -468,6 +528,10 @@ class JobManager:
         log.debug("job %s: %s", job.id, state)
         if self.store is not None and state not in FINAL_STATES:
             self.store.save_soon(job.row())
+        if state not in FINAL_STATES:  # a final state is told by _finish
+            self.events.publish(job.id, job.blueprint, state, job.history[-1][1],
+                                attempt=job.attempts,
+                                **{k: v for k, v in extra.items() if k == "retry_in_s"})
         await self._publish(job, "llm.state", {"job": job.id, "state": state,
                                                "attempt": job.attempts, **extra})
 
@@ -486,6 +550,8 @@ class JobManager:
         job.history.append((state, job.finished_at))
         self.finished_count += 1
         job.finished.set()
+        if result is not None:
+            job.live_text = []  # the answer's text is the same (API.md, Streaming)
         # The prompt, argv and environment stay out of the log: they may hold secrets. So
         # does the error's message: it quotes the CLI's output, which may echo the prompt.
         log.info("job %s %s: %s after %d attempt%s%s", job.id, job.blueprint, state,
@@ -496,8 +562,15 @@ class JobManager:
             error.data.setdefault("job", job.id)
             error.data.setdefault("state", state)
         job.attempt = None  # what it kept of the output is in the result now
+        if self.budget is not None and job.started_at is not None:
+            self.budget.run_ended(job.blueprint, result.cost_usd if result else None)
+        for observer in self.on_finish:
+            observer(job)
         self._kept_chars += _result_chars(job)
         self._evict()
+        self.events.publish(job.id, job.blueprint, state, job.finished_at,
+                            attempt=job.attempts,
+                            **({"code": error.code} if error is not None else {}))
 
     def _evict(self) -> None:
         """Finished jobs stay in memory for jobs.get up to a count and a size (the store
@@ -536,8 +609,11 @@ class JobManager:
         # The shell's notion of the working directory is the run's, not the daemon's.
         env.pop("OLDPWD", None)
         env.pop("PWD", None)
+        if params.isolate == "worktree" and self.worktrees is not None and params.cwd:
+            job.worktree = await self.worktrees.create(job.id, params.cwd,
+                                                       params.base or "head")
         with contextlib.suppress(OSError):  # the daemon's own directory may be gone
-            env["PWD"] = params.cwd if params.cwd is not None else os.getcwd()
+            env["PWD"] = job.cwd if job.cwd is not None else os.getcwd()
         program = shutil.which(bp.command[0], path=env.get("PATH", os.defpath))
         if program is None:
             raise ExecutableMissing(
@@ -546,12 +622,13 @@ class JobManager:
                 {"blueprint": job.blueprint, "executable": bp.command[0],
                  "path": env.get("PATH", "")})
         inv = argv_mod.render(bp, job.blueprint, params.prompt, model=params.model,
-                              session=params.session)
+                              session=params.session, edit=params.edit)
         inv = argv_mod.Invocation([program, *inv.argv[1:]], inv.stdin)
         limiter = self._limiters[job.blueprint]
         moved = ({"requested_blueprint": job.requested, "fallback_reason": job.fallback_reason}
                  if job.requested else {})
-        await self._set_state(job, "queued", blueprint=job.blueprint, **moved)
+        if job.state == "queued":  # not again when a fallback takes over the run
+            await self._set_state(job, "queued", blueprint=job.blueprint, **moved)
         if job.detached and not job.durable.is_set() and (
                 limiter.available_tokens < 1 or self._global.available_tokens < 1):
             await self._commit(job)  # it waits for a slot: give its id out now
@@ -559,7 +636,11 @@ class JobManager:
             self._leave_queue(job)
             self.running += 1
             try:
-                return await self._attempts(job, bp, inv, env)
+                result = await self._attempts(job, bp, inv, env)
+                if job.worktree is not None and self.worktrees is not None:
+                    result = msgspec.structs.replace(
+                        result, worktree=await self.worktrees.settle(job.id))
+                return result
             finally:
                 self.running -= 1
 
@@ -567,7 +648,9 @@ class JobManager:
                         env: dict[str, str]) -> RunResult:
         backoff = Backoff(bp.retry.max_attempts, bp.retry.base_delay, bp.retry.max_delay)
         patterns = job.rate_limit_res
-        job.started_at = utc_now()
+        before = job.attempts  # made on blueprints this run left for a fallback
+        if job.started_at is None:
+            job.started_at = utc_now()
         started = time.monotonic()
         while True:
             job.attempts += 1
@@ -584,14 +667,27 @@ class JobManager:
                 raise CliFailed(f"{job.blueprint!r} failed: {what}",
                                 self._error_data(job, bp, attempt, kind=verdict.kind))
             remaining = job.deadline - trio.current_time()
-            delay = backoff.next_delay(job.attempts, remaining, self.rng, verdict.retry_after_s)
+            delay = backoff.next_delay(job.attempts - before, remaining, self.rng,
+                                       verdict.retry_after_s)
             if delay is None:
                 data = self._error_data(job, bp, attempt)
                 if verdict.retry_after_s is not None:
                     data["retry_after_s"] = verdict.retry_after_s
                 if self.health is not None:
-                    # Later runs go to a fallback, or fail fast, until it cools down.
-                    self.health.note_rate_limited(job.blueprint, verdict.retry_after_s)
+                    # Later runs go to a fallback, or fail fast, until it cools down: until
+                    # the quota window reopens when the message says when.
+                    now = _dt.datetime.fromtimestamp(self.health.wall_clock()).astimezone()
+                    reopens = quota.seconds_until_reset(
+                        f"{attempt.stderr_tail}\n{attempt.stdout[-65536:]}", now)
+                    self.health.note_rate_limited(
+                        job.blueprint, reopens if reopens is not None else verdict.retry_after_s)
+                    # And this one moves there too, unless it is pinned.
+                    where = routing.fallback_after_rate_limit(
+                        self.health, self.registry, job.blueprint,
+                        pinned=job.params.session is not None or job.params.model is not None,
+                        budget=self.budget)
+                    if where is not None:
+                        raise MoveTo(where)
                 raise RateLimited(f"{job.blueprint!r} is rate limited "
                                   f"({verdict.reason or 'rate limit'}); gave up after "
                                   f"{job.attempts} attempt{'s' if job.attempts > 1 else ''}",
@@ -604,6 +700,15 @@ class JobManager:
             await self._set_state(job, "retrying", retry_in_s=round(delay, 3),
                                   restart_output=restart)
             await trio.sleep(delay)
+
+    async def _execute_moving(self, job: Job) -> RunResult:
+        """Execute a job; when its blueprint runs out of retries on a rate limit and a
+        fallback may take it, go on there (:mod:`llmd.jobs.moving`)."""
+        while True:
+            try:
+                return await self._execute(job)
+            except MoveTo as move:
+                await moving.move(self, job, move.route)
 
     def _driver(self, job: Job) -> Driver:
         """How this job's attempts are carried out: by a warm process when its blueprint
@@ -618,21 +723,36 @@ class JobManager:
     async def _one_attempt(self, job: Job, bp: Blueprint, inv: argv_mod.Invocation,
                            env: dict[str, str]) -> Outcome:
         attempt = self._driver(job).attempt(AttemptSpec(
-            blueprint=job.blueprint, bp=bp, invocation=inv, env=env, cwd=job.params.cwd,
+            blueprint=job.blueprint, bp=bp, invocation=inv, env=env, cwd=job.cwd,
             on_spawn=lambda pid: self._spawned(job, pid), model=job.params.model,
             session=job.params.session))
         job.attempt = attempt.process
+        job.live_text = []  # jobs.output follows the attempt in flight
+        # Known chatter on stderr is not shown to listeners; the record keeps it.
+        noise = NoiseFilter(bp.stderr_ignore)
 
-        async def on_text(stream: Stream, text: str) -> None:
-            if not job.listeners:
-                return
+        async def show(stream: Stream, text: str) -> None:
             if stream == "stdout":
                 job.streamed_stdout = True
             payload = {"job": job.id, "seq": job.seq, "stream": stream, "text": text}
             job.seq += 1
             await self._publish(job, "llm.output", payload)
 
+        async def on_text(stream: Stream, text: str) -> None:
+            if stream == "stdout" and bp.parser != "text":
+                # A plain-text attempt's kept stdout is its text: no second copy is kept.
+                job.live_text.append(text)
+            if job.first_output is None and stream == "stdout":
+                job.first_output = trio.current_time()
+            if not job.listeners:
+                return
+            if stream == "stderr" and not (text := noise.feed(text)):
+                return
+            await show(stream, text)
+
         outcome = await attempt.run(on_text)
+        if (rest := noise.flush()) and job.listeners:
+            await show("stderr", rest)
         job.warm = outcome.warm
         return outcome
 
@@ -643,12 +763,14 @@ class JobManager:
         json_error: str | None = None
         if job.params.json:
             value, json_error = extract_json(text)
+        cost, cost_source = usage.run_cost(parsed.cost_usd, parsed.usage, job.model,
+                                           self.registry.doc.prices)
         return RunResult(job=job.id, blueprint=job.blueprint, state="succeeded", text=text,
                          output=attempt.stdout, stderr=attempt.stderr_tail,
                          exit_code=attempt.exit_code, attempts=job.attempts,
                          duration_s=round(duration, 6), truncated=attempt.truncated,
                          json=value, json_error=json_error, session=parsed.session,
-                         usage=parsed.usage, cost_usd=parsed.cost_usd,
+                         usage=parsed.usage, cost_usd=cost, cost_source=cost_source,
                          requested_blueprint=job.requested,
                          fallback_reason=job.fallback_reason, warm=job.warm)
 

@@ -22,11 +22,27 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import msgspec
 
 from llmd.jobs.state import JobState
+
+WorktreeStatus = Literal["unapplied", "applied", "discarded"]
+
+
+class WorktreeInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A job's worktree as results and records show it (API.md "Worktree")."""
+
+    path: str
+    base: str
+    """The commit the worktree started from."""
+    changed_files: int = 0
+    insertions: int = 0
+    deletions: int = 0
+    status: WorktreeStatus = "unapplied"
+    files: tuple[str, ...] = ()
+    """The paths changed, relative to the repository's top."""
 
 
 class RunParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -41,6 +57,9 @@ class RunParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     model: Union[str, None] = None  # noqa: UP007
     session: Union[str, None] = None  # noqa: UP007
     detach: bool = False
+    isolate: Union[Literal["none", "worktree"], None] = None  # noqa: UP007
+    base: Union[str, None] = None  # noqa: UP007 - "head", "working-tree" or a ref
+    edit: bool = False
 
 
 class RunResult(msgspec.Struct, omit_defaults=False, frozen=True):
@@ -61,11 +80,14 @@ class RunResult(msgspec.Struct, omit_defaults=False, frozen=True):
     session: str | None = None
     usage: dict[str, int] | None = None
     cost_usd: float | None = None
+    cost_source: str | None = None
+    """``"cli"`` (the CLI reported ``cost_usd``), ``"estimate"`` (from ``[prices]``) or None."""
     requested_blueprint: str | None = None
     """Set when a fallback served the run: the blueprint the request named."""
     fallback_reason: str | None = None
     warm: bool = False
     """Served by a process started before the request."""
+    worktree: WorktreeInfo | None = None
 
 
 class JobRecord(msgspec.Struct, frozen=True):
@@ -80,3 +102,8 @@ class JobRecord(msgspec.Struct, frozen=True):
     attempts: int = 0
     result: RunResult | None = None
     error: dict[str, Any] | None = None
+    worktree: WorktreeInfo | None = None
+    cwd: str | None = None
+    """The run's working directory (as the request gave it; None: the daemon's)."""
+    output_chars: int | None = None
+    """While an attempt runs: the characters of its stdout so far (for ``llmc top``)."""

@@ -265,11 +265,23 @@ class JobStore:
         """The record of ``job_id`` with its full (capped) result, or None."""
         return await self._call(lambda db: db.get(job_id), None)
 
+    async def has(self, job_id: str) -> bool:
+        """Whether the store holds a record of ``job_id`` (True when it cannot tell)."""
+        found = await self.get(job_id) is not None
+        return found or not self.available  # a failed read says nothing
+
     async def list(self, state: JobState | None = None, limit: int = 50) -> list[JobRecord]:
         """Records newest first, optionally of one state; results without text and output."""
         if limit <= 0:
             return []
         return await self._call(lambda db: db.list(state, limit), [])
+
+    async def usage_rows(self, days: tuple[str, str] | None,
+                         ranges: builtins.list[tuple[str, str]],
+                         by: tuple[str, ...]) -> builtins.list[tuple[Any, ...]]:
+        """The usage ledger summed per group (see :meth:`Database.usage_rows`); none when
+        the store is unavailable."""
+        return await self._call(lambda db: db.usage_rows(days, ranges, by), [])
 
     # --- maintenance -------------------------------------------------------
 

@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from llmd.errors import Cancelled
+from llmd.jobs import usage
 from llmd.jobs.records import JobRecord, RunResult
 from llmd.jobs.state import LIVE_STATES, JobState
 from llmd.process import procs
@@ -43,7 +45,7 @@ _BACKSTOP_PAGES = 10_000
 _KNOWN_JOBS = 4096
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 
-_SCHEMA = (
+_SCHEMA: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, blueprint TEXT NOT NULL, state TEXT NOT NULL,
@@ -59,7 +61,57 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id)",
     "CREATE TABLE IF NOT EXISTS outputs (id TEXT PRIMARY KEY, text TEXT NOT NULL,"
     " output TEXT NOT NULL)",
+    # The usage ledger (llmd.jobs.usage): one entry per finished job, kept with its record,
+    # and the sums per local day, blueprint, model and cwd, added to as each entry is
+    # written and never pruned. A summary reads the sums for whole days and the entries for
+    # the parts of days at a window's edges.
+    """CREATE TABLE IF NOT EXISTS usage (
+    id TEXT PRIMARY KEY, at TEXT NOT NULL, day TEXT NOT NULL, blueprint TEXT NOT NULL,
+    model TEXT NOT NULL, cwd TEXT NOT NULL, outcome TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL,
+    duration_s REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS usage_at ON usage (at)",
+    """CREATE TABLE IF NOT EXISTS usage_daily (
+    day TEXT NOT NULL, blueprint TEXT NOT NULL, model TEXT NOT NULL, cwd TEXT NOT NULL,
+    runs INTEGER NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL,
+    duration_s REAL NOT NULL, PRIMARY KEY (day, blueprint, model, cwd)) WITHOUT ROWID""",
 )
+# The day's sums kept at several grains (the narrowest that holds a summary's groups is
+# read): per blueprint alone (the total, the budgets), with the model, with the cwd, and
+# with both. Each is (table, key columns); the key columns come first in its rows.
+_DAY_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("usage_days", ("day", "blueprint")),
+    ("usage_days_model", ("day", "blueprint", "model")),
+    ("usage_days_cwd", ("day", "blueprint", "cwd")),
+    ("usage_daily", ("day", "blueprint", "model", "cwd")),
+)
+_SCHEMA += tuple(  # built from the constants above, no data
+    f"CREATE TABLE IF NOT EXISTS {table} ("
+    + "".join(f"{key} TEXT NOT NULL, " for key in keys)
+    + "runs INTEGER NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL,"
+    " input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL,"
+    f" duration_s REAL NOT NULL, PRIMARY KEY ({', '.join(keys)})) WITHOUT ROWID"
+    for table, keys in _DAY_TABLES[:-1])
+_INSERT_USAGE = "INSERT OR IGNORE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SUMS = ("COUNT(*), SUM(outcome = 's'), SUM(outcome = 'f'), SUM(input_tokens),"
+         " SUM(output_tokens), SUM(cost_usd), SUM(duration_s)")
+_DAILY_SUMS = ("SUM(runs), SUM(succeeded), SUM(failed), SUM(input_tokens),"
+               " SUM(output_tokens), SUM(cost_usd), SUM(duration_s)")
+_DAY_KEYS = ("day", "blueprint", "model", "cwd")  # the order of Entry.day_params()
+_ADD_UP = (" DO UPDATE SET"
+           " runs = runs + 1, succeeded = succeeded + excluded.succeeded,"
+           " failed = failed + excluded.failed,"
+           " input_tokens = input_tokens + excluded.input_tokens,"
+           " output_tokens = output_tokens + excluded.output_tokens,"
+           " cost_usd = CASE WHEN excluded.cost_usd IS NULL THEN cost_usd"
+           " WHEN cost_usd IS NULL THEN excluded.cost_usd"
+           " ELSE cost_usd + excluded.cost_usd END,"
+           " duration_s = duration_s + excluded.duration_s")
+_ADD_TO_DAYS = tuple(
+    (f"INSERT INTO {table} VALUES ({', '.join('?' * len(keys))}, 1, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+     f" ON CONFLICT ({', '.join(keys)})" + _ADD_UP, tuple(_DAY_KEYS.index(k) for k in keys))
+    for table, keys in _DAY_TABLES)
 _COLUMNS = ("id", "blueprint", "state", "created_at", "started_at", "finished_at",
             "updated_at", "attempts", "exit_code", "request", "result", "error", "history",
             "groups", "daemon_pid", "daemon_start", "daemon_boot")
@@ -101,6 +153,8 @@ class JobRow(JobRecord, frozen=True, kw_only=True):
     daemon_pid: int | None = None
     daemon_start: int | None = None
     daemon_boot: str | None = None
+    model: str | None = None
+    """The model the run asked for (or its blueprint's default), for the usage ledger."""
 
 
 class RecoveryReport(msgspec.Struct):
@@ -357,6 +411,15 @@ class Database:
                     log.error("job %s: record not kept (%s)", job, type(exc).__name__)
                     kept[job] = False
                     continue
+                entry = usage.entry_for(row.job, blueprint=row.blueprint, state=row.state,
+                                        finished_at=row.finished_at, request=row.request,
+                                        model=row.model, result=row.result, error=row.error)
+                # Counted once: a final row written again adds nothing to its day.
+                if entry is not None and conn.execute(_INSERT_USAGE,
+                                                      entry.as_params()).rowcount == 1:
+                    day = entry.day_params()
+                    for statement, keys in _ADD_TO_DAYS:
+                        conn.execute(statement, (*(day[i] for i in keys), *day[4:]))
                 if output is not None:
                     conn.execute(_UPSERT_OUTPUT, output)
                     self.unchecked += len(output[1]) + len(output[2])
@@ -394,6 +457,24 @@ class Database:
         else:
             rows = conn.execute(_LIST_STATE, (state, limit)).fetchall()
         return [self._record(row) for row in rows]
+
+    def usage_rows(self, days: tuple[str, str] | None, ranges: builtins.list[tuple[str, str]],
+                   by: tuple[str, ...]) -> builtins.list[tuple[Any, ...]]:
+        """The ledger summed per group (see :func:`usage.summarize`): the daily sums of
+        the local days in ``days`` (first and last, both included), and the entries that
+        ended in each ``[since, until)`` of ``ranges``."""
+        cols = ", ".join(c for c in by if c in usage.GROUP_KEYS)  # checked names only
+        select, group = (cols + ", ", " GROUP BY " + cols) if cols else ("", "")
+        conn = self._db()
+        rows: builtins.list[tuple[Any, ...]] = []
+        if days is not None:
+            table = next(t for t, keys in _DAY_TABLES if set(by) <= set(keys))
+            rows += conn.execute(f"SELECT {select}{_DAILY_SUMS} FROM {table}"  # noqa: S608
+                                 f" WHERE day >= ? AND day <= ?{group}", days).fetchall()
+        for since, until in ranges:
+            rows += conn.execute(f"SELECT {select}{_SUMS} FROM usage"  # noqa: S608
+                                 f" WHERE at >= ? AND at < ?{group}", (since, until)).fetchall()
+        return [r for r in rows if r[len(by)]]  # an empty table sums to one row of nulls
 
     def recover(self) -> RecoveryReport:
         """Interrupt the live rows of dead daemons, killing the process groups they left."""
@@ -449,6 +530,8 @@ class Database:
                     " LIMIT -1 OFFSET ?) WHERE state NOT IN ('queued', 'running', 'retrying')"
                     " LIMIT ?", (max_jobs, chunk - len(ids)))]
             ids = list(dict.fromkeys(ids))
+            # The ledger outlives the records: their days' sums stay.
+            conn.executemany("DELETE FROM usage WHERE id = ?", [(i,) for i in ids])
             conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
             conn.executemany("DELETE FROM outputs WHERE id = ?", [(i,) for i in ids])
         if ids:

@@ -38,7 +38,7 @@ class Invocation:
 
 
 def render(bp: Blueprint, name: str, prompt: str, *, model: str | None = None,
-           session: str | None = None) -> Invocation:
+           session: str | None = None, edit: bool = False) -> Invocation:
     """Render the argv (and stdin) for one run.
 
     Args:
@@ -47,6 +47,7 @@ def render(bp: Blueprint, name: str, prompt: str, *, model: str | None = None,
         prompt: The prompt, passed whole.
         model: Optional model, rendered through ``model_args``.
         session: Optional session to resume, rendered through ``resume_args``.
+        edit: Add the blueprint's ``edit_args`` (the run is isolated in a worktree).
 
     Returns:
         The invocation.
@@ -54,7 +55,7 @@ def render(bp: Blueprint, name: str, prompt: str, *, model: str | None = None,
     Raises:
         InvalidParams: The request cannot be rendered safely for this blueprint.
     """
-    extra: list[str] = []
+    extra: list[str] = list(bp.edit_args) if edit else []
     model = model if model is not None else bp.default_model
     for key, value, template, what in (
             ("model", model, bp.model_args, "does not take a model (it has no model_args)"),

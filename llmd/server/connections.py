@@ -48,6 +48,17 @@ class Connection(Session):
         """Send a notification; a vanished peer is not an error here."""
         await self.send(encode_notification(method, params))
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the peer can still be sent to."""
+        return not self.closed
+
+    def abort(self) -> None:
+        """Close the socket now: a send blocked on a peer that does not read ends, and so
+        does the read loop, which cancels the connection's requests."""
+        self.closed = True
+        self.stream.socket.close()
+
     async def send(self, payload: Reply) -> None:
         """Send one framed message (one buffer or its parts); a vanished peer is not an
         error here."""

@@ -70,6 +70,15 @@ class Session:
             params: Its params, msgspec-encodable.
         """
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the peer can still be sent to."""
+        return True
+
+    def abort(self) -> None:
+        """Close the connection at once, unanswered requests and all (a session without
+        a peer has nothing to close)."""
+
 
 @dataclass(frozen=True)
 class CallContext:

@@ -19,20 +19,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol, Union
+from typing import Annotated, Any, Literal, Protocol, Union
 
 import msgspec
 import trio
 
-from llmd import __version__
+from llmd import __version__, metrics
 from llmd.config import Registry
 from llmd.errors import InvalidParams, NoSuchJob
 from llmd.health.monitor import HealthMonitor
+from llmd.jobs import ledger
+from llmd.jobs import output as job_output
 from llmd.jobs.manager import JobManager
 from llmd.jobs.records import JobRecord, RunParams, RunResult
 from llmd.jobs.state import FINAL_STATES, JobState
 from llmd.jobs.store import JobStore
+from llmd.jobs.worktree import Worktrees
 from llmd.server.dispatch import CallContext, Method
+from llmd.stats import RunStats
 
 
 class JobParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -47,6 +51,34 @@ class GetParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     job: str
     wait: bool = False
     timeout: float | None = None
+
+
+class DiffParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.diff`` parameters."""
+
+    job: str
+    binary: bool = False
+
+
+class OutputParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.output`` parameters."""
+
+    job: str
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Union[Annotated[int, msgspec.Meta(ge=1)], None] = None  # noqa: UP007
+
+
+class WatchParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.watch`` parameters."""
+
+    states: Union[list[JobState], None] = None  # noqa: UP007 - msgspec needs a runtime Union
+    blueprint: str | None = None
+
+
+class UnwatchParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``jobs.unwatch`` parameters."""
+
+    watch: int
 
 
 class HealthParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -68,6 +100,8 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state: Union[JobState, None] = None  # noqa: UP007 - msgspec needs a runtime Union on 3.10
     # SQLite takes 64-bit integers only.
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 50
+    unapplied: bool = False
+    prompt_line: bool = False
 
 
 class PrewarmParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -76,6 +110,14 @@ class PrewarmParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     blueprint: str
     cwd: Union[str, None] = None  # noqa: UP007 - msgspec needs a runtime Union on 3.10
     model: Union[str, None] = None  # noqa: UP007
+
+
+class UsageParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``usage.summary`` parameters: a window (RFC 3339 or a local date) and groupings."""
+
+    since: Union[str, None] = None  # noqa: UP007 - msgspec needs a runtime Union on 3.10
+    until: Union[str, None] = None  # noqa: UP007
+    by: list[Literal["blueprint", "model", "day", "cwd"]] = msgspec.field(default_factory=list)
 
 
 class Host(Protocol):
@@ -109,13 +151,30 @@ class MethodContext:
     manager: JobManager
     store: JobStore
     health: HealthMonitor
+    stats: RunStats | None = None
 
 
 def build(context: MethodContext) -> list[Method]:
     """The method table, around what the methods use."""
     host, manager, store, health = context.host, context.manager, context.store, context.health
+    stats = context.stats
+
+    worktrees = manager.worktrees
+
+    def _shown(record: JobRecord) -> JobRecord:
+        """A record with its worktree as it is now (applied, discarded...)."""
+        info = worktrees.info(record.job) if worktrees is not None else None
+        return record if info is None else msgspec.structs.replace(record, worktree=info)
+
+    def _worktrees() -> Worktrees:
+        if worktrees is None:
+            raise InvalidParams("this llmd keeps no worktrees")
+        return worktrees
 
     async def llm_run(params: RunParams, ctx: CallContext) -> RunResult | dict[str, Any]:
+        if worktrees is not None and params.cwd is not None and manager.isolated(params):
+            # Refused now (-32602), not after the job is queued or detached.
+            await worktrees.check(params.cwd, params.base)
         job = manager.submit(params)
         if params.detach:
             manager.start_detached(job)
@@ -155,12 +214,14 @@ def build(context: MethodContext) -> list[Method]:
                 raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
             if params.wait and stored.state not in FINAL_STATES:
                 stored = await _poll_store(params.job, stored, params.timeout)
-            return stored
+            return _shown(stored)
         if params.wait and job.state not in FINAL_STATES:
             with trio.move_on_after(params.timeout if params.timeout is not None
                                     else float("inf")):
                 await job.finished.wait()
-        return job.record()
+                if job.worktree is not None and worktrees is not None:
+                    await worktrees.concluded(job.id)  # measured once the job has ended
+        return _shown(job.record())
 
     async def _poll_store(job_id: str, record: JobRecord,
                           timeout: float | None) -> JobRecord:
@@ -187,9 +248,60 @@ def build(context: MethodContext) -> list[Method]:
                 records[job.id] = job.record(with_text=False)
             else:
                 records.pop(job.id, None)
+        if params.unapplied:
+            wanted = set(worktrees.unapplied() if worktrees is not None else ())
+            for job_id in wanted - records.keys():
+                found = (manager.jobs[job_id].record(with_text=False)
+                         if job_id in manager.jobs else await store.get(job_id))
+                if found is not None:
+                    records[job_id] = found
+            records = {k: r for k, r in records.items() if k in wanted}
         # Job ids sort by creation time.
         newest = sorted(records.values(), key=lambda r: r.job, reverse=True)
-        return {"jobs": newest[:params.limit]}
+        if params.prompt_line:
+            return {"jobs": [job_output.with_prompt_line(_shown(r), manager.jobs.get(r.job))
+                             for r in newest[:params.limit]]}
+        return {"jobs": [_shown(r) for r in newest[:params.limit]]}
+
+    async def jobs_diff(params: DiffParams, ctx: CallContext) -> dict[str, Any]:
+        diff = await _worktrees().diff(params.job, binary=params.binary)
+        return {"job": params.job, "diff": diff, "worktree": _worktrees().info(params.job)}
+
+    async def jobs_apply(params: JobParams, ctx: CallContext) -> dict[str, Any]:
+        _finished(params.job)
+        return await _worktrees().apply(params.job)
+
+    async def jobs_discard(params: JobParams, ctx: CallContext) -> dict[str, Any]:
+        _finished(params.job)
+        return await _worktrees().discard(params.job)
+
+    def _finished(job_id: str) -> None:
+        job = manager.jobs.get(job_id)
+        if job is not None and job.state not in FINAL_STATES:
+            raise InvalidParams(f"job {job_id!r} is {job.state}; wait for it to end (or "
+                                "cancel it) first", {"job": job_id, "state": job.state})
+
+    async def jobs_output(params: OutputParams, ctx: CallContext) -> dict[str, Any]:
+        job = manager.jobs.get(params.job)
+        if job is not None:
+            state: JobState = job.state
+            text = job_output.live(job)
+        else:
+            stored = await store.get(params.job)
+            if stored is None:
+                raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
+            state, text = stored.state, job_output.stored(stored)
+        return job_output.page(params.job, state, text, params.offset, params.limit)
+
+    async def jobs_watch(params: WatchParams, ctx: CallContext) -> dict[str, Any]:
+        session = ctx.session
+        number = manager.events.watch(
+            session.notify, states=frozenset(params.states or ()), blueprint=params.blueprint,
+            alive=lambda: session.is_open, abort=session.abort)
+        return {"watch": number}
+
+    async def jobs_unwatch(params: UnwatchParams, ctx: CallContext) -> dict[str, Any]:
+        return {"watch": params.watch, "unwatched": manager.events.unwatch(params.watch)}
 
     async def blueprints_list(params: None, ctx: CallContext) -> dict[str, Any]:
         reg = host.registry
@@ -233,6 +345,19 @@ def build(context: MethodContext) -> list[Method]:
     async def health_check(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
         return {"blueprints": with_agents(await health.check(params.blueprint))}
 
+    async def usage_summary(params: UsageParams, ctx: CallContext) -> dict[str, Any]:
+        return await ledger.summary(store, params.since, params.until, tuple(params.by))
+
+    async def daemon_stats(params: None, ctx: CallContext) -> dict[str, Any]:
+        return {"blueprints": {}} if stats is None else stats.snapshot()
+
+    async def daemon_metrics(params: None, ctx: CallContext) -> dict[str, Any]:
+        runs = stats if stats is not None else RunStats()
+        return {"text": metrics.exposition(runs, manager, health, host.uptime_s)}
+
+    async def budget_status(params: None, ctx: CallContext) -> dict[str, Any]:
+        return {"budgets": [] if manager.budget is None else manager.budget.status()}
+
     async def daemon_reload(params: None, ctx: CallContext) -> dict[str, Any]:
         registry = host.reload()
         return {"blueprints": sorted(registry.blueprints)}
@@ -243,9 +368,19 @@ def build(context: MethodContext) -> list[Method]:
         Method("llm.prewarm", llm_prewarm, PrewarmParams),
         Method("jobs.get", jobs_get, GetParams),
         Method("jobs.list", jobs_list, ListParams),
+        Method("jobs.diff", jobs_diff, DiffParams),
+        Method("jobs.apply", jobs_apply, JobParams),
+        Method("jobs.discard", jobs_discard, JobParams),
+        Method("jobs.output", jobs_output, OutputParams),
+        Method("jobs.watch", jobs_watch, WatchParams),
+        Method("jobs.unwatch", jobs_unwatch, UnwatchParams),
         Method("blueprints.list", blueprints_list, None),
         Method("daemon.info", daemon_info, None),
         Method("daemon.reload", daemon_reload, None),
         Method("health.status", health_status, HealthParams),
         Method("health.check", health_check, HealthParams),
+        Method("usage.summary", usage_summary, UsageParams),
+        Method("budget.status", budget_status, None),
+        Method("daemon.stats", daemon_stats, None),
+        Method("daemon.metrics", daemon_metrics, None),
     ]

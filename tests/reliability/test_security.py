@@ -205,6 +205,10 @@ async def test_clients_cannot_reach_beyond_the_registry(daemon_factory: Any, fak
                                                         short_tmp: Path) -> None:
     d: DaemonHandle = await daemon_factory(one_blueprint(fake_bin))
     client = await d.connect()
+    # The first health probes start with the daemon; let them end, so that any child seen
+    # below is one a request started.
+    with trio.fail_after(30):
+        await client.call("health.check", id="probes")
     a_file = short_tmp / "file"
     a_file.write_text("x")
     bad_cwds = ["relative", "", ".", "~", "/nonexistent/dir", str(a_file), "/tmp\x00/x",

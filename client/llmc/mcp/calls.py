@@ -1,18 +1,21 @@
-"""How ``llmc mcp`` carries out tool calls: llmd's connections, the five tools, progress, cancel.
+"""How ``llmc mcp`` carries out tool calls: llmd's connections, the tools, progress, cancel.
 
 Invariants:
 - A call runs in a thread of its own and holds a daemon connection of its own for as long as
   it waits; idle connections are kept (a few) and reused, so a quick call pays no connect.
   A reused connection found dead (llmd restarted since) is replaced once, as long as
   nothing came back on it.
+- A ``run`` starts its job detached and waits for it at most the inline cap (``max_wait``:
+  50 s without a progress token, 300 s with one); then it answers with the job's handle and
+  the job goes on, whatever becomes of the client or of this process.
 - A call the client cancels stops at once. A ``run`` whose job id is known is cancelled in
-  llmd with ``llm.cancel``; otherwise the call's connection is shut down, and llmd cancels
-  the runs of a connection that goes away. Either way the run's process group is killed.
-  Nothing else is cancelled: a ``result`` call only stops waiting, a ``start``ed job goes on.
-- When the client asked for progress (a progress token), a run is streamed and progress is
-  reported on every state change and at least every ``progress_s`` seconds while a call
-  waits (the connection's ``on_tick``). Without a token the call is left unstreamed and
-  untimed: the quickest way through llmd.
+  llmd with ``llm.cancel`` (until its handle has been returned; then only ``cancel`` ends
+  it); otherwise the call's connection is shut down. Nothing else is cancelled: a
+  ``result`` or ``wait`` call only stops waiting, a ``start``ed job goes on.
+- When the client asked for progress (a progress token), a waiting run watches llmd's job
+  events (``jobs.watch``, on a connection of its own) and reports progress on every state
+  change of its job and at least every ``progress_s`` seconds (the connection's
+  ``on_tick``). Without a token the wait is one ``jobs.get``: the quickest way.
 - Every way a call can fail ends in a tool result (:mod:`llmc.mcp.tools`), or in None when
   the client cancelled it; nothing escapes to the protocol layer but bugs.
 """
@@ -32,7 +35,7 @@ from llmc.connection import (
     ProtocolError,
     RpcError,
 )
-from llmc.mcp import tools
+from llmc.mcp import longwork, tools
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,6 +51,9 @@ CHECK_TIMEOUT = 120.0
 # `result` with wait and no progress token: answer before a client without progress gives up
 # (60 s for the shortest-tempered ones).
 UNWATCHED_WAIT_S = 50.0
+# A call with a progress token: Claude Code waited 200 s with progress every 5 s; others give
+# up sooner, with or without progress, so past this the job's handle is returned.
+WATCHED_WAIT_S = 300.0
 MAX_IDLE_CONNECTIONS = 4
 
 
@@ -93,6 +99,13 @@ class Call:
             if self._link is not None:
                 self._link.interrupt()
             return None
+
+    def adopt(self, job: str) -> bool:
+        """Note the job the call runs (a cancel from now on cancels it); False when the call
+        was cancelled before (the caller cancels the job then)."""
+        with self._lock:
+            self.job = job
+            return not self.cancelled
 
     def attach(self, link: _Link) -> None:
         """Note the connection the call waits on (for :meth:`cancel`).
@@ -198,6 +211,22 @@ class Daemon:
             return result
         raise AssertionError("unreachable")  # pragma: no cover - the second attempt raises
 
+    def watching(self, call: Call | None) -> _Link:
+        """A connection of its own for a ``jobs.watch`` (never pooled: the watch ends with
+        it); close it when done. A cancellation of ``call`` shuts it down.
+
+        Raises:
+            Abandoned: ``call`` was cancelled.
+        """
+        conn, _ = self._connection(fresh=True)
+        if call is not None:
+            try:
+                call.attach(conn)
+            except Abandoned:
+                conn.close()
+                raise
+        return conn
+
     def cancel_job(self, job: str) -> None:
         """Cancel a job (its process group is killed); failures only go to the log."""
         try:
@@ -233,7 +262,7 @@ class Daemon:
 
 
 class Runner:
-    """Carries out the five tools against llmd.
+    """Carries out the tools against llmd (the long-work ones: :mod:`llmc.mcp.longwork`).
 
     Args:
         daemon: llmd.
@@ -241,18 +270,27 @@ class Runner:
         progress_s: Seconds between progress reports while a call waits.
         cwd: The default working directory of runs (None when it no longer exists).
         progress: Sends a progress notification for a call (when it asked for them).
+        max_wait: The inline cap of every call (None: 50 s, 300 s with a progress token).
     """
 
     def __init__(self, daemon: Daemon, max_chars: int, progress_s: float, cwd: str | None,
-                 progress: Progress) -> None:
+                 progress: Progress, *, max_wait: float | None = None) -> None:
         self.daemon = daemon
         self.max_chars = max_chars
         self.progress_s = progress_s
         self.cwd = cwd
         self.progress = progress
+        # The longest inline wait, without and with a progress token.
+        self.max_wait = (UNWATCHED_WAIT_S, WATCHED_WAIT_S) if max_wait is None \
+            else (max_wait, max_wait)
         self.tools: dict[str, Callable[[Call, dict[str, Any]], dict[str, Any]]] = {
             "run": self._run, "start": self._start, "result": self._result,
             "cancel": self._cancel, "status": self._status}
+        longwork.add_tools(self)
+
+    def cap(self, call: Call) -> float:
+        """How long ``call`` may wait inline."""
+        return self.max_wait[call.token is not None]
 
     def blueprints(self, timeout: float) -> list[dict[str, Any]] | None:
         """``blueprints.list``'s entries, or None when llmd cannot say (for tools/list)."""
@@ -298,17 +336,62 @@ class Runner:
 
     def _run(self, call: Call, arguments: dict[str, Any]) -> dict[str, Any]:
         params = tools.run_params(arguments, self.cwd, "run")
+        # Detached: the job outlives this call (and this process) once its handle is out.
+        job = self.submit(call, params)
+        record = self.wait_for(call, job, str(params["blueprint"]), self.cap(call))
+        if record.get("state") in tools.FINAL_STATES:
+            return tools.job_result(record, self.max_chars, 0, None)
+        return tools.still_running_result(record, time.monotonic() - call.started)
+
+    def submit(self, call: Call, params: dict[str, Any]) -> str:
+        """Start ``params`` as a detached job that a cancel of ``call`` cancels; its id.
+
+        Raises:
+            Abandoned: The call was cancelled (the job, if started, is cancelled too).
+        """
         call.owns_job = True
+        reply = _object(self.daemon.call("llm.run", {**params, "detach": True},
+                                         timeout=QUICK_TIMEOUT, call=call), "llm.run")
+        job = str(reply.get("job") or "")
+        if not call.adopt(job):
+            self.daemon.cancel_job(job)
+            raise Abandoned
+        return job
+
+    def wait_for(self, call: Call, job: str, blueprint: str, limit: float) -> dict[str, Any]:
+        """The job's record once it has ended, or after ``limit`` seconds; with a progress
+        token, progress on every state change and every ``progress_s`` meanwhile."""
         if call.token is None:
-            reply = self.daemon.call("llm.run", params, timeout=None, call=call)
-        else:
-            # Streamed for the states to report (and the job id, which llm.cancel needs).
-            params["stream"] = True
-            follower = _Follower(self, call, str(params["blueprint"]))
-            reply = self.daemon.call("llm.run", params, timeout=None, call=call,
-                                     on_notification=follower.notify, on_tick=follower.tick,
-                                     tick=self.progress_s)
-        return tools.answer_result(_object(reply, "llm.run"), self.max_chars)
+            return _object(self.daemon.call(
+                "jobs.get", {"job": job, "wait": True, "timeout": limit},
+                timeout=limit + QUICK_TIMEOUT, call=call), "jobs.get")
+        follower = _Follower(self, call, blueprint)
+
+        def heard(method: str, params: dict[str, Any]) -> None:
+            if method == "jobs.event" and params.get("job") == job:
+                follower.notify("llm.state", params)
+
+        conn = self.daemon.watching(call)
+        try:
+            conn.call("jobs.watch", {}, timeout=QUICK_TIMEOUT)
+            # Changes before the watch began are not told: the record says where it is.
+            now = _object(conn.call("jobs.get", {"job": job}, timeout=QUICK_TIMEOUT,
+                                    on_notification=heard), "jobs.get")
+            if now.get("state") in tools.FINAL_STATES:
+                return now
+            if follower.state == "submitted":
+                follower.notify("llm.state", {"job": job, "state": now.get("state"),
+                                              "attempt": now.get("attempts")})
+            return _object(conn.call("jobs.get", {"job": job, "wait": True, "timeout": limit},
+                                     timeout=limit + QUICK_TIMEOUT, on_notification=heard,
+                                     on_tick=follower.tick, tick=self.progress_s), "jobs.get")
+        except ConnectionLost:
+            if call.cancelled:
+                raise Abandoned from None
+            raise
+        finally:
+            call.detach()
+            conn.close()
 
     def _start(self, call: Call, arguments: dict[str, Any]) -> dict[str, Any]:
         params = tools.run_params(arguments, self.cwd, "start")
@@ -321,8 +404,7 @@ class Runner:
         wait, limit, offset = tools.result_options(arguments)
         params: dict[str, Any] = {"job": job}
         if wait:
-            if limit is None and call.token is None:
-                limit = UNWATCHED_WAIT_S
+            limit = self.cap(call) if limit is None else min(limit, self.cap(call))
             params["wait"] = True
             if limit is not None:
                 params["timeout"] = limit
@@ -352,11 +434,18 @@ class Runner:
                 "daemon.info", None, timeout=QUICK_TIMEOUT, call=call), "daemon.info")
         except RpcError:
             info = None
+        try:  # today's totals, from the usage ledger (an older llmd has none)
+            ledger = _object(self.daemon.call(
+                "usage.summary", {"since": time.strftime("%Y-%m-%d")}, timeout=QUICK_TIMEOUT,
+                call=call), "usage.summary")
+            today = ledger.get("total") if isinstance(ledger.get("total"), dict) else None
+        except RpcError:
+            today = None
         entries = listed.get("blueprints")
         states = health.get("blueprints")
         return tools.status_result(
             [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else [],
-            states if isinstance(states, dict) else {}, info)
+            states if isinstance(states, dict) else {}, info, today)
 
     def _ticker(self, call: Call, doing: str, waits: bool) -> Callable[[], None] | None:
         # Progress while a call may wait long, for a client that asked for it.

@@ -21,10 +21,12 @@ if TYPE_CHECKING:
 INSTRUCTIONS = (
     "llmd runs LLM command-line agents (such as claude, codex, gemini, llm) for you, each "
     "configured as a named blueprint. `run` sends one prompt to one blueprint and returns its "
-    "answer when the agent has finished, which can take minutes. For work that may take longer "
-    "than a minute or two, call `start` and later `result` with wait: true. The agents do not "
-    "see this conversation: put everything they need into the prompt. `status` shows which "
-    "blueprints are healthy.")
+    "answer when the agent has finished, or, after about a minute (five with progress), the "
+    "id of the job, which goes on: collect it with `result` and wait: true. To run several "
+    "jobs in parallel (one prompt to several blueprints, or several prompts), call `start` "
+    "and then `wait`; `jobs` lists recent jobs, `peek` shows a job's output so far. The "
+    "agents do not see this conversation: put everything they need into the prompt. "
+    "`status` shows which blueprints are healthy.")
 
 _NULLABLE_STR: dict[str, Any] = {"type": ["string", "null"]}
 _NULLABLE_NUM: dict[str, Any] = {"type": ["number", "null"]}
@@ -65,15 +67,73 @@ JOB_OUTPUT_SCHEMA: dict[str, Any] = {
         "created_at": _NULLABLE_STR,
         "started_at": _NULLABLE_STR,
         "finished_at": _NULLABLE_STR,
+        "elapsed_s": {"type": "number",
+                      "description": "set when the job is still running after the longest "
+                                     "wait of one call: seconds waited"},
     },
     "required": ["job", "state"],
 }
 
 START_OUTPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
+    "properties": {
+        "job": {"type": "string", "description": "the job id, when one job was started"},
+        "state": {"type": "string"}, "blueprint": _NULLABLE_STR,
+        "jobs": {"type": "array", "items": {
+            "type": "object",
+            "properties": {"index": {"type": "integer"}, "job": _NULLABLE_STR,
+                           "blueprint": {"type": "string"},
+                           "state": {"type": "string",
+                                     "description": "queued or running; refused when it "
+                                                    "could not start (see error)"},
+                           "error": _NULLABLE_STR},
+            "required": ["index", "job", "blueprint", "state"]}},
+    },
+    "required": ["jobs"],
+}
+
+WAIT_OUTPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "jobs": {"type": "array", "items": {
+            "type": "object",
+            "properties": {"job": {"type": "string"}, "state": {"type": "string"},
+                           "blueprint": _NULLABLE_STR,
+                           "text": {"type": ["string", "null"],
+                                    "description": "the answer (its first page) once the "
+                                                   "job has succeeded"},
+                           "next_offset": {"type": ["integer", "null"], "description": (
+                               "where the rest of a cut answer starts (`result` with "
+                               "`offset`)")},
+                           "error": _NULLABLE_STR},
+            "required": ["job", "state"]}},
+        "mode": {"type": "string"},
+        "complete": {"type": "boolean",
+                     "description": "false when the wait ended before its condition"},
+    },
+    "required": ["jobs", "mode", "complete"],
+}
+
+JOBS_OUTPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"jobs": {"type": "array", "items": {
+        "type": "object",
+        "properties": {"job": {"type": "string"}, "state": {"type": "string"},
+                       "blueprint": {"type": "string"},
+                       "prompt": {"type": ["string", "null"],
+                                  "description": "the first line of its prompt, when llmd "
+                                                 "still holds it"},
+                       "created_at": _NULLABLE_STR, "finished_at": _NULLABLE_STR},
+        "required": ["job", "state", "blueprint"]}}},
+    "required": ["jobs"],
+}
+
+PEEK_OUTPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
     "properties": {"job": {"type": "string"}, "state": {"type": "string"},
-                   "blueprint": _NULLABLE_STR},
-    "required": ["job", "state"],
+                   "text": {"type": "string"}, "offset": {"type": "integer"},
+                   "total_chars": {"type": "integer"}},
+    "required": ["job", "state", "text"],
 }
 
 CANCEL_OUTPUT_SCHEMA: dict[str, Any] = {
@@ -98,6 +158,9 @@ STATUS_OUTPUT_SCHEMA: dict[str, Any] = {
             },
             "required": ["name", "state"]}},
         "daemon": {"type": "object"},
+        "today": {"type": "object", "description": (
+            "Runs that ended today (local time): runs, succeeded, failed, input_tokens, "
+            "output_tokens, cost_usd (null when no cost is known), duration_s.")},
     },
     "required": ["blueprints"],
 }
@@ -163,15 +226,41 @@ def _run_input_schema(blueprints: list[dict[str, Any]] | None) -> dict[str, Any]
                                      "accepts one."},
             "session": {"type": "string", "description": (
                 "Continue an earlier conversation: the `session` of a previous result.")},
+            "isolate": {"type": "string", "enum": ["none", "worktree"], "description": (
+                "\"worktree\": work in a git worktree of its own (cwd must be in a git "
+                "repository); its changes come back as a diff to apply or discard.")},
+            "base": {"type": "string", "description": (
+                "With a worktree: start from \"head\" (default), \"working-tree\" (the "
+                "uncommitted changes too) or a ref.")},
+            "edit": {"type": "boolean", "description": (
+                "With a worktree: let the agent edit files without asking.")},
         },
         "required": ["blueprint", "prompt"],
         "additionalProperties": False,
     }
 
 
+def _start_input_schema(blueprints: list[dict[str, Any]] | None) -> dict[str, Any]:
+    schema = _run_input_schema(blueprints)
+    names = schema["properties"]["blueprint"]
+    item = {key: value for key, value in names.items() if key != "description"}
+    schema["properties"] = {
+        **schema["properties"],
+        "blueprints": {"type": "array", "items": item, "minItems": 1, "maxItems": 32,
+                       "description": "Instead of `blueprint`: send the same prompt to each "
+                                      "of these blueprints (a job each), to compare them."},
+        "prompts": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                    "maxItems": 32,
+                    "description": "Instead of `prompt`: send each of these prompts to the "
+                                   "blueprint (a job each), for independent tasks in "
+                                   "parallel."}}
+    schema["required"] = []
+    return schema
+
+
 def tool_definitions(blueprints: list[dict[str, Any]] | None,
                      max_chars: int) -> list[dict[str, Any]]:
-    """The five tools, in the newest protocol's shape (see :func:`shape_tools`).
+    """The tools, in the newest protocol's shape (see :func:`shape_tools`).
 
     Args:
         blueprints: ``blueprints.list``'s entries, or None when llmd is not reachable.
@@ -182,21 +271,27 @@ def tool_definitions(blueprints: list[dict[str, Any]] | None,
         {"name": "run", "title": "Run an LLM agent",
          "description": (
              "Send one prompt to an LLM command-line agent run by llmd and return its final "
-             "answer. Blocks until the agent has finished (agents can work for minutes); for "
-             "work that may take longer than a minute or two use `start` and `result`. "
+             "answer. Waits for the agent (agents can work for minutes), but at most about a "
+             "minute (five with progress): a job still running then is left running and "
+             "its id returned, to collect with `result` (wait: true). For several jobs at "
+             "once use `start` and `wait`. "
              f"Answers over {max_chars} characters are cut: the result says how to read the "
              "rest with `result`. A failure (the CLI's error, a timeout, a rate limit) comes "
              "back as an error result that says what happened and what to do."),
          "inputSchema": run_schema, "outputSchema": JOB_OUTPUT_SCHEMA,
+         "execution": {"taskSupport": "optional"},
          "annotations": {"title": "Run an LLM agent", "readOnlyHint": False,
                          "destructiveHint": True, "idempotentHint": False,
                          "openWorldHint": True}},
-        {"name": "start", "title": "Start an LLM agent in the background",
+        {"name": "start", "title": "Start LLM agents in the background",
          "description": (
-             "Start the same run as `run` as a background job and return its job id at once. "
-             "The job goes on even if this conversation ends; collect the answer with "
-             "`result` (wait: true to wait for it) or stop it with `cancel`."),
-         "inputSchema": run_schema, "outputSchema": START_OUTPUT_SCHEMA,
+             "Start the same run as `run` as a background job and return its job id at once; "
+             "with `blueprints`, the same prompt goes to each blueprint, with `prompts`, "
+             "each prompt to the one blueprint (a job each, run in parallel). Give "
+             "`blueprint` or `blueprints`, and `prompt` or `prompts`. The jobs go on even if "
+             "this conversation ends; collect the answers with `wait` or `result`, see "
+             "progress with `peek`, stop one with `cancel`."),
+         "inputSchema": _start_input_schema(blueprints), "outputSchema": START_OUTPUT_SCHEMA,
          "annotations": {"title": "Start an LLM agent in the background",
                          "readOnlyHint": False, "destructiveHint": True,
                          "idempotentHint": False, "openWorldHint": True}},
@@ -222,6 +317,58 @@ def tool_definitions(blueprints: list[dict[str, Any]] | None,
              "required": ["job"], "additionalProperties": False},
          "outputSchema": JOB_OUTPUT_SCHEMA,
          "annotations": {"title": "Job state and answer", "readOnlyHint": True,
+                         "openWorldHint": False}},
+        {"name": "wait", "title": "Wait for jobs",
+         "description": (
+             "Wait until all (mode \"all\", the default) or any (mode \"any\") of the given "
+             "jobs have ended, and return each job's state and, for the finished ones, the "
+             "answer or the error. Waits at most `timeout` seconds and never longer than one "
+             "call may last (about a minute, or five with progress); if `complete` is false, "
+             "call it again."),
+         "inputSchema": {
+             "type": "object",
+             "properties": {
+                 "jobs": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                          "maxItems": 64, "description": "The job ids (from `start`)."},
+                 "mode": {"type": "string", "enum": ["all", "any"],
+                          "description": "all: until every job has ended; any: until one "
+                                         "has. Default all."},
+                 "timeout": {"type": "number", "minimum": 0,
+                             "description": "Seconds to wait at most."}},
+             "required": ["jobs"], "additionalProperties": False},
+         "outputSchema": WAIT_OUTPUT_SCHEMA,
+         "annotations": {"title": "Wait for jobs", "readOnlyHint": True,
+                         "openWorldHint": False}},
+        {"name": "jobs", "title": "Recent jobs",
+         "description": (
+             "List llmd's recent jobs, newest first, with their state, blueprint and the "
+             "first line of their prompt: to find a job started earlier (by any client)."),
+         "inputSchema": {
+             "type": "object",
+             "properties": {
+                 "state": {"type": "string", "enum": [
+                     "queued", "running", "retrying", "succeeded", "failed", "timed_out",
+                     "cancelled", "interrupted"], "description": "Only jobs in this state."},
+                 "blueprint": {"type": "string", "description": "Only this blueprint's."},
+                 "limit": {"type": "integer", "minimum": 1, "maximum": 200,
+                           "description": "At most this many (20)."}},
+             "additionalProperties": False},
+         "outputSchema": JOBS_OUTPUT_SCHEMA,
+         "annotations": {"title": "Recent jobs", "readOnlyHint": True,
+                         "openWorldHint": False}},
+        {"name": "peek", "title": "A job's latest output",
+         "description": (
+             "The latest output of a job (the end of what it has printed so far): to see "
+             "how a running job is getting on without waiting for it."),
+         "inputSchema": {
+             "type": "object",
+             "properties": {
+                 "job": {"type": "string", "minLength": 1, "description": "The job id."},
+                 "tail_chars": {"type": "integer", "minimum": 1,
+                                "description": "How many of the last characters (2000)."}},
+             "required": ["job"], "additionalProperties": False},
+         "outputSchema": PEEK_OUTPUT_SCHEMA,
+         "annotations": {"title": "A job's latest output", "readOnlyHint": True,
                          "openWorldHint": False}},
         {"name": "cancel", "title": "Cancel a job",
          "description": "Cancel a job: its processes are killed. Harmless when it has "
@@ -250,11 +397,14 @@ def tool_definitions(blueprints: list[dict[str, Any]] | None,
     ]
 
 
-TOOL_NAMES = frozenset({"run", "start", "result", "cancel", "status"})
+TOOL_NAMES = frozenset({"run", "start", "result", "cancel", "status", "wait", "jobs",
+                        "peek"})
+# The tools a 2025-11-25 client may call as a task (the others answer at once).
+TASK_TOOLS = frozenset({"run"})
 
 
 def shape_tools(tools: list[dict[str, Any]], *, structured: bool, titles: bool,
-                annotations: bool) -> list[dict[str, Any]]:
+                annotations: bool, tasks: bool = False) -> list[dict[str, Any]]:
     """Drop what the negotiated protocol version does not know.
 
     Args:
@@ -262,9 +412,12 @@ def shape_tools(tools: list[dict[str, Any]], *, structured: bool, titles: bool,
         structured: ``outputSchema`` exists (2025-06-18 on).
         titles: ``title`` exists (2025-06-18 on).
         annotations: ``annotations`` exist (2025-03-26 on).
+        tasks: ``execution.taskSupport`` exists (2025-11-25 alone: 2026-07-28 moved tasks
+            to an extension whose server decides per call).
     """
     drop = {key for key, keep in (("outputSchema", structured), ("title", titles),
-                                  ("annotations", annotations)) if not keep}
+                                  ("annotations", annotations), ("execution", tasks))
+            if not keep}
     if not drop:
         return tools
     return [{k: v for k, v in tool.items() if k not in drop} for tool in tools]

@@ -2,8 +2,9 @@
 
 All MCP clients (Claude Code, Cursor, Zed, VS Code...) thereby share the one daemon: its
 supervisor, queue, health view and job store. This module is the protocol side; the tools
-are listed in :mod:`llmc.mcp.schemas`, carried out in :mod:`llmc.mcp.calls`, and answered
-with the results of :mod:`llmc.mcp.tools`.
+are listed in :mod:`llmc.mcp.schemas`, carried out in :mod:`llmc.mcp.calls` and
+:mod:`llmc.mcp.longwork`, and answered with the results of :mod:`llmc.mcp.tools`; tasks are
+:mod:`llmc.mcp.tasks`.
 
 Invariants:
 - Stdout carries protocol messages only: one JSON-RPC message (or batch array) per line,
@@ -22,7 +23,10 @@ Invariants:
 - Protocol versions: the ``initialize`` handshake of 2024-11-05 to 2025-11-25 (the client's
   version when it is one of these, else 2025-11-25), and the stateless 2026-07-28
   (``server/discover`` and a ``_meta`` envelope on every request). Fields that a version does
-  not define are left out of what a client of that version gets.
+  not define are left out of what a client of that version gets. Tasks likewise: the
+  utility (``task`` on ``tools/call``, ``tasks/get|result|list|cancel``) under 2025-11-25
+  alone, the ``io.modelcontextprotocol/tasks`` extension under 2026-07-28 alone, for a
+  request that declares it.
 - Standard library only: this runs at every launch of every MCP client, and trio alone would
   cost about 100 ms of start-up.
 """
@@ -37,8 +41,8 @@ import time
 
 from llmc import __version__, exitcodes
 from llmc.connection import socket_path
-from llmc.mcp import schemas, tools
-from llmc.mcp.calls import Call, Daemon, Runner
+from llmc.mcp import schemas, tasks, tools
+from llmc.mcp.calls import Abandoned, Call, Daemon, Runner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -170,12 +174,15 @@ class Server:
         progress_s: Seconds between progress notifications while a call waits.
         cwd: The default working directory of runs (None when it no longer exists).
         out: Where protocol messages go (the binary stdout).
+        max_wait: The longest inline wait of a call (None: 50 s, or 300 s for a call with a
+            progress token).
     """
 
     def __init__(self, path: str, max_chars: int, progress_s: float, cwd: str | None,
-                 out: BinaryIO) -> None:
+                 out: BinaryIO, *, max_wait: float | None = None) -> None:
         self.max_chars = max_chars
-        self.runner = Runner(Daemon(path, self.log), max_chars, progress_s, cwd, self.progress)
+        self.runner = Runner(Daemon(path, self.log), max_chars, progress_s, cwd, self.progress,
+                             max_wait=max_wait)
         self._out = out
         self._out_broken = False
         self._write_lock = threading.Lock()
@@ -319,19 +326,22 @@ class Server:
             # A 2026-07-28 method: its result has that revision's shape, envelope or not.
             sink(self._response(request_id, {
                 "supportedVersions": list(MODERN_VERSIONS),
-                "capabilities": {"tools": {}}, "instructions": schemas.INSTRUCTIONS,
+                "capabilities": {"tools": {}, "extensions": {tasks.EXTENSION: {}}},
+                "instructions": schemas.INSTRUCTIONS,
                 "ttlMs": DISCOVER_TTL_MS, "cacheScope": "public"}, MODERN_VERSIONS[-1]))
         elif method == "tools/list":
             self._spawn(lambda: self._list_tools(request_id, version, sink), request_id, sink)
         elif method == "tools/call":
             self._call_tool(params, request_id, version, sink)
+        elif method.startswith("tasks/") and self._task_method(method, version):
+            self._task_request(method, params, request_id, version, sink)
         else:
             sink(_error(request_id, -32601, f"Method not found: {method}"))
 
     def _response(self, request_id: object, result: dict[str, Any],
                   version: str) -> dict[str, Any]:
         if version in MODERN_VERSIONS:
-            result["resultType"] = "complete"
+            result.setdefault("resultType", "complete")
             result["_meta"] = {SERVER_INFO_KEY: SERVER_INFO}
         return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
@@ -342,8 +352,11 @@ class Server:
         version = requested if isinstance(requested, str) and \
             requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
         self._version = version
-        return {"protocolVersion": version,
-                "capabilities": {"tools": {"listChanged": False}},
+        capabilities: dict[str, Any] = {"tools": {"listChanged": False}}
+        if version == tasks.UTILITY_VERSION:
+            capabilities["tasks"] = {"list": {}, "cancel": {},
+                                     "requests": {"tools": {"call": {}}}}
+        return {"protocolVersion": version, "capabilities": capabilities,
                 "serverInfo": dict(SERVER_INFO), "instructions": schemas.INSTRUCTIONS}
 
     def _notification(self, method: str, params: dict[str, Any]) -> None:
@@ -401,7 +414,8 @@ class Server:
         definitions = schemas.shape_tools(
             schemas.tool_definitions(self.runner.blueprints(LIST_TIMEOUT), self.max_chars),
             structured=at_least(version, "2025-06-18"), titles=at_least(version, "2025-06-18"),
-            annotations=at_least(version, "2025-03-26"))
+            annotations=at_least(version, "2025-03-26"),
+            tasks=version == tasks.UTILITY_VERSION)
         result: dict[str, Any] = {"tools": definitions}
         if version in MODERN_VERSIONS:
             result.update(ttlMs=TOOLS_TTL_MS, cacheScope="private")
@@ -419,6 +433,10 @@ class Server:
         if not _valid_id(token):
             token = None
         call = Call(request_id, token, version)
+        task = self._as_task(name, params, version, request_id)
+        if isinstance(task, dict):
+            sink(task)
+            return
         with self._calls_lock:
             if request_id in self._calls:
                 sink(_error(request_id, -32600, f"Invalid Request: id {request_id} is in use "
@@ -426,6 +444,9 @@ class Server:
                 return
             self._calls[request_id] = call
         arguments = params.get("arguments")
+        if task:
+            self._spawn(lambda: self._serve_task(call, arguments, sink), request_id, sink)
+            return
         self._spawn(lambda: self._serve_tool(call, name, arguments, sink), request_id, sink)
 
     def _serve_tool(self, call: Call, name: str, arguments: object, sink: _Once) -> None:
@@ -442,6 +463,89 @@ class Server:
                 if not at_least(call.version, "2025-06-18"):
                     result.pop("structuredContent", None)
                 sink(self._response(call.id, result, call.version))
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _as_task(name: str, params: dict[str, Any], version: str, request_id: object
+                 ) -> bool | dict[str, Any]:
+        # Whether a tools/call becomes a task; an error reply when it may not.
+        if version == tasks.UTILITY_VERSION:
+            if not isinstance(params.get("task"), dict):
+                return False
+            if name not in schemas.TASK_TOOLS:
+                return _error(request_id, -32601,
+                              f"Tool `{name}` does not support task-augmented calls "
+                              "(its taskSupport is forbidden)")
+            return True
+        # The extension: the server decides; a long `run` is always worth a task.
+        return version == tasks.EXTENSION_VERSION and name in schemas.TASK_TOOLS and \
+            tasks.declares_extension(params)
+
+    def _serve_task(self, call: Call, arguments: object, sink: _Once) -> None:
+        reply: dict[str, Any] | None = None
+        try:
+            created = tasks.create(self.runner, call, arguments, call.version)
+            reply = self._response(call.id, created, call.version)
+        except tasks.TaskError as exc:
+            reply = _error(call.id, exc.code, exc.message, exc.data)
+        except Abandoned:
+            reply = None
+        finally:
+            with self._calls_lock:
+                if self._calls.get(call.id) is call:
+                    del self._calls[call.id]
+            sink(None if call.cancelled else reply)
+
+    @staticmethod
+    def _task_method(method: str, version: str) -> bool:
+        # Each revision's own methods: the utility's under 2025-11-25, the extension's
+        # under 2026-07-28; none under the others.
+        if version == tasks.UTILITY_VERSION:
+            return method in ("tasks/get", "tasks/result", "tasks/list", "tasks/cancel")
+        if version == tasks.EXTENSION_VERSION:
+            return method in ("tasks/get", "tasks/update", "tasks/cancel")
+        return False
+
+    def _task_request(self, method: str, params: dict[str, Any], request_id: object,
+                      version: str, sink: _Once) -> None:
+        call = Call(request_id, None, version)
+        if method == "tasks/result":
+            # It waits for the end: a notifications/cancelled must reach it.
+            with self._calls_lock:
+                if request_id in self._calls:
+                    sink(_error(request_id, -32600, f"Invalid Request: id {request_id} is "
+                                                    "in use by a call in flight"))
+                    return
+                self._calls[request_id] = call
+
+        def serve() -> None:
+            reply: dict[str, Any] | None = None
+            try:
+                if version == tasks.EXTENSION_VERSION:
+                    tasks.require_extension(params)
+                if method == "tasks/get":
+                    result = tasks.get(self.runner, params, version)
+                elif method == "tasks/result":
+                    result = tasks.result(self.runner, call, params)
+                elif method == "tasks/list":
+                    result = tasks.listed(self.runner)
+                elif method == "tasks/cancel":
+                    result = tasks.cancel(self.runner, params, version)
+                else:
+                    result = tasks.update(self.runner, params)
+                reply = self._response(request_id, result, version)
+            except tasks.TaskError as exc:
+                reply = _error(request_id, exc.code, exc.message, exc.data)
+            except Abandoned:
+                reply = None
+            finally:
+                with self._calls_lock:
+                    if self._calls.get(request_id) is call:
+                        del self._calls[request_id]
+                sink(None if call.cancelled else reply)
+
+        self._spawn(serve, request_id, sink)
 
     # -- progress -----------------------------------------------------------------------------
 
@@ -516,6 +620,8 @@ def main(args: argparse.Namespace) -> int:
                                  whole=True))
         progress_s = _setting(args.progress_interval, "LLMC_MCP_PROGRESS_S",
                               DEFAULT_PROGRESS_S, 0.01, whole=False)
+        max_wait = _setting(getattr(args, "max_wait", None), "LLMC_MCP_MAX_WAIT", -1.0, 0.01,
+                            whole=False)
     except ValueError as exc:
         Server.log(str(exc))
         return exitcodes.USAGE
@@ -532,5 +638,5 @@ def main(args: argparse.Namespace) -> int:
                    "client to start (for Claude Code: claude mcp add llmd -- llmc mcp); "
                    "Ctrl-D ends it")
     server = Server(socket_path(getattr(args, "socket", None)), max_chars, progress_s, cwd,
-                    sys.stdout.buffer)
+                    sys.stdout.buffer, max_wait=None if max_wait < 0 else max_wait)
     return server.serve(stdin)

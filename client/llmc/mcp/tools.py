@@ -33,6 +33,7 @@ MIN_MAX_CHARS = 200
 TAIL_CHARS = 2_000
 # As llmd names them (API.md, "Job record").
 FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "interrupted"})
+ALL_STATES = FINAL_STATES | {"queued", "running", "retrying"}
 START_LLMD = ("start it in a terminal with `llmd serve`, or once for good with `llmd "
               "install-service && systemctl --user enable --now llmd.socket` (systemd then "
               "starts llmd on the first call)")
@@ -94,7 +95,8 @@ def _json_type(value: object) -> str:
     return "an object"
 
 
-RUN_ARGUMENTS = ("blueprint", "prompt", "json", "timeout", "cwd", "model", "session")
+RUN_ARGUMENTS = ("blueprint", "prompt", "json", "timeout", "cwd", "model", "session",
+                 "isolate", "base", "edit")
 
 
 def run_params(arguments: dict[str, Any], default_cwd: str | None, tool: str = "run"
@@ -137,10 +139,12 @@ def run_params(arguments: dict[str, Any], default_cwd: str | None, tool: str = "
         params["cwd"] = os.path.normpath(cwd)
     elif default_cwd is not None:
         params["cwd"] = default_cwd
-    for key in ("model", "session"):
+    for key in ("model", "session", "isolate", "base"):
         value = _string(arguments, key)
         if value is not None:
             params[key] = value
+    if _boolean(arguments, "edit"):
+        params["edit"] = True
     return params
 
 
@@ -328,6 +332,126 @@ def job_result(record: dict[str, Any], max_chars: int, offset: int,
             "structuredContent": _compact(structured)}
 
 
+def still_running_result(record: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """The result of a ``run`` that waited as long as it may: the job goes on; its handle.
+
+    Args:
+        record: The job's record (not ended).
+        elapsed: Seconds the call waited.
+    """
+    job = str(record.get("job") or "")
+    state = str(record.get("state") or "running")
+    structured = {"job": job, "state": state, "elapsed_s": round(elapsed, 1)}
+    text = (f"llmd job {job} is still {state} after {elapsed:.0f} s; it goes on in the "
+            f"background. Call `result` with job \"{job}\" and wait: true to wait for its "
+            "answer (call it again if it is still running then), `peek` to see its output so "
+            "far, or `cancel` to stop it.")
+    return {"content": [text_block(text)], "structuredContent": structured}
+
+
+def fan_out_result(started: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result of ``start``: each job started (or refused), in the order asked."""
+    lines = []
+    for entry in started:
+        if entry["job"]:
+            lines.append(f"- llmd job {entry['job']} ({entry['blueprint']}, {entry['state']})")
+        else:
+            lines.append(f"- {entry['blueprint']}: not started: {entry['error']}")
+    ids = [entry["job"] for entry in started if entry["job"]]
+    if len(started) == 1 and ids:
+        head = f"Started llmd job {ids[0]} ({started[0]['state']})."
+    else:
+        head = f"Started {len(ids)} of {len(started)} llmd jobs:"
+    advice = ("Call `wait` with these job ids (mode \"all\" or \"any\") or `result` with wait: "
+              "true to get the answers; `peek` shows a job's output so far; `cancel` stops one."
+              if ids else "Nothing was started.")
+    body = [head] if len(started) == 1 and ids else [head, *lines]
+    structured: dict[str, Any] = {"jobs": started}
+    if len(started) == 1 and ids:
+        structured.update(job=ids[0], state=started[0]["state"],
+                          blueprint=started[0]["blueprint"])
+    return {"content": [text_block("\n".join([*body, advice]))],
+            "structuredContent": structured, **({} if ids else {"isError": True})}
+
+
+def wait_result(records: list[dict[str, Any]], mode: str, complete: bool,
+                max_chars: int) -> dict[str, Any]:
+    """The result of ``wait``: each job's state and, once ended, its answer or error.
+
+    Args:
+        records: The jobs' records, in the order asked.
+        mode: ``any`` or ``all``.
+        complete: Whether the wait's condition was met (else the time ran out).
+        max_chars: The characters of answers all jobs share.
+    """
+    share = max(max_chars // max(len(records), 1), MIN_MAX_CHARS // 2)
+    rows: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for record in records:
+        job = str(record.get("job") or "")
+        state = str(record.get("state") or "unknown")
+        row: dict[str, Any] = {"job": job, "state": state,
+                               "blueprint": record.get("blueprint")
+                               if isinstance(record.get("blueprint"), str) else None,
+                               "text": None, "next_offset": None, "error": None}
+        result = record.get("result")
+        error = record.get("error")
+        if state == "succeeded" and isinstance(result, dict):
+            text = result.get("text") if isinstance(result.get("text"), str) else ""
+            page, next_offset = _page(str(text), 0, share)
+            row.update(text=page, next_offset=next_offset)
+            lines.append(f"## llmd job {job} ({row['blueprint']}): succeeded\n{page}"
+                         + (f"\n[cut at character {next_offset} of {len(str(text))}: call "
+                            f"`result` with job \"{job}\" and offset {next_offset} for the "
+                            "rest]" if next_offset is not None else ""))
+        elif isinstance(error, dict):
+            row["error"] = f"{error.get('message')} ({error.get('code')})"
+            lines.append(f"## llmd job {job} ({row['blueprint']}): {state}: {row['error']}")
+        else:
+            lines.append(f"## llmd job {job} ({row['blueprint']}): {state}")
+        rows.append(row)
+    ended = sum(1 for row in rows if row["state"] in FINAL_STATES)
+    head = (f"{ended} of {len(rows)} jobs have ended" + ("." if complete else
+            f"; the wait for {mode} ended first. Call `wait` again to wait longer."))
+    return {"content": [text_block("\n\n".join([head, *lines]))],
+            "structuredContent": {"jobs": rows, "mode": mode, "complete": complete}}
+
+
+def jobs_result(records: list[dict[str, Any]], prompt_chars: int) -> dict[str, Any]:
+    """The result of ``jobs``: recent jobs with their prompt's first line."""
+    rows = []
+    lines = []
+    for record in records:
+        prompt = record.get("prompt_line")
+        line = prompt[:prompt_chars] if isinstance(prompt, str) else None
+        row = {"job": str(record.get("job") or ""), "state": str(record.get("state") or ""),
+               "blueprint": str(record.get("blueprint") or ""), "prompt": line,
+               "created_at": record.get("created_at")
+               if isinstance(record.get("created_at"), str) else None,
+               "finished_at": record.get("finished_at")
+               if isinstance(record.get("finished_at"), str) else None}
+        rows.append(row)
+        lines.append(f"- {row['job']} {row['blueprint']} {row['state']}"
+                     + (f": {line}" if line else ""))
+    text = "\n".join(lines) if lines else "No jobs."
+    return {"content": [text_block(text)], "structuredContent": {"jobs": rows}}
+
+
+def peek_result(page: dict[str, Any]) -> dict[str, Any]:
+    """The result of ``peek``: the end of a job's output so far."""
+    job = str(page.get("job") or "")
+    state = str(page.get("state") or "unknown")
+    text = page.get("text") if isinstance(page.get("text"), str) else ""
+    total = page.get("total_chars") if isinstance(page.get("total_chars"), int) else 0
+    offset = page.get("offset") if isinstance(page.get("offset"), int) else 0
+    structured = {"job": job, "state": state, "text": text, "offset": offset,
+                  "total_chars": total}
+    head = (f"[llmd job {job}, {state}: characters {offset} to {total} of its output"
+            + (" so far]" if state not in FINAL_STATES else "]"))
+    return {"content": [text_block(head), *([text_block(str(text))] if text else [])],
+            "structuredContent": structured}
+
+
 def cancel_result(reply: dict[str, Any], job: str) -> dict[str, Any]:
     """The result of ``cancel``."""
     cancelled = reply.get("cancelled") is True
@@ -338,8 +462,10 @@ def cancel_result(reply: dict[str, Any], job: str) -> dict[str, Any]:
 
 
 def status_result(blueprints: list[dict[str, Any]], health: dict[str, Any],
-                  info: dict[str, Any] | None) -> dict[str, Any]:
-    """The result of ``status``: every blueprint with its health, and the daemon's counts."""
+                  info: dict[str, Any] | None,
+                  today: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The result of ``status``: every blueprint with its health, the daemon's counts and
+    today's totals (``usage.summary``'s ``total`` since local midnight)."""
     rows = []
     lines = []
     if info is not None:
@@ -378,6 +504,16 @@ def status_result(blueprints: list[dict[str, Any]], health: dict[str, Any],
     structured: dict[str, Any] = {"blueprints": rows}
     if info is not None:
         structured["daemon"] = info
+    if today is not None:
+        cost = today.get("cost_usd")
+        runs = today.get("runs", 0)
+        lines.append(f"Today: {runs} run{'' if runs == 1 else 's'} "
+                     f"({today.get('failed', 0)} failed), "
+                     f"{today.get('input_tokens', 0)} tokens in, "
+                     f"{today.get('output_tokens', 0)} out, "
+                     + (f"${cost:.2f} known cost." if isinstance(cost, int | float)
+                        else "cost unknown."))
+        structured["today"] = today
     return {"content": [text_block("\n".join(lines))], "structuredContent": structured}
 
 
@@ -396,6 +532,8 @@ _ADVICE = {
     -32007: "Check the job id: it is the `job` of a `start` or `run` result.",
     -32008: "llmd's registry file is invalid; fix it (`llmd check-config` shows where). "
             "llmd keeps serving the last valid registry meanwhile.",
+    -32009: "A spending budget is used up until `resets_at`. Use a blueprint with budget "
+            "left, or wait; ask the user before raising the budget.",
     -32800: "The job was cancelled (by `cancel`, another client, or llmd stopping). Run it "
             "again if it is still wanted.",
     -32802: "The job was cancelled (by `cancel`, another client, or llmd stopping). Run it "
