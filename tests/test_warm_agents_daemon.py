@@ -4,8 +4,8 @@ tests/mockllm.py.
 
 A first run goes one-shot and leaves an agent starting; once it is ready, runs in other
 cwds are served by that one process (``warm: true``), stream, keep their conversations
-apart, resume their sessions, and a 429 still ends in -32004 at once. Skipped without
-``LLMD_REAL_CLIS``.
+apart, resume their sessions, and a 429 still ends the attempt as a rate limit at once.
+Skipped without ``LLMD_REAL_CLIS``.
 """
 
 from __future__ import annotations
@@ -107,8 +107,14 @@ async def test_a_429_on_a_warm_agent_is_a_rate_limit_at_once(
         world.mock.fail(429, retry_after=7, client=name)
         started = trio.current_time()
         outcome = await run(d, world, name, "Limited?", **params)
-        outcome.fails_with(-32004)
+        if "model" in params:  # a run with a model never moves to another CLI
+            outcome.fails_with(-32004)
+        else:  # else a rate limit moves it on to the blueprint's fallbacks
+            result = outcome.result
+            assert result["requested_blueprint"] == name and result["blueprint"] != name
+            assert "rate limit" in result["fallback_reason"]
         assert trio.current_time() - started < FAST
+        assert world.requests(name)[-1].has_text("Limited?")  # the agent did ask
 
 
 async def test_an_agent_killed_from_outside_is_replaced_and_runs_still_succeed(
