@@ -97,6 +97,11 @@ class HealthSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cooldown: Positive = 60.0
 
 
+# The one-shot parsers of the CLIs each agent protocol belongs to.
+WARM_PARSERS: dict[str, tuple[str, ...]] = {
+    "acp": ("gemini-stream-json", "gemini-json"), "codex-app": ("codex-jsonl",)}
+
+
 class WarmSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[blueprints.NAME.warm]``: CLI processes started ahead of need."""
 
@@ -105,6 +110,11 @@ class WarmSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_idle: Annotated[int, msgspec.Meta(ge=0)] = 2
     args: list[str] = msgspec.field(
         default_factory=lambda: ["--input-format", "stream-json"])
+    # How the warm process is spoken to: claude's stream-json input, or an agent serving a
+    # session per run for any cwd (gemini's ACP, codex's app server).
+    protocol: Literal["stream-json", "acp", "codex-app"] = "stream-json"
+    allow: list[str] = msgspec.field(default_factory=list)
+    """Tool kinds an agent's permission requests are granted (default: none)."""
 
 
 class BudgetSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -388,7 +398,12 @@ def _check_blueprint(name: str, bp: Blueprint, reg: RegistryFile, problems: list
                         "start with '-'")
     if bp.retry.max_delay < bp.retry.base_delay:
         problems.append(f"{path}.retry.max_delay: must be >= base_delay")
-    if bp.warm.enabled and (bp.parser != "claude-stream-json" or bp.prompt != "stdin"):
+    if bp.warm.enabled and bp.warm.protocol != "stream-json":
+        wanted = WARM_PARSERS[bp.warm.protocol]
+        if bp.parser not in wanted or bp.prompt != "stdin":
+            problems.append(f"{path}.warm.protocol: {bp.warm.protocol!r} needs parser "
+                            f"{' or '.join(map(repr, wanted))} and prompt = \"stdin\"")
+    elif bp.warm.enabled and (bp.parser != "claude-stream-json" or bp.prompt != "stdin"):
         problems.append(f"{path}.warm.enabled: a warm process needs parser = "
                         "\"claude-stream-json\" and prompt = \"stdin\"")
     for i, element in enumerate(bp.warm.args):

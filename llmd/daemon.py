@@ -275,6 +275,7 @@ class Daemon:
                 self.listener.release()
                 manager.draining = True
                 manager.warm.close()
+                manager.agents.close()
                 # Queued jobs never start now: they end cancelled and their callers learn
                 # it at once.
                 manager.cancel_queued("cancelled: llmd is shutting down")

@@ -24,7 +24,9 @@ client of that name, and the name is stripped before routing. Per client, a test
   never answered;
 - hold a streamed answer after its first piece until the test has seen that piece
   arrive (:meth:`MockLLM.gate`, :meth:`MockLLM.release`), so that a streaming client
-  provably gets the answer in more than one piece.
+  provably gets the answer in more than one piece;
+- answer a Gemini request with a tool call (:meth:`MockLLM.tool_call`), so that the
+  agent asks to use the tool.
 
 A prompt holding ``MOCK-WRITE NAME TEXT`` (one word each) makes the Anthropic endpoint
 ask for claude's ``Write`` tool first: ``NAME`` in the working directory the request's
@@ -148,6 +150,7 @@ class _State:
     closing: threading.Event = field(default_factory=threading.Event)
     connections: set[socket.socket] = field(default_factory=set)
     delta_delay: float = 0.02
+    tool_calls: dict[str | None, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
     ids: Iterator[int] = field(default_factory=itertools.count)
 
 
@@ -252,6 +255,11 @@ class MockLLM:
             gate = self._server.state.gates.pop(client, None)
         if gate is not None:
             gate.set()
+
+    def tool_call(self, name: str, args: dict[str, Any], client: str | None = None) -> None:
+        """Answer ``client``'s next streamed Gemini request with a call of tool ``name``."""
+        with self._server.state.lock:
+            self._server.state.tool_calls.setdefault(client, []).append((name, args))
 
     @property
     def requests(self) -> list[Request]:
@@ -680,7 +688,17 @@ class _Handler(BaseHTTPRequestHandler):
             text = json.dumps(schema_instance(schema)) if schema else ANSWER
             self._send_json(200, reply(text, "STOP", usage))
             return
+        with self.server.state.lock:
+            calls = self.server.state.tool_calls.get(request.client)
+            call = calls.pop(0) if calls else None
         self._start_stream()
+        if call is not None:
+            answer = reply("", "STOP", usage)
+            answer["candidates"][0]["content"]["parts"] = [
+                {"functionCall": {"name": call[0], "args": call[1]}}]
+            self._chunk(_sse(None, answer))
+            self._end_stream()
+            return
         last = len(ANSWER_PARTS) - 1
         for i, part in enumerate(ANSWER_PARTS):
             counts = usage if i == last else {

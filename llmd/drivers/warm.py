@@ -69,8 +69,8 @@ def warm_key(spec: AttemptSpec) -> WarmKey | None:
     fresh, then bound to the conversation it served) and with ``warm.args``.
     """
     bp = spec.bp
-    if not bp.warm.enabled or bp.prompt != "stdin":
-        return None
+    if not bp.warm.enabled or bp.prompt != "stdin" or bp.warm.protocol != "stream-json":
+        return None  # (agents: llmd.drivers.agents)
     inv = argv_mod.render(bp, spec.blueprint, "", model=spec.model)
     argv = (spec.invocation.argv[0], *inv.argv[1:], *bp.warm.args)
     return WarmKey(spec.blueprint, spec.cwd, spec.model, argv, tuple(sorted(spec.env.items())))

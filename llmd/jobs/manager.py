@@ -46,8 +46,10 @@ from llmd import routing
 from llmd.budget import BudgetBook
 from llmd.config import Blueprint, Registry
 from llmd.drivers import AttemptProcess, AttemptSpec, Driver, Outcome
+from llmd.drivers.agents import AgentDriver, agent_key, agent_options
 from llmd.drivers.oneshot import OneShot
 from llmd.drivers.warm import WarmDriver, WarmPool, warm_key
+from llmd.drivers.warmagent import AgentPool
 from llmd.errors import (
     Busy,
     Cancelled,
@@ -135,6 +137,8 @@ class JobManager:
         self._limiters: dict[str, trio.CapacityLimiter] = {}
         self.registry = registry
         self.warm = warm if warm is not None else WarmPool(registry)
+        # gemini's and codex's agents: a process serving a session per run, any cwd.
+        self.agents = AgentPool(room=self._warm_room)
         self.budget = budget
         """Budgets that route new runs (:mod:`llmd.budget`), told of every run that ends."""
         self.on_finish: list[Callable[[Job], None]] = list(on_finish)
@@ -145,6 +149,8 @@ class JobManager:
 
     def set_registry(self, registry: Registry) -> None:
         """Put a (re)loaded registry in force; running jobs keep their blueprint."""
+        self.agents.retire({name for name, bp in self.registry.blueprints.items()
+                            if registry.blueprints.get(name) != bp})
         self.registry = registry
         if self.budget is not None:
             self.budget.set_registry(registry)
@@ -327,6 +333,7 @@ class JobManager:
             self._nursery = nursery
             try:
                 await nursery.start(self.warm.run)
+                await nursery.start(self.agents.run)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
@@ -398,11 +405,29 @@ class JobManager:
             raise ExecutableMissing(f"{blueprint!r}: {bp.command[0]!r} was not found",
                                     {"blueprint": blueprint, "executable": bp.command[0]})
         inv = argv_mod.render(bp, blueprint, "", model=model)
-        key = warm_key(AttemptSpec(
+        spec = AttemptSpec(
             blueprint=blueprint, bp=bp,
             invocation=argv_mod.Invocation([program, *inv.argv[1:]], inv.stdin), env=env,
-            cwd=cwd, on_spawn=lambda pid: None, model=model))
+            cwd=cwd, on_spawn=lambda pid: None, model=model)
+        agent = agent_key(spec)
+        if agent is not None:
+            return self.agents.ensure(agent, agent_options(spec))
+        key = warm_key(spec)
         return key is not None and self.warm.replenish(key)
+
+    def _warm_room(self) -> int:
+        """How many more agents ``warm_max`` allows beside the other warm processes."""
+        return (self.registry.daemon.warm_max - self.warm.core.counts()["processes"]
+                - len(self.agents.agents))
+
+    def warm_info(self) -> dict[str, Any]:
+        """``daemon.info``'s ``warm``: the warm processes and agents together."""
+        info = self.warm.info()
+        agents = self.agents.info()
+        for key in ("processes", "idle", "busy"):
+            info[key] = info.get(key, 0) + agents[key]
+        info["rss_mb"] = round(info.get("rss_mb", 0.0) + self.agents.rss_mb(), 1)
+        return info
 
     def cancel(self, job_id: str, reason: str = "cancelled by llm.cancel") -> bool:
         """Cancel a job; False when it had already finished.
@@ -689,6 +714,8 @@ class JobManager:
         """How this job's attempts are carried out: by a warm process when its blueprint
         keeps them and one matches, else a process each."""
         oneshot = OneShot(self.attempt_factory)
+        if job.bp is not None and job.bp.warm.enabled and job.bp.warm.protocol != "stream-json":
+            return AgentDriver(self.agents, oneshot) if self.agents.running else oneshot
         if job.bp is not None and job.bp.warm.enabled and self.warm.running:
             return WarmDriver(self.warm, oneshot)
         return oneshot

@@ -323,17 +323,27 @@ def build(context: MethodContext) -> list[Method]:
                          "finished": manager.finished_count},
                 "connections": host.connections,
                 "max_message_bytes": registry.daemon.max_message_bytes,
-                "store": store.info(), "warm": manager.warm.info()}
+                "store": store.info(), "warm": manager.warm_info()}
 
     async def llm_prewarm(params: PrewarmParams, ctx: CallContext) -> dict[str, Any]:
         started = manager.prewarm(params.blueprint, params.cwd, params.model)
         return {"blueprint": params.blueprint, "started": started}
 
+    def with_agents(status: dict[str, Any]) -> dict[str, Any]:
+        """A warm agent's liveness is part of its blueprint's health detail."""
+        for name, entry in status.items():
+            said = "; ".join(
+                f"warm agent pid {a['pid']} {'alive' if a['alive'] else 'dead'}, "
+                f"{a['busy']} busy, {a['turns']} served" for a in manager.agents.health(name))
+            if said:
+                entry["detail"] = f"{entry['detail']}; {said}" if entry["detail"] else said
+        return status
+
     async def health_status(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
-        return {"blueprints": health.status(params.blueprint)}
+        return {"blueprints": with_agents(health.status(params.blueprint))}
 
     async def health_check(params: HealthParams, ctx: CallContext) -> dict[str, Any]:
-        return {"blueprints": await health.check(params.blueprint)}
+        return {"blueprints": with_agents(await health.check(params.blueprint))}
 
     async def usage_summary(params: UsageParams, ctx: CallContext) -> dict[str, Any]:
         return await ledger.summary(store, params.since, params.until, tuple(params.by))

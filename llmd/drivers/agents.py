@@ -1,0 +1,200 @@
+"""The driver of blueprints whose warm processes are agents: gemini over ACP, codex over
+its app server (``[blueprints.NAME.warm] protocol``).
+
+A run is handed to the live agent of its :class:`~llmd.drivers.warmagent.AgentKey` (a
+session or thread for the run's cwd on one process); without one it runs one-shot while
+an agent starts for the runs after it.
+
+Invariants:
+- A run goes one-shot, never failing for warmth, when no agent is ready, when the run
+  asks what the agent cannot do (a blueprint whose command holds flags the agent has no
+  equivalent for), or when the agent fails before any of the run's text streamed; after
+  text streamed, an agent's failure is the run's (the outcome says why).
+- The agent's environment is the run's without ``PWD``/``OLDPWD`` (a session names its
+  own cwd), so one agent serves every cwd.
+- An agent's process group is the pool's, never a job's: cancelling a run cancels its
+  turn in the protocol; the process is killed only when the turn goes on past
+  ``kill_grace``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from llmd.drivers import AttemptProcess, AttemptSpec, Outcome, TextSink
+from llmd.drivers.oneshot import OneShot
+from llmd.drivers.warmagent import (
+    Agent,
+    AgentAttempt,
+    AgentKey,
+    AgentOptions,
+    AgentPool,
+    Dialect,
+    TurnProcess,
+    TurnSpec,
+    WarmUnavailable,
+)
+from llmd.process.supervisor import Stream
+
+log = logging.getLogger(__name__)
+
+# What each protocol's agent is started with, after the program.
+AGENT_ARGS: dict[str, tuple[str, ...]] = {"acp": ("--acp",), "codex-app": ("app-server",)}
+# The one-shot command's own arguments an agent has an equivalent for; any other flag in
+# a blueprint's command keeps its runs one-shot.
+ONE_SHOT_ARGS: dict[str, frozenset[str]] = {
+    "acp": frozenset({"--output-format", "stream-json", "json", "{args}"}),
+    "codex-app": frozenset({"exec", "--json", "--skip-git-repo-check", "-", "{args}"}),
+}
+_CWD_VARS = ("PWD", "OLDPWD")
+
+
+def agent_key(spec: AttemptSpec) -> AgentKey | None:
+    """The agent that may serve ``spec``; None when its runs go one-shot."""
+    bp = spec.bp
+    protocol = bp.warm.protocol
+    if not bp.warm.enabled or protocol not in AGENT_ARGS or bp.prompt != "stdin":
+        return None
+    if any(arg not in ONE_SHOT_ARGS[protocol] for arg in bp.command[1:]):
+        return None
+    dialect: Dialect = "acp" if protocol == "acp" else "codex-app"
+    argv = [spec.invocation.argv[0], *AGENT_ARGS[protocol]]
+    if dialect == "acp":  # gemini's model is the process's; codex's is per thread
+        model = spec.model if spec.model is not None else bp.default_model
+        if model is not None:
+            argv += [model if a == "{model}" else a for a in bp.model_args]
+    env = tuple(sorted((k, v) for k, v in spec.env.items() if k not in _CWD_VARS))
+    return AgentKey(spec.blueprint, dialect, tuple(argv), env)
+
+
+def agent_options(spec: AttemptSpec) -> AgentOptions:
+    """How the agent of ``spec``'s blueprint runs."""
+    bp = spec.bp
+    return AgentOptions(max_concurrency=bp.max_concurrency, kill_grace=bp.kill_grace,
+                        idle_ttl=bp.warm.idle_ttl, allow_kinds=frozenset(bp.warm.allow))
+
+
+class AgentDriver:
+    """Attempts served by an agent when one is ready, one-shot otherwise.
+
+    Args:
+        pool: The agents.
+        oneshot: The driver for runs no agent serves.
+    """
+
+    def __init__(self, pool: AgentPool, oneshot: OneShot) -> None:
+        self.pool = pool
+        self.oneshot = oneshot
+
+    def attempt(self, spec: AttemptSpec) -> AgentRunAttempt:
+        """Prepare one attempt."""
+        return AgentRunAttempt(spec, self.pool, self.oneshot)
+
+
+class AgentRunAttempt:
+    """One attempt: a turn on an agent, or a one-shot process."""
+
+    def __init__(self, spec: AttemptSpec, pool: AgentPool, oneshot: OneShot) -> None:
+        self.spec = spec
+        self.pool = pool
+        self.oneshot = oneshot
+        self.key = agent_key(spec)
+        self._current: AttemptProcess = TurnProcess()
+
+    @property
+    def process(self) -> AttemptProcess:
+        """A view that follows the turn, or the one-shot process once the run went
+        one-shot (the job manager reads it after a timeout)."""
+        return _Follow(self)
+
+    async def run(self, on_text: TextSink) -> Outcome:
+        """Run the prompt on a ready agent (else, or if it fails before any text
+        streamed, one-shot); start an agent for the next runs when there was none."""
+        key, spec = self.key, self.spec
+        if key is not None:
+            agent = self.pool.ready(key)
+            if agent is None:
+                self.pool.ensure(key, agent_options(spec))
+            else:
+                outcome = await self._turn(agent, on_text)
+                if outcome is not None:
+                    return outcome
+        attempt = self.oneshot.attempt(spec)
+        self._current = attempt.process
+        return await attempt.run(on_text)
+
+    async def _turn(self, agent: Agent, on_text: TextSink) -> Outcome | None:
+        spec, key = self.spec, self.key
+        assert key is not None
+        stdin = spec.invocation.stdin or b""
+        turn = TurnSpec(prompt=stdin.decode("utf-8", "surrogatepass"),
+                        cwd=spec.cwd if spec.cwd is not None else os.getcwd(),
+                        model=spec.model if spec.model is not None else spec.bp.default_model,
+                        session=spec.session, max_output_bytes=spec.bp.max_output_bytes,
+                        kill_grace=spec.bp.kill_grace)
+        attempt = AgentAttempt(agent, turn)
+        self._current = attempt.process
+        streamed = False
+
+        async def forward(stream: Stream, text: str) -> None:
+            nonlocal streamed
+            streamed = True
+            await on_text(stream, text)
+
+        try:
+            outcome = await attempt.run(forward)
+        except WarmUnavailable as exc:
+            if streamed:  # pragma: no cover - the attempt reports these in its outcome
+                raise
+            log.info("the agent of %s cannot serve a run (%s); it goes one-shot",
+                     spec.blueprint, exc)
+            return None
+        finally:
+            self.pool.touch(key)
+        self._current = attempt.process
+        outcome.warm = True
+        return outcome
+
+
+class _Follow:
+    """The attempt's current process, read through."""
+
+    def __init__(self, attempt: AgentRunAttempt) -> None:
+        self._attempt = attempt
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._attempt._current.exit_code
+
+    @exit_code.setter
+    def exit_code(self, value: int | None) -> None:
+        self._attempt._current.exit_code = value
+
+    @property
+    def stderr_tail(self) -> str:
+        return self._attempt._current.stderr_tail
+
+    @stderr_tail.setter
+    def stderr_tail(self, value: str) -> None:
+        self._attempt._current.stderr_tail = value
+
+    @property
+    def truncated(self) -> bool:
+        return self._attempt._current.truncated
+
+    @truncated.setter
+    def truncated(self, value: bool) -> None:
+        self._attempt._current.truncated = value
+
+    @property
+    def duration(self) -> float:
+        return self._attempt._current.duration
+
+    @duration.setter
+    def duration(self, value: float) -> None:
+        self._attempt._current.duration = value
+
+    @property
+    def stdout(self) -> str:
+        return self._attempt._current.stdout
