@@ -48,6 +48,59 @@ class AttemptProcess(Protocol):
         """The stdout kept so far (up to ``max_output_bytes``)."""
 
 
+class FollowCurrent:
+    """An attempt's process as the job manager reads it: whichever one the attempt uses
+    now (a warm process, a turn of an agent, or the one-shot process it fell back to).
+
+    Args:
+        current: Returns the process in use now.
+    """
+
+    def __init__(self, current: Callable[[], AttemptProcess]) -> None:
+        self._current = current
+
+    @property
+    def exit_code(self) -> int | None:
+        """The current process's exit status."""
+        return self._current().exit_code
+
+    @exit_code.setter
+    def exit_code(self, value: int | None) -> None:
+        self._current().exit_code = value
+
+    @property
+    def stderr_tail(self) -> str:
+        """The current process's stderr tail."""
+        return self._current().stderr_tail
+
+    @stderr_tail.setter
+    def stderr_tail(self, value: str) -> None:
+        self._current().stderr_tail = value
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the current process's kept output was cut."""
+        return self._current().truncated
+
+    @truncated.setter
+    def truncated(self, value: bool) -> None:
+        self._current().truncated = value
+
+    @property
+    def duration(self) -> float:
+        """The current process's duration."""
+        return self._current().duration
+
+    @duration.setter
+    def duration(self, value: float) -> None:
+        self._current().duration = value
+
+    @property
+    def stdout(self) -> str:
+        """The current process's kept stdout."""
+        return self._current().stdout
+
+
 @dataclass(frozen=True)
 class AttemptSpec:
     """One attempt, as the job manager asks for it.

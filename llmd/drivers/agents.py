@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 
-from llmd.drivers import AttemptProcess, AttemptSpec, Outcome, TextSink
+from llmd.drivers import AttemptProcess, AttemptSpec, FollowCurrent, Outcome, TextSink
 from llmd.drivers.oneshot import OneShot
 from llmd.drivers.warmagent import (
     Agent,
@@ -106,7 +106,7 @@ class AgentRunAttempt:
     def process(self) -> AttemptProcess:
         """A view that follows the turn, or the one-shot process once the run went
         one-shot (the job manager reads it after a timeout)."""
-        return _Follow(self)
+        return FollowCurrent(lambda: self._current)
 
     async def run(self, on_text: TextSink) -> Outcome:
         """Run the prompt on a ready agent (else, or if it fails before any text
@@ -156,45 +156,3 @@ class AgentRunAttempt:
         outcome.warm = True
         return outcome
 
-
-class _Follow:
-    """The attempt's current process, read through."""
-
-    def __init__(self, attempt: AgentRunAttempt) -> None:
-        self._attempt = attempt
-
-    @property
-    def exit_code(self) -> int | None:
-        return self._attempt._current.exit_code
-
-    @exit_code.setter
-    def exit_code(self, value: int | None) -> None:
-        self._attempt._current.exit_code = value
-
-    @property
-    def stderr_tail(self) -> str:
-        return self._attempt._current.stderr_tail
-
-    @stderr_tail.setter
-    def stderr_tail(self, value: str) -> None:
-        self._attempt._current.stderr_tail = value
-
-    @property
-    def truncated(self) -> bool:
-        return self._attempt._current.truncated
-
-    @truncated.setter
-    def truncated(self, value: bool) -> None:
-        self._attempt._current.truncated = value
-
-    @property
-    def duration(self) -> float:
-        return self._attempt._current.duration
-
-    @duration.setter
-    def duration(self, value: float) -> None:
-        self._attempt._current.duration = value
-
-    @property
-    def stdout(self) -> str:
-        return self._attempt._current.stdout

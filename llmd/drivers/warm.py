@@ -42,7 +42,7 @@ from typing import Any
 import trio
 
 from llmd.config import Blueprint, Registry
-from llmd.drivers import AttemptProcess, AttemptSpec, Outcome, TextSink
+from llmd.drivers import AttemptProcess, AttemptSpec, FollowCurrent, Outcome, TextSink
 from llmd.drivers.oneshot import OneShot, OneShotAttempt
 from llmd.drivers.pool import Limits, PoolCore, Slot, WarmKey
 from llmd.parsers import Event, Signal, make_parser
@@ -476,7 +476,7 @@ class WarmAttempt:
     @property
     def process(self) -> AttemptProcess:
         """The attempt's CLI: a view that follows the turn or the one-shot process."""
-        return _Follow(self)
+        return FollowCurrent(lambda: self._current)
 
     async def run(self, on_text: TextSink) -> Outcome:
         """Run the prompt on a warm process if one matches (else, or if it fails before
@@ -519,48 +519,6 @@ class WarmAttempt:
             self.pool.release(process, outcome.parsed.session)
         return outcome
 
-
-class _Follow:
-    """The attempt's process as the manager reads it: the one in use now."""
-
-    def __init__(self, attempt: WarmAttempt) -> None:
-        self._attempt = attempt
-
-    @property
-    def exit_code(self) -> int | None:
-        return self._attempt._current.exit_code
-
-    @exit_code.setter
-    def exit_code(self, value: int | None) -> None:
-        self._attempt._current.exit_code = value
-
-    @property
-    def stderr_tail(self) -> str:
-        return self._attempt._current.stderr_tail
-
-    @stderr_tail.setter
-    def stderr_tail(self, value: str) -> None:
-        self._attempt._current.stderr_tail = value
-
-    @property
-    def truncated(self) -> bool:
-        return self._attempt._current.truncated
-
-    @truncated.setter
-    def truncated(self, value: bool) -> None:
-        self._attempt._current.truncated = value
-
-    @property
-    def duration(self) -> float:
-        return self._attempt._current.duration
-
-    @duration.setter
-    def duration(self, value: float) -> None:
-        self._attempt._current.duration = value
-
-    @property
-    def stdout(self) -> str:
-        return self._attempt._current.stdout
 
 
 class _Turn:
