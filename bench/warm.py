@@ -54,12 +54,12 @@ def one_shot(claude: str, env: dict[str, str], cwd: str) -> tuple[float, float]:
     return first, answered
 
 
-def through_llmd(client: Client, cwd: str) -> tuple[float, float, bool]:
-    """Times to the first streamed text and to the answer of one llm.run; whether warm."""
+def timed_run(client: Client, params: dict[str, Any]) -> tuple[float, float, bool]:
+    """Times to the first streamed text and to the answer of one streamed ``llm.run`` of
+    PROMPT with ``params``; whether a warm process served it."""
     started = time.perf_counter()
     first = 0.0
-    request = client.send("llm.run", {"blueprint": "claude", "prompt": PROMPT, "cwd": cwd,
-                                      "stream": True})
+    request = client.send("llm.run", {**params, "prompt": PROMPT, "stream": True})
     while True:
         message = client.recv()
         if message.get("method") == "llm.output" and not first:
@@ -71,15 +71,20 @@ def through_llmd(client: Client, cwd: str) -> tuple[float, float, bool]:
             return first, answered, bool(result["warm"])
 
 
-def wait_idle(client: Client) -> dict[str, Any]:
-    """daemon.info's warm once a process is idle (bounded)."""
-    deadline = time.monotonic() + 60
+def through_llmd(client: Client, cwd: str) -> tuple[float, float, bool]:
+    """:func:`timed_run` of the claude blueprint in ``cwd``."""
+    return timed_run(client, {"blueprint": "claude", "cwd": cwd})
+
+
+def wait_idle(client: Client, limit: float = 60.0) -> dict[str, Any]:
+    """daemon.info's warm once a warm process is idle (bounded by ``limit`` seconds)."""
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         warm: dict[str, Any] = client.call("daemon.info")["warm"]
         if warm["idle"]:
             return warm
         time.sleep(0.05)
-    raise SystemExit("no warm process became idle within 60 s")
+    raise SystemExit(f"no warm process became idle within {limit:g} s")
 
 
 def registry(claude: str, env: dict[str, str]) -> str:

@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from warm import PROMPT, timed_run, wait_idle
+
 from tests.harness import Client, launch
-from tests.mockllm import ANSWER, MockLLM
+from tests.mockllm import MockLLM
 from tests.test_real_clis import GEMINI_MODEL, REAL_CLIS, World
 
-PROMPT = "Say hello to the benchmark."
 TARGET = {"gemini": 0.15, "codex": 0.35}
 ONE_SHOT = {"gemini": ["--output-format", "stream-json", "--model", GEMINI_MODEL],
             "codex": ["exec", "--json", "--skip-git-repo-check", "-"]}
@@ -51,31 +53,8 @@ def one_shot(name: str, env: dict[str, str], cwd: Path) -> float:
 
 
 def through_llmd(client: Client, name: str, cwd: Path) -> tuple[float, float, bool]:
-    """Times to the first streamed text and to the answer of one llm.run; whether warm."""
-    started = time.perf_counter()
-    first = 0.0
-    request = client.send("llm.run", {"blueprint": name, "prompt": PROMPT, "cwd": str(cwd),
-                                      "stream": True, **PARAMS[name]})
-    while True:
-        message = client.recv()
-        if message.get("method") == "llm.output" and not first:
-            first = time.perf_counter() - started
-        elif message.get("id") == request:
-            answered = time.perf_counter() - started
-            result: dict[str, Any] = message["result"]
-            assert result["text"] == ANSWER, result
-            return first, answered, bool(result["warm"])
-
-
-def wait_idle(client: Client) -> dict[str, Any]:
-    """daemon.info's warm once an agent is ready and idle (bounded)."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        warm: dict[str, Any] = client.call("daemon.info")["warm"]
-        if warm["idle"]:
-            return warm
-        time.sleep(0.05)
-    raise SystemExit("no agent became ready within 120 s")
+    """:func:`bench.warm.timed_run` of blueprint ``name`` in ``cwd``."""
+    return timed_run(client, {"blueprint": name, "cwd": str(cwd), **PARAMS[name]})
 
 
 def bench(name: str, rounds: int, workdir: Path) -> None:
@@ -98,7 +77,7 @@ def bench(name: str, rounds: int, workdir: Path) -> None:
         try:
             client = Client(daemon.socket)
             through_llmd(client, name, world.project)  # one-shot; starts the agent
-            idle = wait_idle(client)
+            idle = wait_idle(client, 120.0)
             time.sleep(3)  # settled, as between an editor's questions
             idle = client.call("daemon.info")["warm"]
             cold: list[float] = []
@@ -108,7 +87,7 @@ def bench(name: str, rounds: int, workdir: Path) -> None:
                 cwd = root / f"p{n}"
                 cwd.mkdir()
                 cold.append(one_shot(name, env, cwd))
-                wait_idle(client)
+                wait_idle(client, 120.0)
                 first, answered, was_warm = through_llmd(client, name, cwd)
                 warm.append((first, answered))
                 served += was_warm
