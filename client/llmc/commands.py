@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from llmc import exitcodes, ledger
+from llmc import exitcodes
 from llmc.calling import (
     QUICK_CALL_TIMEOUT,
     UsageError,
@@ -26,7 +26,6 @@ from llmc.calling import (
 )
 from llmc.output import error, format_value, indented, key_values, table, terminal_width, write
 from llmc.run import cmd_run, read_prompt
-from llmc.worktree import cmd_apply, cmd_diff, cmd_discard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -325,6 +324,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             time.sleep(FIRST_PROBE_POLL)
             result = as_object(call(conn, method, params, timeout=timeout), method)
         warm = None if args.json else _warm_line(conn)
+        from llmc import ledger  # noqa: PLC0415 - loaded by the commands that show costs
+
         budgets = [] if args.json else ledger.budget_lines(conn, args.blueprint)
     if args.json:
         dump(result)
@@ -413,18 +414,19 @@ def _ago(stamp: object) -> str:
     return f"{seconds // 3600}h ago"
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
-    """``llmc watch``: see :mod:`llmc.follow`."""
-    from llmc.follow import cmd_watch as watch  # noqa: PLC0415 - only watch needs it
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command whose module is imported when it runs, so no other command pays for it
+    (``llmc run`` above all)."""
 
-    return watch(args)
+    def command(args: argparse.Namespace) -> int:
+        import importlib  # noqa: PLC0415
 
+        handler: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(module), name)
+        return handler(args)
 
-def cmd_top(args: argparse.Namespace) -> int:
-    """``llmc top``: loaded only here, so no other command pays for it."""
-    from llmc.top import cmd_top as top  # noqa: PLC0415
-
-    return top(args)
+    command.__doc__ = f"``llmc``: see :func:`{module}.{name}`."
+    return command
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -435,12 +437,12 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "job": cmd_job,
     "cancel": cmd_cancel,
     "status": cmd_status,
-    "diff": cmd_diff,
-    "apply": cmd_apply,
-    "discard": cmd_discard,
-    "watch": cmd_watch,
-    "usage": ledger.cmd_usage,
-    "stats": ledger.cmd_stats,
-    "metrics": ledger.cmd_metrics,
-    "top": cmd_top,
+    "diff": _lazy("llmc.worktree", "cmd_diff"),
+    "apply": _lazy("llmc.worktree", "cmd_apply"),
+    "discard": _lazy("llmc.worktree", "cmd_discard"),
+    "watch": _lazy("llmc.follow", "cmd_watch"),
+    "usage": _lazy("llmc.ledger", "cmd_usage"),
+    "stats": _lazy("llmc.ledger", "cmd_stats"),
+    "metrics": _lazy("llmc.ledger", "cmd_metrics"),
+    "top": _lazy("llmc.top", "cmd_top"),
 }

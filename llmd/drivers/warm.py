@@ -557,15 +557,16 @@ class _Turn:
         return "".join(self._kept)
 
     def _keep(self, line: str) -> None:
-        size = len(line.encode("utf-8", "surrogatepass"))
-        if size > self._room:
-            self._kept.append(line.encode("utf-8", "surrogatepass")[:self._room]
-                              .decode("utf-8", "ignore"))
+        if self.truncated:
+            return
+        data = line.encode("utf-8", "surrogatepass")
+        if len(data) > self._room:
+            self._kept.append(data[:self._room].decode("utf-8", "ignore"))
             self._room = 0
             self.truncated = True
-        elif not self.truncated:
+        else:
             self._kept.append(line)
-            self._room -= size
+            self._room -= len(data)
 
     async def run(self, on_text: TextSink) -> Outcome | None:
         """Hand the prompt over and read the answer up to its ``result``.
@@ -618,8 +619,9 @@ class _Turn:
                             return None
                         ended = True  # off the protocol mid-answer: a crash
                         break
-                    self._keep(line + "\n")
-                    await self._forward(parser.feed(line + "\n"), on_text)
+                    framed = line + "\n"
+                    self._keep(framed)
+                    await self._forward(parser.feed(framed), on_text)
                     if kind == "result" or self._early is not None:
                         answered = self._early is None
                         break

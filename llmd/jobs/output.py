@@ -33,7 +33,11 @@ def live(job: Job) -> str:
     if job.state == "succeeded" and job.result is not None:
         return job.result.text
     if job.live_text:
-        return "".join(job.live_text)
+        # Joined once and kept joined: a follower polling by offset does not re-join
+        # everything streamed so far on every call.
+        text = "".join(job.live_text)
+        job.live_text[:] = [text]
+        return text
     if job.attempt is not None and (job.bp is None or job.bp.parser == "text"):
         # A plain-text attempt's kept stdout is its text (the manager keeps no copy).
         return job.attempt.stdout

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+from llmc.calling import QUICK_CALL_TIMEOUT as QUICK_TIMEOUT
 from llmc.connection import ConnectionLost, RpcError
 from llmc.mcp import tools
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
     from llmc.mcp.calls import Call, Runner
 
-QUICK_TIMEOUT = 30.0
 MAX_FAN_OUT = 32
 MAX_WAIT_JOBS = 64
 DEFAULT_LIST = 20
@@ -95,10 +95,7 @@ def start(runner: Runner, call: Call, arguments: dict[str, Any]) -> dict[str, An
 
 def _job_list(arguments: dict[str, Any]) -> tuple[list[str], str, float | None]:
     allowed = ("jobs", "mode", "timeout")
-    unknown = sorted(set(arguments) - set(allowed))
-    if unknown:
-        raise tools.ArgumentError(f"`wait` takes no argument {', '.join(map(repr, unknown))}; "
-                                  f"its arguments are: {', '.join(allowed)}")
+    tools._check_keys(arguments, allowed, "wait")
     ids = _strings(arguments, "jobs", MAX_WAIT_JOBS)
     if ids is None:
         raise tools.ArgumentError("`jobs` is required: the job ids to wait for")
@@ -179,10 +176,7 @@ def wait(runner: Runner, call: Call, arguments: dict[str, Any]) -> dict[str, Any
 def jobs(runner: Runner, call: Call, arguments: dict[str, Any]) -> dict[str, Any]:
     """``jobs``: recent jobs, newest first, with their prompt's first line."""
     allowed = ("state", "blueprint", "limit")
-    unknown = sorted(set(arguments) - set(allowed))
-    if unknown:
-        raise tools.ArgumentError(f"`jobs` takes no argument {', '.join(map(repr, unknown))}; "
-                                  f"its arguments are: {', '.join(allowed)}")
+    tools._check_keys(arguments, allowed, "jobs")
     state = arguments.get("state")
     if state is not None and state not in tools.ALL_STATES:
         raise tools.ArgumentError(f"`state` is one of {', '.join(sorted(tools.ALL_STATES))}")

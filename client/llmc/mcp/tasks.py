@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
+from llmc.calling import QUICK_CALL_TIMEOUT as QUICK_TIMEOUT
 from llmc.connection import ClientError, RpcError
 from llmc.mcp import tools
 
@@ -38,7 +39,6 @@ MISSING_CAPABILITY = -32021
 # Agents work for minutes: polling every 2 s is prompt enough and cheap (a tasks/get is one
 # jobs.get, well under a millisecond in llmd).
 POLL_INTERVAL_MS = 2000
-QUICK_TIMEOUT = 30.0
 LIST_LIMIT = 100
 LIVE = frozenset({"queued", "running", "retrying"})
 
