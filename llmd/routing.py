@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from llmd.budget import BudgetBook, Use
@@ -83,10 +84,7 @@ def route(health: HealthMonitor, registry: Registry, name: str, *,
         return Route(name, name)
     until, left = health.cooldown(name)
     fallbacks = registry.blueprints[name].fallbacks
-    usable = next((other for other in fallbacks
-                   if other in registry.blueprints
-                   and health.state(other) in USABLE_FALLBACK
-                   and (budget is None or budget.exhausted(other) is None)), None)
+    usable = _first_usable(health, registry, fallbacks, budget)
     data = {"blueprint": name, "retry_after_s": left, "cooldown_until": until}
     if usable is not None and pinned:
         raise RateLimited(f"{name!r} is rate limited until {until}; a run with a session or "
@@ -101,6 +99,15 @@ def route(health: HealthMonitor, registry: Registry, name: str, *,
                       data)
 
 
+def _first_usable(health: HealthMonitor, registry: Registry, fallbacks: Iterable[str],
+                  budget: BudgetBook | None) -> str | None:
+    """The first of ``fallbacks`` that is configured, usable now and within its budgets."""
+    return next((other for other in fallbacks
+                 if other in registry.blueprints
+                 and health.state(other) in USABLE_FALLBACK
+                 and (budget is None or budget.exhausted(other) is None)), None)
+
+
 def _over_budget(health: HealthMonitor, registry: Registry, name: str, over: Use, *,
                  pinned: bool, budget: BudgetBook) -> Route:
     """A run of a blueprint past a budget: to a fallback within its own, or -32009."""
@@ -108,10 +115,7 @@ def _over_budget(health: HealthMonitor, registry: Registry, name: str, over: Use
     if over.blueprint is None:
         why = f"{why}, for all blueprints"
     elif registry.blueprints[name].budget.fallback and not pinned:
-        usable = next((other for other in registry.blueprints[name].fallbacks
-                       if other in registry.blueprints
-                       and health.state(other) in USABLE_FALLBACK
-                       and budget.exhausted(other) is None), None)
+        usable = _first_usable(health, registry, registry.blueprints[name].fallbacks, budget)
         if usable is not None:
             return Route(usable, name, "budget")
     raise BudgetExhausted(f"{name!r}: {why}", over.data())

@@ -378,7 +378,7 @@ class WarmPool:
         rss = 0
         for process in self.processes.values():
             if process.pid is not None:
-                rss += sum(_rss_bytes(pid) for pid in procs.group_members(process.pid))
+                rss += procs.group_rss_bytes(process.pid)
         return {**self.core.counts(), "rss_mb": round(rss / (1 << 20), 1)}
 
     def _write_groups(self) -> None:
@@ -433,14 +433,6 @@ def _line_type(line: str) -> str | None:
 def _limits(registry: Registry) -> dict[str, Limits]:
     return {name: Limits(bp.warm.max_idle, bp.warm.idle_ttl)
             for name, bp in registry.blueprints.items() if bp.warm.enabled}
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/statm").read_text().split()
-        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 # --- the driver ----------------------------------------------------------------------

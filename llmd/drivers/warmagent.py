@@ -37,7 +37,7 @@ from llmd.drivers.agentproc import AgentProcess
 from llmd.drivers.rpcpeer import ProtocolError, Response, decode_result
 from llmd.parsers import ParseResult
 from llmd.parsers.ratelimit import Verdict, verdict_from_message
-from llmd.process.procs import group_members
+from llmd.process.procs import group_rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -813,8 +813,8 @@ class AgentPool:
         total = 0
         for agent in self.agents.values():
             if agent.process.pid is not None and agent.process.alive:
-                total += sum(_rss_kb(pid) for pid in group_members(agent.process.pid))
-        return total / 1024
+                total += group_rss_bytes(agent.process.pid)
+        return total / (1 << 20)
 
     def health(self, blueprint: str) -> list[dict[str, Any]]:
         """The liveness of ``blueprint``'s agents, for its health detail."""
@@ -823,13 +823,3 @@ class AgentPool:
                 for key, agent in self.agents.items() if key.blueprint == blueprint]
 
 
-def _rss_kb(pid: int) -> int:
-    """The resident set of ``pid`` in KiB (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0

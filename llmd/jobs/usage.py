@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llmd.config import Price
+from llmd.timestamps import rfc3339
 
 GroupKey = Literal["blueprint", "model", "day", "cwd"]
 GROUP_KEYS: tuple[GroupKey, ...] = ("blueprint", "model", "day", "cwd")
@@ -87,8 +88,7 @@ def parse_moment(value: str, *, end: bool = False) -> _dt.datetime:
 
 def utc_text(when: _dt.datetime) -> str:
     """``when`` as the store's timestamps are written (they sort as text)."""
-    return when.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return rfc3339(when.astimezone(_dt.timezone.utc))
 
 
 @dataclass(frozen=True)

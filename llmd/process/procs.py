@@ -12,9 +12,11 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+from pathlib import Path
 
 log = logging.getLogger("llmd.procs")
 
@@ -123,6 +125,17 @@ def group_members(pgid: int) -> list[int]:
     if pgid <= 0:
         return []
     return [pid for pid, _ in _group_members_with_start(pgid)]
+
+
+def group_rss_bytes(pgid: int) -> int:
+    """The resident memory of every process in process group ``pgid``, in bytes (a process
+    gone meanwhile counts 0)."""
+    total = 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    for pid in group_members(pgid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+    return total
 
 
 def _signal(pid: int, *, group: bool) -> bool:
