@@ -35,13 +35,14 @@ import trio
 from llmd import metrics
 from llmd.budget import BudgetBook
 from llmd.config import Registry, load_file, parse_registry
-from llmd.drivers.warm import WarmPool, kill_leftovers
+from llmd.drivers.warm import WarmPool
 from llmd.health.monitor import HealthMonitor
 from llmd.jobs import ledger
 from llmd.jobs.manager import JobManager
 from llmd.jobs.store import JobStore, default_path
 from llmd.jobs.worktree import Worktrees, tend
 from llmd.paths import PACKAGED_CONFIG, packaged_config, prepare_socket_dir
+from llmd.process.groups import OwnedGroups, kill_leftovers
 from llmd.server import methods
 from llmd.server.connections import Server
 from llmd.server.dispatch import Dispatcher
@@ -152,7 +153,8 @@ class Daemon:
 
     @property
     def warm_groups_file(self) -> Path:
-        """Where the warm process groups are listed, for a restart after a crash."""
+        """Where the warm processes' and agents' groups are listed, for a restart after a
+        crash."""
         return self.socket_path.with_name(self.socket_path.name + ".warm")
 
     def reload(self) -> Registry:
@@ -190,7 +192,7 @@ class Daemon:
     def _make_parts(self, store: JobStore) -> _Serving:
         """The job manager, the methods and the server, around an open store."""
         manager = JobManager(self.registry, health=self.health, store=store,
-                             warm=WarmPool(self.registry, self.warm_groups_file),
+                             warm=WarmPool(self.registry, OwnedGroups(self.warm_groups_file)),
                              worktrees=Worktrees(self.store_path.parent / "worktrees"),
                              budget=BudgetBook(self.registry),
                              on_finish=[metrics.observe(self.stats)])
@@ -226,7 +228,7 @@ class Daemon:
         try:
             # Under the single-instance lock: recovery may kill what a crashed daemon left.
             store = await self._open_store()
-            kill_leftovers(self.warm_groups_file)
+            kill_leftovers(self.warm_groups_file)  # warm processes and agents
             parts = self._serving = self._make_parts(store)
             await seed_budget(parts.manager, store)
             manager, server = parts.manager, parts.server

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import trio
 
+from llmd.drivers.warmagent import Agent, AgentKey, AgentOptions, AgentPool, Dialect
 from llmd.protocol.framing import Frame, Framer
 
 HERE = Path(__file__).parent
@@ -560,3 +561,43 @@ def feed_all(framer: Framer, chunks: Iterable[bytes]) -> list[Frame]:
     for chunk in chunks:
         frames.extend(framer.feed(chunk))
     return frames
+
+
+# --- agents without a daemon ----------------------------------------------------------------------
+
+
+class AgentHost:
+    """Agents served by a real :class:`~llmd.drivers.warmagent.AgentPool` in the caller's
+    nursery, one per (dialect, argv, environment, options); :meth:`close` ends them all.
+
+    Args:
+        nursery: Where the pool runs.
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.pool = AgentPool()
+        self._scope = trio.CancelScope()
+
+    async def get(self, dialect: Dialect, argv: Sequence[str], env: Mapping[str, str],
+                  **options: Any) -> Agent:
+        """The live, initialized agent of this key, started when there is none.
+
+        Raises:
+            WarmUnavailable: It could not be started or did not initialize.
+        """
+        if not self.pool.running:
+            await self.nursery.start(self._serve)
+        key = AgentKey("test", dialect, tuple(argv), tuple(sorted(env.items())))
+        agent = await self.pool.get(key, AgentOptions(**options))
+        assert agent is not None, "the pool has room for every agent"
+        return agent
+
+    async def _serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                     ) -> None:
+        with self._scope:
+            await self.pool.run(task_status=task_status)
+
+    def close(self) -> None:
+        """Kill every agent and stop the pool."""
+        self._scope.cancel()

@@ -24,12 +24,12 @@ from llmd.drivers import Outcome
 from llmd.drivers.warmagent import (
     Agent,
     AgentAttempt,
-    AgentHost,
     Dialect,
     TurnSpec,
     WarmUnavailable,
 )
 from llmd.process.supervisor import Stream
+from tests.harness import AgentHost
 from tests.mockllm import ANSWER, MockLLM
 
 REAL_CLIS = os.environ.get("LLMD_REAL_CLIS", "")

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 import trio
 
+from llmd.process.procs import group_members, is_same_process, process_start_time
 from tests import test_real_clis
 from tests.conftest import DaemonHandle
+from tests.harness import start_daemon
 from tests.mockllm import ANSWER
 from tests.test_real_clis import FAST, GEMINI_MODEL, REAL_CLIS, TEST_LIMIT, World, run
 
@@ -37,9 +39,9 @@ async def _start(daemon_factory: Any, world: World) -> DaemonHandle:
     world.write_homes(world.mock.url)
     text = world.registry(world.mock.url)
     for name in ("codex", "gemini"):
-        header = f'["blueprints"."{name}"."warm"]\n"enabled" = false'
+        header = f'["blueprints"."{name}"."warm"]\n"enabled" = '
         assert header in text
-        text = text.replace(header, header.replace("false", "true"))
+        text = text.replace(header + "false", header + "true")
     handle: DaemonHandle = await daemon_factory(text)
     return handle
 
@@ -138,3 +140,64 @@ async def test_an_agent_killed_from_outside_is_replaced_and_runs_still_succeed(
         await _until_idle(d, 1)
         outcome = await run(d, world, name, "And warm again.")
         assert outcome.result["text"] == ANSWER and outcome.result["warm"] is True
+
+
+async def _agent_groups(d: DaemonHandle) -> dict[str, int]:
+    """The pid of each blueprint's live agent (its process group's id), from the health
+    detail."""
+    client = await d.connect()
+    status = (await client.call("health.status", {}))["result"]["blueprints"]
+    found = {}
+    for name in ("codex", "gemini"):
+        match = re.search(r"warm agent pid (\d+) alive", status[name]["detail"])
+        if match is not None:
+            found[name] = int(match.group(1))
+    return found
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["running", "stopped"])
+async def test_agents_left_by_a_sigkilled_daemon_end(
+        daemon_factory: Any, world: World, stopped: bool) -> None:
+    """An agent outlives no daemon: it ends when the daemon's end of its stdin closes and,
+    should it not (here: SIGSTOPped), the next daemon kills its process group."""
+    with trio.fail_after(TEST_LIMIT * 2):
+        d = await _start(daemon_factory, world)
+        client = await d.connect()
+        for name, params in PARAMS.items():
+            reply = await client.call("llm.prewarm", {"blueprint": name, **params})
+            assert reply["result"] == {"blueprint": name, "started": True}
+        await _until_idle(d, 2)
+        groups = await _agent_groups(d)
+        assert sorted(groups) == ["codex", "gemini"]
+        # Every process of the agents' groups (gemini runs two Node processes), by pid
+        # and start time: a pid alone may be reused.
+        everyone = {pid: process_start_time(pid) for pgid in groups.values()
+                    for pid in group_members(pgid)}
+        assert set(groups.values()) <= set(everyone)
+
+        def gone() -> bool:
+            return not any(is_same_process(pid, start) for pid, start in everyone.items())
+
+        if stopped:  # only recovery can end them now
+            for pgid in groups.values():
+                os.killpg(pgid, signal.SIGSTOP)
+        d.proc.send_signal(signal.SIGKILL)
+        await d.proc.wait()
+        sock_dir = d.workdir / "run"
+        listed = (sock_dir / "llmd.sock.warm").read_text()
+        assert all(f"[{pgid}, " in listed for pgid in groups.values())
+        if not stopped:
+            while not gone():  # each agent sees its stdin end and exits
+                await trio.sleep(0.1)
+            return
+        assert not gone()  # stopped, they wait
+        (d.workdir / "notify.sock").unlink()
+        again = await start_daemon(d.workdir, d.config.read_text())
+        try:
+            while not gone():  # the new daemon killed the groups at start
+                await trio.sleep(0.1)
+            listed = (sock_dir / "llmd.sock.warm").read_text() \
+                if (sock_dir / "llmd.sock.warm").exists() else ""
+            assert not any(f"[{pgid}, " in listed for pgid in groups.values())
+        finally:
+            await again.aclose()

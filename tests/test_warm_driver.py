@@ -20,7 +20,6 @@ import trio.testing
 from llmd.drivers.warmagent import (
     Agent,
     AgentAttempt,
-    AgentHost,
     AgentKey,
     AgentOptions,
     AgentPool,
@@ -29,6 +28,7 @@ from llmd.drivers.warmagent import (
 )
 from llmd.process.procs import group_members
 from llmd.process.supervisor import Stream
+from tests.harness import AgentHost
 
 FAKE = str(Path(__file__).resolve().parent / "fakeagent.py")
 LIMIT = 30.0
@@ -113,6 +113,7 @@ async def test_an_agent_that_never_initializes_is_killed() -> None:
     async with trio.open_nursery() as nursery:
         with pytest.raises(WarmUnavailable, match="did not initialize"):
             await _agent(nursery, "mute", kill_grace=1.0, start_timeout=1.0)
+        nursery.cancel_scope.cancel()  # (the pool serves on until stopped)
 
 
 async def test_a_cancelled_turn_is_cancelled_in_the_protocol_and_the_agent_serves_on(

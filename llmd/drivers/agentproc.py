@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import trio
 
+from llmd.process import groups
 from llmd.process.supervisor import STDERR_TAIL_CHARS
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,13 @@ class AgentProcess:
         on_line: Called with each line of stdout, without its newline; an exception it
             raises kills the process.
         on_spawn: Told the pid (its process group's id) once it exists.
+        on_exit: Told the pid once the group is ended and the process reaped.
     """
 
     def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None,
                  kill_grace: float, on_line: LineSink,
                  on_spawn: Callable[[int], None] | None = None,
+                 on_exit: Callable[[int], None] | None = None,
                  max_line: int = MAX_LINE) -> None:
         self.argv = list(argv)
         self.env = dict(env)
@@ -58,6 +61,7 @@ class AgentProcess:
         self.kill_grace = kill_grace
         self.on_line = on_line
         self.on_spawn = on_spawn
+        self.on_exit = on_exit
         self.max_line = max_line
         self.pid: int | None = None
         self.exit_code: int | None = None
@@ -85,10 +89,11 @@ class AgentProcess:
             self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, start_new_session=True)
         self._proc, self.pid = proc, proc.pid
-        if self.on_spawn is not None:
-            self.on_spawn(proc.pid)
-        task_status.started()
+        pidfd = groups.open_pidfd(proc.pid)
         try:
+            if self.on_spawn is not None:
+                self.on_spawn(proc.pid)
+            task_status.started()
             async with trio.open_nursery() as nursery:
                 assert proc.stderr is not None
                 nursery.start_soon(self._stderr, proc.stderr)
@@ -97,7 +102,14 @@ class AgentProcess:
         finally:
             with trio.CancelScope(shield=True):
                 self._mark_dead(self.why_dead or "its output ended")
-                await self._reap(proc)
+                await groups.end_group(proc, pidfd, self.kill_grace)
+                with trio.move_on_after(self.kill_grace + 1.0):
+                    self.exit_code = await proc.wait()
+                await groups.close_streams(proc)
+                if pidfd >= 0:
+                    os.close(pidfd)
+                if self.on_exit is not None:
+                    self.on_exit(proc.pid)
 
     async def send(self, data: bytes) -> None:
         """Write one frame to the agent's stdin.
@@ -118,17 +130,13 @@ class AgentProcess:
     def kill(self, why: str) -> None:
         """Mark the process dead and SIGTERM its group (reaped by :meth:`run`)."""
         self._mark_dead(why)
-        self._signal(signal.SIGTERM)
+        if self.exit_code is None:
+            groups.signal_group(self.pid, signal.SIGTERM)
 
     def _mark_dead(self, why: str) -> None:
         if not self.dead.is_set():
             self.why_dead = why
             self.dead.set()
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self.pid is not None and self.exit_code is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, sig)
 
     async def _stdout(self) -> None:
         proc = self._proc
@@ -168,18 +176,3 @@ class AgentProcess:
             while chunk := await stream.receive_some(_READ):
                 tail = self.stderr_tail + chunk.decode("utf-8", "replace")
                 self.stderr_tail = tail[-STDERR_TAIL_CHARS:]
-
-    async def _reap(self, proc: trio.Process) -> None:
-        """End the group: TERM, the grace period, KILL; then wait for the leader."""
-        if proc.returncode is None:
-            self._signal(signal.SIGTERM)
-            with trio.move_on_after(self.kill_grace):
-                await proc.wait()
-        # Whatever the leader left behind would outlive it.
-        self._signal(signal.SIGKILL)
-        with trio.move_on_after(self.kill_grace + 1.0):
-            self.exit_code = await proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.aclose()

@@ -11,8 +11,9 @@ matching idle one (:class:`WarmAttempt`) writes its prompt to it, and runs one-s
 Invariants:
 - Every warm process leads a process group of its own, which the pool kills when the
   process is dropped (expired, evicted, reloaded, shut down, cancelled, misbehaving) and
-  always before its task ends; the groups alive are written to the groups file, so a
-  daemon started after a crash kills what its predecessor left (:func:`kill_leftovers`).
+  always before its task ends; the groups alive are listed in the daemon's
+  :class:`~llmd.process.groups.OwnedGroups`, so a daemon started after a crash kills what
+  its predecessor left.
 - A process serves one run at a time and never two conversations (see the pool's
   invariants).
 - Warmth never fails a run: a process found dead, silent after the prompt
@@ -27,7 +28,6 @@ Invariants:
 from __future__ import annotations
 
 import codecs
-import contextlib
 import json
 import logging
 import math
@@ -36,7 +36,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -49,7 +48,7 @@ from llmd.parsers import Event, Signal, make_parser
 from llmd.parsers.base import LineSplitter
 from llmd.parsers.ratelimit import Verdict
 from llmd.process import argv as argv_mod
-from llmd.process import procs
+from llmd.process import groups, procs
 
 log = logging.getLogger("llmd.warm")
 
@@ -96,7 +95,6 @@ class WarmProcess:
         self.bp = bp
         self.on_gone = on_gone
         self.pid: int | None = None
-        self.starttime: int | None = None
         self.exit_code: int | None = None
         self.stderr_tail = ""
         self.cost_total = 0.0
@@ -144,9 +142,7 @@ class WarmProcess:
                     stderr=subprocess.PIPE, env=dict(key.env), cwd=key.cwd,
                     start_new_session=True)
                 self.pid = proc.pid
-                self.starttime = procs.process_start_time(proc.pid)
-                with contextlib.suppress(OSError):
-                    pidfd = os.pidfd_open(proc.pid)
+                pidfd = groups.open_pidfd(proc.pid)
                 self._stdin = proc.stdin
                 on_started(self)
                 try:
@@ -154,45 +150,24 @@ class WarmProcess:
                         assert proc.stdout is not None and proc.stderr is not None
                         nursery.start_soon(self._pump_stdout, proc.stdout)
                         nursery.start_soon(self._pump_stderr, proc.stderr)
-                        if pidfd >= 0:
-                            await trio.lowlevel.wait_readable(pidfd)
-                        else:  # pragma: no cover - kernels without pidfd
-                            await proc.wait()
-                        self._signal_group(signal.SIGKILL)
+                        await groups.leader_exited(proc, pidfd)
+                        groups.signal_group(proc.pid, signal.SIGKILL)
                         nursery.cancel_scope.cancel()
                 except BaseException:
                     with trio.CancelScope(shield=True):
-                        await self._terminate(proc, pidfd)
+                        await groups.end_group(proc, pidfd, self.bp.kill_grace)
                     raise
         finally:
             with trio.CancelScope(shield=True):
                 if proc is not None:
-                    self._signal_group(signal.SIGKILL)
+                    groups.signal_group(proc.pid, signal.SIGKILL)
                     self.exit_code = await proc.wait()
-                    for stream in (proc.stdin, proc.stdout, proc.stderr):
-                        if stream is not None:
-                            with contextlib.suppress(trio.BrokenResourceError,
-                                                     trio.ClosedResourceError):
-                                await stream.aclose()
+                    await groups.close_streams(proc)
                 if pidfd >= 0:
                     os.close(pidfd)
                 self._send.close()
                 self.dead.set()
                 self.on_gone(self)
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, sig)
-
-    async def _terminate(self, proc: trio.Process, pidfd: int) -> None:
-        self._signal_group(signal.SIGTERM)
-        with trio.move_on_after(self.bp.kill_grace):
-            if pidfd >= 0:
-                await trio.lowlevel.wait_readable(pidfd)
-            else:  # pragma: no cover
-                await proc.wait()
-        self._signal_group(signal.SIGKILL)
 
     async def _pump_stdout(self, stream: trio.abc.ReceiveStream) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -229,18 +204,18 @@ class WarmPool:
 
     Args:
         registry: The registry in force (see :meth:`set_registry`).
-        groups_file: Where the live process groups are written for crash recovery
-            (None: nowhere).
+        owned: Where the live process groups are listed for crash recovery (shared with
+            the agents; None: a list of the pool's own, in memory).
         clock: The time the policy sees.
         process_factory: Makes a warm process, called like :class:`WarmProcess` (tests
             swap in a scripted stand-in).
     """
 
-    def __init__(self, registry: Registry, groups_file: Path | None = None, *,
+    def __init__(self, registry: Registry, owned: groups.OwnedGroups | None = None, *,
                  clock: Callable[[], float] = trio.current_time,
                  process_factory: Callable[..., WarmProcess] | None = None) -> None:
         self.core = PoolCore(registry.daemon.warm_max, _limits(registry))
-        self.groups_file = groups_file
+        self.owned = owned if owned is not None else groups.OwnedGroups(None)
         self.clock = clock
         self.blueprints = dict(registry.blueprints)
         self.processes: dict[int, WarmProcess] = {}
@@ -333,13 +308,14 @@ class WarmPool:
     def _started(self, process: WarmProcess) -> None:
         if not self.core.started(process.slot, self.clock()):
             process.kill()  # dropped while it started
-        self._write_groups()
+        if process.pid is not None:
+            self.owned.add(process.pid)
         self._wake.set()  # its idle_ttl counts from now
 
     def _gone(self, process: WarmProcess) -> None:
         self.core.remove(process.slot)
         self.processes.pop(process.slot.id, None)
-        self._write_groups()
+        self.owned.discard(process.pid)
         self._wake.set()
 
     def _end(self, slot: Slot) -> None:
@@ -380,40 +356,6 @@ class WarmPool:
             if process.pid is not None:
                 rss += procs.group_rss_bytes(process.pid)
         return {**self.core.counts(), "rss_mb": round(rss / (1 << 20), 1)}
-
-    def _write_groups(self) -> None:
-        if self.groups_file is None:
-            return
-        groups = [[p.pid, p.starttime] for p in self.processes.values()
-                  if p.pid is not None and p.starttime is not None and not p.dead.is_set()]
-        doc = {"boot": procs.boot_id(), "groups": groups}
-        tmp = self.groups_file.with_name(self.groups_file.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(doc))
-            tmp.replace(self.groups_file)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", self.groups_file, exc.strerror or exc)
-
-
-def kill_leftovers(groups_file: Path) -> int:
-    """Kill the warm process groups a daemon that died left (same boot, same start
-    times); return how many processes were killed. The file is emptied."""
-    try:
-        doc = json.loads(groups_file.read_text())
-    except (OSError, ValueError):
-        return 0
-    killed = 0
-    if isinstance(doc, dict) and doc.get("boot") == procs.boot_id():
-        for entry in doc.get("groups") or ():
-            if (isinstance(entry, list) and len(entry) == 2
-                    and all(isinstance(v, int) for v in entry)):
-                killed += procs.kill_orphan_group(entry[0], entry[1])
-    with contextlib.suppress(OSError):
-        groups_file.unlink()
-    if killed:
-        log.info("killed %d processes of warm process groups left by a previous llmd",
-                 killed)
-    return killed
 
 
 def _line_type(line: str) -> str | None:

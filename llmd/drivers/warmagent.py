@@ -37,6 +37,7 @@ from llmd.drivers.agentproc import AgentProcess
 from llmd.drivers.rpcpeer import ProtocolError, Response, decode_result
 from llmd.parsers import ParseResult
 from llmd.parsers.ratelimit import Verdict, verdict_from_message
+from llmd.process.groups import OwnedGroups
 from llmd.process.procs import group_rss_bytes
 
 log = logging.getLogger(__name__)
@@ -137,13 +138,15 @@ class Agent:
         sandbox: codex's sandbox mode for threads.
         start_timeout: Seconds the agent has to answer ``initialize``.
         on_spawn: Told the process's pid.
+        on_exit: Told the process's pid once its group is ended.
     """
 
     def __init__(self, dialect: Dialect, argv: Sequence[str], *, env: Mapping[str, str],
                  kill_grace: float = 5.0, max_concurrency: int = 4,
                  allow_kinds: frozenset[str] = frozenset(), approval: str = "never",
                  sandbox: str = "read-only", start_timeout: float = START_TIMEOUT,
-                 on_spawn: Callable[[int], None] | None = None) -> None:
+                 on_spawn: Callable[[int], None] | None = None,
+                 on_exit: Callable[[int], None] | None = None) -> None:
         self.dialect = dialect
         self.start_timeout = start_timeout
         self.acp = acp.AcpClient(acp.PermissionPolicy(allow_kinds))
@@ -151,7 +154,7 @@ class Agent:
         self.approval = approval
         self.sandbox = sandbox
         self.process = AgentProcess(argv, env=env, cwd=None, kill_grace=kill_grace,
-                                    on_line=self._line, on_spawn=on_spawn)
+                                    on_line=self._line, on_spawn=on_spawn, on_exit=on_exit)
         self.slots = trio.Semaphore(max_concurrency)
         self.load_session = False
         self.sessions: set[str] = set()
@@ -188,6 +191,7 @@ class Agent:
                 await nursery.start(self.process.run)
             except OSError as exc:  # raised here, not from the nursery (a group)
                 spawn_error = exc
+                self.process.why_dead = f"cannot start {self.process.argv[0]!r}: {exc}"
                 self.process.dead.set()
                 nursery.cancel_scope.cancel()
             if spawn_error is None:
@@ -567,55 +571,9 @@ class AgentAttempt:
         return outcome
 
 
-class AgentHost:
-    """Agents kept alive in a nursery of their own, one per key, replaced when dead.
-
-    Args:
-        nursery: Where the agents' processes are served.
-    """
-
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self.nursery = nursery
-        self.agents: dict[tuple[Any, ...], Agent] = {}
-        self._lock = trio.Lock()
-
-    async def get(self, dialect: Dialect, argv: Sequence[str], env: Mapping[str, str],
-                  **options: Any) -> Agent:
-        """The live agent for this key, started (and initialized) when there is none.
-
-        Raises:
-            WarmUnavailable: It could not be started or did not initialize.
-        """
-        key = (dialect, tuple(argv), tuple(sorted(env.items())))
-        async with self._lock:
-            agent = self.agents.get(key)
-            if agent is not None and agent.process.alive:
-                return agent
-            agent = Agent(dialect, argv, env=env, **options)
-            try:
-                await self.nursery.start(_serve_quietly, agent)
-            except OSError as exc:
-                raise WarmUnavailable(f"cannot start {argv[0]!r}: {exc}") from None
-            if not agent.ready.is_set():
-                raise WarmUnavailable(f"the agent did not initialize: "
-                                      f"{agent.process.why_dead}")
-            self.agents[key] = agent
-            return agent
-
-    def close(self) -> None:
-        """Kill every agent."""
-        for agent in self.agents.values():
-            agent.close("the host closed")
-
-
-async def _serve_quietly(agent: Agent,
-                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                         ) -> None:
-    """Serve an agent; one that fails to initialize reports started and ends."""
-    try:
-        await agent.serve(task_status=task_status)
-    except WarmUnavailable:
-        task_status.started()
+async def _cancel_after(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 @dataclass(frozen=True)
@@ -637,6 +595,7 @@ class AgentOptions:
     kill_grace: float = 5.0
     idle_ttl: float = 600.0
     allow_kinds: frozenset[str] = frozenset()
+    start_timeout: float = START_TIMEOUT
 
 
 class AgentPool:
@@ -646,10 +605,14 @@ class AgentPool:
     Args:
         room: How many more warm processes may exist (``warm_max`` less those of other
             kinds); asked before an agent starts.
+        owned: Where the agents' process groups are listed for crash recovery (shared
+            with the warm pool; None: a list of the pool's own, in memory).
     """
 
-    def __init__(self, room: Callable[[], int] = lambda: 1 << 30) -> None:
+    def __init__(self, room: Callable[[], int] = lambda: 1 << 30,
+                 owned: OwnedGroups | None = None) -> None:
         self.room = room
+        self.owned = owned if owned is not None else OwnedGroups(None)
         self.agents: dict[AgentKey, Agent] = {}
         self.last_used: dict[AgentKey, float] = {}
         self.options: dict[AgentKey, AgentOptions] = {}
@@ -699,42 +662,29 @@ class AgentPool:
                 agent.close("unused for idle_ttl")
                 self.agents.pop(key, None)
 
-    async def get(self, key: AgentKey, options: AgentOptions, *,
-                  on_spawn: Callable[[int], None] | None = None) -> Agent | None:
-        """The live agent of ``key``, started now when there is none and there is room.
+    async def get(self, key: AgentKey, options: AgentOptions) -> Agent | None:
+        """The live agent of ``key``, started now when there is none and there is room,
+        once it has initialized.
 
         Returns:
-            None when there is no room (the run goes one-shot).
+            None when there is no room (or the pool does not serve).
 
         Raises:
             WarmUnavailable: It could not be started or did not initialize.
         """
-        nursery = self._nursery
-        if nursery is None:
-            return None
-        async with self._lock:
-            agent = self.agents.get(key)
-            if agent is not None and agent.process.alive:
-                self.touch(key)
-                return agent
-            self.agents.pop(key, None)
-            if self.room() <= 0:
+        agent = self.agents.get(key)
+        if agent is None or agent.process.dead.is_set():
+            if not self.ensure(key, options):
                 return None
-            agent = Agent(key.dialect, key.argv, env=dict(key.env),
-                          kill_grace=options.kill_grace,
-                          max_concurrency=options.max_concurrency,
-                          allow_kinds=options.allow_kinds, on_spawn=on_spawn)
-            try:
-                await nursery.start(_serve_quietly, agent)
-            except OSError as exc:
-                raise WarmUnavailable(f"cannot start {key.argv[0]!r}: {exc}") from None
-            if not agent.ready.is_set():
-                raise WarmUnavailable(f"the agent did not initialize: "
-                                      f"{agent.process.why_dead}")
-            self.agents[key] = agent
-            self.options[key] = options
-            self.touch(key)
-            return agent
+            agent = self.agents[key]
+        async with trio.open_nursery() as nursery:
+            for event in (agent.ready, agent.process.dead):
+                nursery.start_soon(_cancel_after, event, nursery.cancel_scope)
+        if not agent.process.alive:
+            raise WarmUnavailable(f"the agent did not initialize: "
+                                  f"{agent.process.why_dead}")
+        self.touch(key)
+        return agent
 
     def ready(self, key: AgentKey) -> Agent | None:
         """The live, initialized agent of ``key``, if there is one (never waits)."""
@@ -759,7 +709,9 @@ class AgentPool:
             return False
         agent = Agent(key.dialect, key.argv, env=dict(key.env),
                       kill_grace=options.kill_grace, max_concurrency=options.max_concurrency,
-                      allow_kinds=options.allow_kinds)
+                      allow_kinds=options.allow_kinds, start_timeout=options.start_timeout,
+                      on_spawn=self.owned.add,
+                      on_exit=self.owned.discard)
         self.agents[key] = agent
         self.options[key] = options
         self.touch(key)

@@ -138,7 +138,7 @@ class JobManager:
         self.registry = registry
         self.warm = warm if warm is not None else WarmPool(registry)
         # gemini's and codex's agents: a process serving a session per run, any cwd.
-        self.agents = AgentPool(room=self._warm_room)
+        self.agents = AgentPool(room=self._warm_room, owned=self.warm.owned)
         self.budget = budget
         """Budgets that route new runs (:mod:`llmd.budget`), told of every run that ends."""
         self.on_finish: list[Callable[[Job], None]] = list(on_finish)

@@ -29,6 +29,7 @@ from typing import Literal
 
 import trio
 
+from llmd.process import groups
 from llmd.process.argv import Invocation
 
 log = logging.getLogger("llmd.supervisor")
@@ -48,7 +49,6 @@ DRAIN_AFTER_KILL = 0.5
 
 Stream = Literal["stdout", "stderr"]
 OutputSink = Callable[[Stream, str], Awaitable[None]]
-_HAS_PIDFD = hasattr(os, "pidfd_open")
 
 
 class Attempt:
@@ -124,10 +124,7 @@ class Attempt:
             self.invocation.argv, stdin=stdin, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, start_new_session=True)
         self.pid = proc.pid
-        try:
-            pidfd = os.pidfd_open(proc.pid) if _HAS_PIDFD else -1
-        except OSError:  # out of descriptors: the child is ours all the same; reap it
-            pidfd = -1
+        pidfd = groups.open_pidfd(proc.pid)
         if self.on_spawn is not None:
             self.on_spawn(proc.pid)
         try:
@@ -138,9 +135,9 @@ class Attempt:
                 nursery.start_soon(self._pump, proc.stderr, "stderr", err_done)
                 if proc.stdin is not None and self.invocation.stdin is not None:
                     nursery.start_soon(self._feed, proc.stdin, self.invocation.stdin)
-                await self._leader_exited(proc, pidfd)
+                await groups.leader_exited(proc, pidfd)
                 # Whatever the leader left behind would otherwise hold our pipes open.
-                self._signal_group(signal.SIGKILL)
+                groups.signal_group(proc.pid, signal.SIGKILL)
                 with trio.move_on_after(DRAIN_AFTER_KILL):
                     await out_done.wait()
                     await err_done.wait()
@@ -150,37 +147,16 @@ class Attempt:
                     nursery.cancel_scope.cancel()
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._terminate(proc, pidfd)
+                await groups.end_group(proc, pidfd, self.kill_grace)
             raise
         finally:
             with trio.CancelScope(shield=True):
                 self.exit_code = await proc.wait()
-                await _close_streams(proc)
+                await groups.close_streams(proc)
             if pidfd >= 0:
                 os.close(pidfd)
             self.duration = time.monotonic() - self.started
         return self.exit_code if self.exit_code is not None else -1
-
-    async def _leader_exited(self, proc: trio.Process, pidfd: int) -> None:
-        if pidfd >= 0:
-            await trio.lowlevel.wait_readable(pidfd)
-        else:  # pragma: no cover - kernels without pidfd: reaping first is racy but rare
-            await proc.wait()
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        if self.pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
-
-    async def _terminate(self, proc: trio.Process, pidfd: int) -> None:
-        """SIGTERM the group, give it the grace period, then SIGKILL it."""
-        self._signal_group(signal.SIGTERM)
-        with trio.move_on_after(self.kill_grace):
-            await self._leader_exited(proc, pidfd)
-        self._signal_group(signal.SIGKILL)
-        with trio.move_on_after(self.kill_grace + 1.0):
-            await self._leader_exited(proc, pidfd)
 
     async def _feed(self, stream: trio.abc.SendStream, data: bytes) -> None:
         try:
@@ -263,10 +239,3 @@ def describe_exit(code: int | None) -> str:
     if code < 0:
         return f"killed by signal {-code}"
     return f"exit status {code}"
-
-
-async def _close_streams(proc: trio.Process) -> None:
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.aclose()
