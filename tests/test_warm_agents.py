@@ -289,3 +289,51 @@ async def test_a_timeout_in_a_stalled_turn_stops_it_and_the_agent_serves_on(
     assert agent.process.alive, agent.process.why_dead
     outcome = await _run(agent, TurnSpec("After the timeout.", cwd))
     assert outcome.verdict is None and outcome.parsed.text == ANSWER
+
+
+async def test_a_gemini_agent_started_with_the_edit_flags_edits_without_asking(
+        tmp_path: Path, mock: MockLLM) -> None:
+    """An edit run's agent takes the blueprint's ``edit_args`` (``--approval-mode
+    auto_edit``): the edit is made, and no permission request reaches the policy, which
+    rejects every kind here."""
+    cwd = Path(_projects(tmp_path, 1)[0])
+    target = cwd / "note.txt"
+    mock.tool_call("write_file", {"file_path": str(target), "content": "written"},
+                   client="gemini")
+    async with trio.open_nursery() as nursery:
+        host = AgentHost(nursery)
+        with trio.fail_after(LIMIT):
+            agent = await host.get("acp", [*_argv("acp"), "--approval-mode", "auto_edit"],
+                                   _env(tmp_path, mock, "acp"), kill_grace=15.0)
+            outcome = await _run(agent, TurnSpec("Write a note.", str(cwd)))
+        host.close()
+    assert outcome.verdict is None, outcome.verdict
+    assert target.read_text() == "written"
+    assert not any("tool call" in reply for reply in agent.replies)
+
+
+async def test_a_codex_thread_runs_in_the_sandbox_mode_its_run_names(
+        tmp_path: Path, mock: MockLLM) -> None:
+    """The thread's sandbox is the run's (an edit run's ``--sandbox`` mode); a thread
+    opened in one mode is not continued in another on the same process."""
+    cwd = _projects(tmp_path, 1)[0]
+    env = _env(tmp_path, mock, "codex-app")
+    async with trio.open_nursery() as nursery:
+        host = AgentHost(nursery)
+        with trio.fail_after(LIMIT):
+            agent = await host.get("codex-app", _argv("codex-app"), env, kill_grace=5.0)
+            edit = await _run(agent, TurnSpec("Edit.", cwd, sandbox="workspace-write"))
+            plain = await _run(agent, TurnSpec("Read.", cwd))
+            assert edit.verdict is None and plain.verdict is None
+            with pytest.raises(WarmUnavailable, match="sandbox"):
+                await _run(agent, TurnSpec("Again.", cwd, session=edit.parsed.session))
+        host.close()
+    # codex's own record of each thread names the sandbox it ran in.
+    rollouts = {path.read_text() for path in (tmp_path / "home").rglob("rollout-*.jsonl")}
+    assert edit.parsed.session and plain.parsed.session
+    by_thread = {session: [text for text in rollouts if session in text]
+                 for session in (edit.parsed.session, plain.parsed.session)}
+    assert all(len(texts) == 1 for texts in by_thread.values()), by_thread.keys()
+    assert "workspace-write" in by_thread[edit.parsed.session][0]
+    assert "workspace-write" not in by_thread[plain.parsed.session][0]
+    assert "read-only" in by_thread[plain.parsed.session][0]

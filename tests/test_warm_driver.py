@@ -8,15 +8,20 @@ turn goes on past ``kill_grace``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 import trio.testing
 
+from llmd.config import parse_registry
+from llmd.drivers import AttemptSpec
+from llmd.drivers.agents import agent_key, thread_sandbox
 from llmd.drivers.warmagent import (
     Agent,
     AgentAttempt,
@@ -26,6 +31,8 @@ from llmd.drivers.warmagent import (
     TurnSpec,
     WarmUnavailable,
 )
+from llmd.paths import packaged_config
+from llmd.process.argv import render
 from llmd.process.procs import group_members
 from llmd.process.supervisor import Stream
 from tests.harness import AgentHost
@@ -221,3 +228,42 @@ async def test_the_pool_starts_an_agent_in_the_background(tmp_path: Path) -> Non
             while broken in pool.agents:
                 await trio.sleep(0.02)
         nursery.cancel_scope.cancel()
+
+
+# --- which agent serves a run (pure) ------------------------------------------------------------
+
+
+def _bundled_spec(name: str, *, edit: bool = False, model: str | None = None) -> AttemptSpec:
+    """An attempt of the bundled blueprint ``name`` with its agent switched on."""
+    bp = parse_registry(packaged_config()).blueprints[name]
+    bp = msgspec.structs.replace(bp, warm=msgspec.structs.replace(bp.warm, enabled=True))
+    inv = render(bp, name, "a prompt", model=model, edit=edit)
+    return AttemptSpec(blueprint=name, bp=bp, invocation=inv,
+                       env={"PATH": "/usr/bin", "PWD": "/somewhere"}, cwd="/somewhere",
+                       on_spawn=lambda pid: None, model=model, edit=edit)
+
+
+def test_a_gemini_edit_run_has_an_agent_of_its_own_started_with_the_edit_flags() -> None:
+    plain = agent_key(_bundled_spec("gemini", model="m1"))
+    edit = agent_key(_bundled_spec("gemini", edit=True, model="m1"))
+    assert plain is not None and edit is not None
+    assert plain.argv == ("gemini", "--acp", "--model", "m1")
+    assert edit.argv == ("gemini", "--acp", "--model", "m1", "--approval-mode", "auto_edit")
+    assert ("PWD", "/somewhere") not in plain.env  # one agent serves every cwd
+    assert thread_sandbox(_bundled_spec("gemini", edit=True)) is None
+
+
+def test_a_codex_edit_run_gets_a_thread_in_the_sandbox_its_edit_args_name() -> None:
+    plain, edit = _bundled_spec("codex"), _bundled_spec("codex", edit=True)
+    assert agent_key(plain) == agent_key(edit)  # the sandbox is the thread's
+    assert agent_key(plain) is not None
+    assert thread_sandbox(plain) is None
+    assert thread_sandbox(edit) == "workspace-write"
+    for args, sandbox in (([], None), (["--sandbox=danger-full-access"], "danger-full-access"),
+                          (["-s", "workspace-write"], "workspace-write"),
+                          (["--sandbox", "workspace-write", "--full-auto"], None),
+                          (["--dangerously-bypass-approvals-and-sandbox"], None)):
+        odd = dataclasses.replace(edit, bp=msgspec.structs.replace(edit.bp, edit_args=args))
+        assert thread_sandbox(odd) == sandbox, args
+        # Flags the app server has no thread setting for keep the run one-shot.
+        assert (agent_key(odd) is None) == (sandbox is None), args

@@ -114,6 +114,7 @@ class AttemptSpec:
         on_spawn: Told the pid of each child spawned (its process group's id).
         model: The model the run asked for (a warm process is started for one).
         session: The conversation the run resumes (a warm process is bound to one).
+        edit: The run may edit its cwd (the blueprint's ``edit_args`` are in the argv).
     """
 
     blueprint: str
@@ -124,6 +125,7 @@ class AttemptSpec:
     on_spawn: Callable[[int], None]
     model: str | None = None
     session: str | None = None
+    edit: bool = False
 
 
 @dataclass

@@ -12,6 +12,9 @@ Invariants:
   text streamed, an agent's failure is the run's (the outcome says why).
 - The agent's environment is the run's without ``PWD``/``OLDPWD`` (a session names its
   own cwd), so one agent serves every cwd.
+- A run that may edit (``edit_args``) is never served with less: gemini's edit runs go to
+  an agent started with those flags, codex's get a thread in the sandbox mode they name
+  (and go one-shot when ``edit_args`` say more than that).
 - An agent's process group is the pool's, never a job's: cancelling a run cancels its
   turn in the protocol; the process is killed only when the turn goes on past
   ``kill_grace``.
@@ -64,8 +67,26 @@ def agent_key(spec: AttemptSpec) -> AgentKey | None:
         model = spec.model if spec.model is not None else bp.default_model
         if model is not None:
             argv += [model if a == "{model}" else a for a in bp.model_args]
+        if spec.edit:  # the agent takes the one-shot's flags: one agent for edit runs
+            argv += bp.edit_args
+    elif spec.edit and thread_sandbox(spec) is None:
+        return None
     env = tuple(sorted((k, v) for k, v in spec.env.items() if k not in _CWD_VARS))
     return AgentKey(spec.blueprint, dialect, tuple(argv), env)
+
+
+def thread_sandbox(spec: AttemptSpec) -> str | None:
+    """The sandbox mode of a codex edit run's thread: the ``--sandbox MODE`` of the
+    blueprint's ``edit_args`` (None for a run that does not edit, or when ``edit_args``
+    say anything else: the run goes one-shot)."""
+    args = spec.bp.edit_args
+    if not spec.edit:
+        return None
+    if len(args) == 2 and args[0] in ("--sandbox", "-s"):
+        return args[1]
+    if len(args) == 1 and args[0].startswith("--sandbox="):
+        return args[0].partition("=")[2]
+    return None
 
 
 def agent_options(spec: AttemptSpec) -> AgentOptions:
@@ -131,7 +152,8 @@ class AgentRunAttempt:
         turn = TurnSpec(prompt=stdin.decode("utf-8", "surrogatepass"),
                         cwd=spec.cwd if spec.cwd is not None else os.getcwd(),
                         model=spec.model if spec.model is not None else spec.bp.default_model,
-                        session=spec.session, max_output_bytes=spec.bp.max_output_bytes,
+                        session=spec.session, sandbox=thread_sandbox(spec),
+                        max_output_bytes=spec.bp.max_output_bytes,
                         kill_grace=spec.bp.kill_grace)
         attempt = AgentAttempt(agent, turn)
         self._current = attempt.process

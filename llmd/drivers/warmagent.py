@@ -65,6 +65,7 @@ class TurnSpec:
         cwd: The session's working directory (absolute).
         model: The model (codex: per thread; gemini: part of the process's argv).
         session: A session (thread) to continue, or None for a fresh one.
+        sandbox: codex's sandbox mode for this run's thread (None: the agent's).
         max_output_bytes: How much answer text is kept and streamed.
         kill_grace: Seconds a cancelled turn has to end before its process is killed.
     """
@@ -73,6 +74,7 @@ class TurnSpec:
     cwd: str
     model: str | None = None
     session: str | None = None
+    sandbox: str | None = None
     max_output_bytes: int = 16 * 1024 * 1024
     kill_grace: float = 5.0
 
@@ -159,6 +161,7 @@ class Agent:
         self.load_session = False
         self.sessions: set[str] = set()
         """Sessions (threads) opened or loaded in this process."""
+        self._sandboxes: dict[str, str] = {}
         self.turns_served = 0
         self.replies: list[str] = []
         """What llmd answered to the agent's own requests (the last few)."""
@@ -367,17 +370,20 @@ class Agent:
             else:
                 raise WarmUnavailable("the agent cannot load a session")
         elif spec.session is None or spec.session not in self.sessions:
+            sandbox = spec.sandbox or self.sandbox
             if spec.session is None:
                 rid, data = self.codex.start_thread(spec.cwd, model=spec.model,
-                                                    approval=self.approval,
-                                                    sandbox=self.sandbox)
+                                                    approval=self.approval, sandbox=sandbox)
             else:
                 rid, data = self.codex.resume_thread(spec.session, spec.cwd,
                                                      model=spec.model,
-                                                     approval=self.approval,
-                                                     sandbox=self.sandbox)
+                                                     approval=self.approval, sandbox=sandbox)
             started = await self._result(rid, data, codexapp.ThreadStartResult)
             session = started.thread.id
+            self._sandboxes[session] = sandbox
+        elif self._sandboxes.get(spec.session) != (spec.sandbox or self.sandbox):
+            # A thread keeps the sandbox it was opened with in this process.
+            raise WarmUnavailable("the thread runs in another sandbox mode")
         else:
             session = spec.session
         self.sessions.add(session)

@@ -725,7 +725,7 @@ class JobManager:
         attempt = self._driver(job).attempt(AttemptSpec(
             blueprint=job.blueprint, bp=bp, invocation=inv, env=env, cwd=job.cwd,
             on_spawn=lambda pid: self._spawned(job, pid), model=job.params.model,
-            session=job.params.session))
+            session=job.params.session, edit=job.params.edit))
         job.attempt = attempt.process
         job.live_text = []  # jobs.output follows the attempt in flight
         # Known chatter on stderr is not shown to listeners; the record keeps it.
