@@ -201,3 +201,25 @@ async def test_agents_left_by_a_sigkilled_daemon_end(
             assert not any(f"[{pgid}, " in listed for pgid in groups.values())
         finally:
             await again.aclose()
+
+
+async def test_a_thread_the_codex_agent_wrote_resumes_one_shot(
+        daemon_factory: Any, world: World) -> None:
+    """A session is the CLI's, not the agent's: with agents switched off again, a one-shot
+    ``codex exec resume`` continues a thread an agent started."""
+    with trio.fail_after(TEST_LIMIT * 2):
+        d = await _start(daemon_factory, world)
+        await run(d, world, "codex")
+        await _until_idle(d, 1)
+        warm = await run(d, world, "codex", "Remember the word marigold.")
+        assert warm.result["warm"] is True and warm.result["session"]
+        d.config.write_text(d.config.read_text().replace(
+            '["blueprints"."codex"."warm"]\n"enabled" = true',
+            '["blueprints"."codex"."warm"]\n"enabled" = false'))
+        client = await d.connect()
+        assert "result" in await client.call("daemon.reload")
+        again = await run(d, world, "codex", "Which word was it?",
+                          session=warm.result["session"])
+        assert again.result["warm"] is False and again.result["text"] == ANSWER
+        last = world.requests("codex")[-1]
+        assert last.has_text("Which word was it?") and last.has_text("marigold")

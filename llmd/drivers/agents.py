@@ -2,8 +2,8 @@
 its app server (``[blueprints.NAME.warm] protocol``).
 
 A run is handed to the live agent of its :class:`~llmd.drivers.warmagent.AgentKey` (a
-session or thread for the run's cwd on one process); without one it runs one-shot while
-an agent starts for the runs after it.
+session or thread for the run's cwd on one process); without one it runs one-shot, and
+once that succeeded an agent starts for the runs after it.
 
 Invariants:
 - A run goes one-shot, never failing for warmth, when no agent is ready, when the run
@@ -131,19 +131,24 @@ class AgentRunAttempt:
 
     async def run(self, on_text: TextSink) -> Outcome:
         """Run the prompt on a ready agent (else, or if it fails before any text
-        streamed, one-shot); start an agent for the next runs when there was none."""
+        streamed, one-shot); after a one-shot run that succeeded, start an agent for the
+        next runs (unless one runs or starts)."""
         key, spec = self.key, self.spec
         if key is not None:
             agent = self.pool.ready(key)
-            if agent is None:
-                self.pool.ensure(key, agent_options(spec))
-            else:
+            if agent is not None:
                 outcome = await self._turn(agent, on_text)
                 if outcome is not None:
                     return outcome
         attempt = self.oneshot.attempt(spec)
         self._current = attempt.process
-        return await attempt.run(on_text)
+        outcome = await attempt.run(on_text)
+        # As for warm claude: an agent is started only for a CLI that just answered (a
+        # broken login or endpoint would leave an idle agent holding memory for nothing).
+        if (key is not None and outcome.verdict is None and outcome.process.exit_code == 0
+                and not outcome.parsed.error):
+            self.pool.ensure(key, agent_options(spec))
+        return outcome
 
     async def _turn(self, agent: Agent, on_text: TextSink) -> Outcome | None:
         spec, key = self.spec, self.key
