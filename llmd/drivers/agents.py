@@ -12,6 +12,15 @@ Invariants:
   text streamed, an agent's failure is the run's (the outcome says why).
 - The agent's environment is the run's without ``PWD``/``OLDPWD`` (a session names its
   own cwd), so one agent serves every cwd.
+- A gemini run that continues a session its agent does not hold goes one-shot
+  (``--resume``), never ``session/load``: gemini 0.61 starts a fresh record of the session
+  before it looks the session up, in a file named for the current minute, which is the
+  session's own file when the session began in that minute (the load then finds no
+  session, and the record it left makes every later ``--resume`` fail too); and it
+  replays the history after answering the load, so the replayed answers would be taken
+  for the run's. A one-shot ``--resume`` reads the session first and writes it back whole.
+- A session continued one-shot is forgotten by every gemini agent, which would go on
+  from a copy without that turn.
 - An agent's process group is the pool's, never a job's: cancelling a run cancels its
   turn in the protocol; the process is killed only when the turn goes on past
   ``kill_grace``.
@@ -116,13 +125,25 @@ class AgentRunAttempt:
             agent = self.pool.ready(key)
             if agent is None:
                 self.pool.ensure(key, agent_options(spec))
+            elif spec.session is not None and not _may_continue(agent, spec.session):
+                log.info("the agent of %s does not hold the session; the run goes one-shot",
+                         spec.blueprint)
             else:
                 outcome = await self._turn(agent, on_text)
                 if outcome is not None:
                     return outcome
+        if spec.session is not None:
+            self._forget(spec.session)
         attempt = self.oneshot.attempt(spec)
         self._current = attempt.process
         return await attempt.run(on_text)
+
+    def _forget(self, session: str) -> None:
+        """The session goes on outside the agents: no gemini agent may continue its own
+        copy (codex's thread/resume reads the thread anew)."""
+        for agent in self.pool.agents.values():
+            if agent.dialect == "acp":
+                agent.sessions.discard(session)
 
     async def _turn(self, agent: Agent, on_text: TextSink) -> Outcome | None:
         spec, key = self.spec, self.key
@@ -156,3 +177,8 @@ class AgentRunAttempt:
         outcome.warm = True
         return outcome
 
+
+def _may_continue(agent: Agent, session: str) -> bool:
+    """Whether ``agent`` may serve a run that continues ``session``: gemini's only when it
+    holds the session (see the module's invariants); codex's resumes any thread."""
+    return agent.dialect != "acp" or session in agent.sessions
