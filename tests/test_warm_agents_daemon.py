@@ -37,9 +37,9 @@ async def _start(daemon_factory: Any, world: World) -> DaemonHandle:
     world.write_homes(world.mock.url)
     text = world.registry(world.mock.url)
     for name in ("codex", "gemini"):
-        header = f'["blueprints"."{name}"."warm"]\n"enabled" = false'
+        header = f'["blueprints"."{name}"."warm"]\n"enabled" = '
         assert header in text
-        text = text.replace(header, header.replace("false", "true"))
+        text = text.replace(header + "false", header + "true")
     handle: DaemonHandle = await daemon_factory(text)
     return handle
 
