@@ -24,6 +24,7 @@ import trio
 
 from tests import test_real_clis
 from tests.conftest import DaemonHandle
+from tests.harness import alive
 from tests.mockllm import ANSWER
 from tests.test_real_clis import GEMINI_MODEL, REAL_CLIS, TEST_LIMIT, Outcome, World, run
 
@@ -39,14 +40,15 @@ NAME = "gemini"
 LIMIT = TEST_LIMIT * 3
 
 
-async def _start(daemon_factory: Any, world: World) -> DaemonHandle:
+async def _start(daemon_factory: Any, world: World, max_turns: int = 100) -> DaemonHandle:
     """The daemon on the bundled registry with the gemini agent on (whatever the
-    bundled default)."""
+    bundled default), replaced after ``max_turns``."""
     world.write_homes(world.mock.url)
     text = world.registry(world.mock.url)
     header = f'["blueprints"."{NAME}"."warm"]\n"enabled" = '
     assert header in text
     text = text.replace(header + "false", header + "true")
+    text = text.replace(header + "true", f'{header}true\n"max_turns" = {max_turns}')
     handle: DaemonHandle = await daemon_factory(text)
     return handle
 
@@ -187,3 +189,24 @@ async def test_a_warm_session_resumes_outside_llmd_and_after_a_turn_elsewhere(
         last_request = world.requests(NAME)[-1]
         assert last_request.has_text("Which word, elsewhere?")
         assert last_request.has_text("Which word, outside?")
+
+
+async def test_an_agent_is_replaced_after_max_turns(daemon_factory: Any, world: World) -> None:
+    one, two = _projects(world)
+    with trio.fail_after(LIMIT):
+        d = await _start(daemon_factory, world, max_turns=2)
+        await _ask(d, world, "Start the agent.", one, warm=False)
+        await _until_idle(d)
+        old = await _agent_pid(d)
+        kept = await _ask(d, world, f"Remember {WORDS[0]}.", one, warm=True)
+        # Its second turn: the agent ends (it is idle) and another starts at once.
+        await _ask(d, world, f"Remember {WORDS[1]}.", two, warm=True)
+        while alive(old):
+            await trio.sleep(0.1)
+        await _until_idle(d)
+        assert await _agent_pid(d) != old
+        assert (await _info(d))["processes"] == 1
+        # The new agent does not hold the old one's sessions: they resume one-shot.
+        await _ask(d, world, "Which word, then?", one, kept, warm=False)
+        assert _carried(world, "Which word, then?") == {WORDS[0]}
+        await _ask(d, world, "Anything new?", two, warm=True)

@@ -21,6 +21,8 @@ Invariants:
   for the run's. A one-shot ``--resume`` reads the session first and writes it back whole.
 - A session continued one-shot is forgotten by every gemini agent, which would go on
   from a copy without that turn.
+- An agent that has served ``max_turns`` turns is replaced (it ends once idle, a new
+  one starts at once): gemini never lets go of a session's state.
 - An agent's process group is the pool's, never a job's: cancelling a run cancels its
   turn in the protocol; the process is killed only when the turn goes on past
   ``kill_grace``.
@@ -175,6 +177,10 @@ class AgentRunAttempt:
             self.pool.touch(key)
         self._current = attempt.process
         outcome.warm = True
+        if agent.turns_served >= spec.bp.warm.max_turns:
+            # Each session's state stays in the agent's memory until it exits.
+            self.pool.replace(key, agent, agent_options(spec),
+                              f"it served {agent.turns_served} turns (max_turns)")
         return outcome
 
 
