@@ -142,7 +142,7 @@ class AgentRunAttempt:
 
     def _forget(self, session: str) -> None:
         """The session goes on outside the agents: no gemini agent may continue its own
-        copy (codex's thread/resume reads the thread anew)."""
+        copy of it, which lacks this turn."""
         for agent in self.pool.agents.values():
             if agent.dialect == "acp":
                 agent.sessions.discard(session)
