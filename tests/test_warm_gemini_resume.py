@@ -6,8 +6,9 @@ A session begun one-shot resumes with an agent running; one begun on the agent r
 on it, after it was killed (one-shot, then again once a new agent is up), with
 ``gemini --resume`` outside llmd, and after a turn taken one-shot elsewhere; runs in two
 project directories keep their conversations apart. "Resumes" means the answer comes
-and the provider's request carries the earlier turns and only those. Skipped without
-``LLMD_REAL_CLIS``.
+and the provider's request carries the earlier turns and only those. An agent is
+replaced after ``max_turns`` turns, and the sessions it held still resume. Skipped
+without ``LLMD_REAL_CLIS``.
 """
 
 from __future__ import annotations
