@@ -68,11 +68,11 @@ def bench(name: str, rounds: int, workdir: Path) -> None:
         env = {**{k: v for k, v in os.environ.items()
                   if not k.startswith(("GEMINI_", "GOOGLE_", "CODEX_", "OPENAI_"))},
                **world.env(name, mock.url)}
-        # The bundled agents are opt-in: this one is switched on.
-        off = f'["blueprints"."{name}"."warm"]\n"enabled" = false'
+        # This one's agent is switched on (the bundled codex's is opt-in).
+        header = f'["blueprints"."{name}"."warm"]\n"enabled" = '
         registry = world.registry(mock.url)
-        assert off in registry
-        registry = registry.replace(off, off.replace("false", "true"))
+        assert header in registry
+        registry = registry.replace(header + "false", header + "true")
         daemon = launch(root, registry)
         try:
             client = Client(daemon.socket)

@@ -115,6 +115,9 @@ class WarmSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     protocol: Literal["stream-json", "acp", "codex-app"] = "stream-json"
     allow: list[str] = msgspec.field(default_factory=list)
     """Tool kinds an agent's permission requests are granted (default: none)."""
+    max_turns: PositiveInt = 100
+    """Turns an agent serves before another takes its place (gemini keeps every session's
+    state in memory, about 3 MB each, until it exits)."""
 
 
 class BudgetSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -364,8 +364,10 @@ async def for_each(names: Sequence[str], check: Callable[[str], Awaitable[None]]
 
 async def assert_processes_gone(world: World, name: str, limit: float = 5.0) -> None:
     """No process of ``name``'s runs is left (each carries its private HOME; the
-    daemon's health probes, ``NAME --version``, are not runs)."""
+    daemon's health probes, ``NAME --version``, and its warm agents, which a run starts
+    for the runs after it, are not runs)."""
     marker = f"\0HOME={world.home(name)}\0".encode()
+    not_runs = {b"--version", b"--acp", b"app-server"}
     left: list[tuple[int, int]] = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -373,7 +375,7 @@ async def assert_processes_gone(world: World, name: str, limit: float = 5.0) -> 
         try:
             environ = b"\0" + Path(entry.path, "environ").read_bytes()
             argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
-            if marker in environ and b"--version" not in argv:
+            if marker in environ and not not_runs.intersection(argv):
                 left.append((int(entry.name), os.pidfd_open(int(entry.name))))
         except OSError:
             continue

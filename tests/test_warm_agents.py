@@ -10,8 +10,10 @@ takes its place. Skipped without ``LLMD_REAL_CLIS``.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import signal
 import textwrap
 from collections.abc import AsyncIterator, Iterator
@@ -231,13 +233,8 @@ async def test_resume_in_a_new_process(
             resume = TurnSpec("Which word was it?", cwd, session=first.parsed.session)
             seen = Seen()
             if dialect == "acp":
-                # gemini 0.61.0 advertises loadSession, yet its session/load finds no
-                # session another process wrote ("No previous sessions found for this
-                # project"): the run is left to go one-shot (--resume), nothing streamed.
-                assert fresh.load_session
-                with pytest.raises(WarmUnavailable, match="session/load"):
-                    await _run(fresh, resume, seen)
-                assert not seen.pieces and fresh.process.alive
+                await _gemini_load_wipes_a_session_of_this_minute(
+                    fresh, mock, env, cwd, first.parsed.session, seen)
                 host.close()
                 return
             again = await _run(fresh, resume, seen)
@@ -247,6 +244,60 @@ async def test_resume_in_a_new_process(
     assert again.parsed.text == ANSWER and "".join(seen.pieces) == ANSWER
     last = mock.model_requests(client=_client(dialect))[-1]
     assert last.has_text("Which word was it?") and last.has_text("marigold")
+
+
+def _chat_files(env: dict[str, str], session: str) -> list[Path]:
+    """gemini's chat files of ``session`` (named ``session-<UTC minute>-<id[:8]>``)."""
+    return list((Path(env["HOME"]) / ".gemini" / "tmp").glob(
+        f"*/chats/session-*-{session[:8]}.jsonl"))
+
+
+def _named_for(files: list[Path], minute: datetime.datetime) -> None:
+    """Rename the chat files of a session as if it had begun in ``minute``."""
+    stamp = minute.strftime("%Y-%m-%dT%H-%M")
+    for path in files:
+        path.rename(path.with_name(re.sub(r"^session-[\dT-]+?-(\w{8}\.jsonl)$",
+                                          rf"session-{stamp}-\1", path.name)))
+
+
+async def _gemini_load_wipes_a_session_of_this_minute(
+        agent: Agent, mock: MockLLM, env: dict[str, str], cwd: str, session: str | None,
+        seen: Seen) -> None:
+    """gemini 0.61 advertises loadSession, but its session/load first starts a fresh
+    record of the session, in a file named for the current UTC minute, and only then
+    looks the session up. When the session began in that minute this is the session's
+    own file, whose history the fresh record replaces: the load finds "No previous
+    sessions found for this project", and so does a one-shot ``--resume`` after it. A
+    session of an earlier minute loads, but its history is replayed after the load's
+    answer, among the new turn's text (hence only ``endswith`` below). So llmd never
+    loads a gemini session: see llmd/drivers/agents.py."""
+    assert agent.load_session and session
+    # The session's file is named for the minute the load runs in (at least 2 s ahead
+    # of the next minute, so that the load cannot fall into another).
+    while datetime.datetime.now(datetime.timezone.utc).second >= 58:
+        await trio.sleep(0.2)
+    _named_for(_chat_files(env, session), datetime.datetime.now(datetime.timezone.utc))
+    with pytest.raises(WarmUnavailable, match="session/load"):
+        await _run(agent, TurnSpec("Which word was it?", cwd, session=session), seen)
+    assert not seen.pieces and agent.process.alive
+    with trio.fail_after(LIMIT):
+        done = await trio.run_process(
+            ["gemini", "--output-format", "stream-json", "--model", GEMINI_MODEL,
+             "--resume", session], stdin=b"And now?", capture_stdout=True,
+            capture_stderr=True, cwd=cwd, env=env, check=False)
+    assert done.returncode != 0
+    assert b"No previous sessions found for this project" in done.stderr
+    # A session begun a minute ago loads, and the turn carries its history.
+    other = await _run(agent, TurnSpec("Remember the word snapdragon.", cwd))
+    assert other.verdict is None and other.parsed.session
+    agent.sessions.discard(other.parsed.session)  # as if another process had written it
+    minute_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
+    _named_for(_chat_files(env, other.parsed.session), minute_ago)
+    loaded = await _run(agent, TurnSpec("Which word, then?", cwd,
+                                        session=other.parsed.session))
+    assert loaded.verdict is None and loaded.parsed.text.endswith(ANSWER)
+    last = [r for r in mock.model_requests(client="gemini") if r.has_text("Which word, then?")]
+    assert last and last[-1].has_text("snapdragon")
 
 
 @pytest.mark.parametrize("allow", [frozenset(), frozenset({"edit"})])

@@ -15,6 +15,17 @@ Invariants:
 - A run that may edit (``edit_args``) is never served with less: gemini's edit runs go to
   an agent started with those flags, codex's get a thread in the sandbox mode they name
   (and go one-shot when ``edit_args`` say more than that).
+- A gemini run that continues a session its agent does not hold goes one-shot
+  (``--resume``), never ``session/load``: gemini 0.61 starts a fresh record of the session
+  before it looks the session up, in a file named for the current minute, which is the
+  session's own file when the session began in that minute (the load then finds no
+  session, and the record it left makes every later ``--resume`` fail too); and it
+  replays the history after answering the load, so the replayed answers would be taken
+  for the run's. A one-shot ``--resume`` reads the session first and writes it back whole.
+- A session continued one-shot is forgotten by every gemini agent, which would go on
+  from a copy without that turn.
+- An agent that has served ``max_turns`` turns is replaced (it ends once idle, a new
+  one starts at once): gemini never lets go of a session's state.
 - An agent's process group is the pool's, never a job's: cancelling a run cancels its
   turn in the protocol; the process is killed only when the turn goes on past
   ``kill_grace``.
@@ -136,10 +147,16 @@ class AgentRunAttempt:
         key, spec = self.key, self.spec
         if key is not None:
             agent = self.pool.ready(key)
-            if agent is not None:
+            if agent is not None and spec.session is not None and not _may_continue(
+                    agent, spec.session):
+                log.info("the agent of %s does not hold the session; the run goes one-shot",
+                         spec.blueprint)
+            elif agent is not None:
                 outcome = await self._turn(agent, on_text)
                 if outcome is not None:
                     return outcome
+        if spec.session is not None:
+            self._forget(spec.session)
         attempt = self.oneshot.attempt(spec)
         self._current = attempt.process
         outcome = await attempt.run(on_text)
@@ -149,6 +166,13 @@ class AgentRunAttempt:
                 and not outcome.parsed.error):
             self.pool.ensure(key, agent_options(spec))
         return outcome
+
+    def _forget(self, session: str) -> None:
+        """The session goes on outside the agents: no gemini agent may continue its own
+        copy of it, which lacks this turn."""
+        for agent in self.pool.agents.values():
+            if agent.dialect == "acp":
+                agent.sessions.discard(session)
 
     async def _turn(self, agent: Agent, on_text: TextSink) -> Outcome | None:
         spec, key = self.spec, self.key
@@ -181,5 +205,14 @@ class AgentRunAttempt:
             self.pool.touch(key)
         self._current = attempt.process
         outcome.warm = True
+        if agent.turns_served >= spec.bp.warm.max_turns:
+            # Each session's state stays in the agent's memory until it exits.
+            self.pool.replace(key, agent, agent_options(spec),
+                              f"it served {agent.turns_served} turns (max_turns)")
         return outcome
 
+
+def _may_continue(agent: Agent, session: str) -> bool:
+    """Whether ``agent`` may serve a run that continues ``session``: gemini's only when it
+    holds the session (see the module's invariants); codex's resumes any thread."""
+    return agent.dialect != "acp" or session in agent.sessions

@@ -739,6 +739,19 @@ class AgentPool:
         self.last_used[key] = trio.current_time()
         self._wake.set()
 
+    def replace(self, key: AgentKey, agent: Agent, options: AgentOptions, why: str) -> None:
+        """Retire ``agent``, the agent of ``key`` (it ends once idle, serving no new run),
+        and start another in its place; nothing when it was replaced already."""
+        if self.agents.get(key) is not agent:
+            return
+        log.info("the agent of %s is replaced: %s", key.blueprint, why)
+        del self.agents[key]
+        if agent.busy == 0:
+            agent.close(why)
+        else:
+            self.retired.append(agent)
+        self.ensure(key, options)
+
     def retire(self, blueprints: set[str]) -> None:
         """End the agents of these blueprints (changed or removed on reload) once idle;
         they serve no new run."""
