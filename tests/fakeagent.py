@@ -14,7 +14,9 @@ It answers ``initialize`` (advertising ``loadSession``) and ``session/new`` like
 - ``stall``: streams one chunk and ignores everything after, ``session/cancel`` too;
 - ``cancellable``: streams one chunk and ends the turn ``cancelled`` on
   ``session/cancel``;
-- ``mute``: never answers anything, ``initialize`` included.
+- ``mute``: never answers anything, ``initialize`` included;
+- ``limited``: answers ``session/prompt`` with a 429 error whose message says when to
+  retry.
 
 Every message it receives is appended to LOG (one JSON line each), when given.
 """
@@ -62,6 +64,10 @@ def ask(rid: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
 def prompt(rid: Any, session: str) -> None:
     if MODE == "die":
         sys.exit(3)
+    if MODE == "limited":
+        send({"id": rid, "error": {"code": 429, "message": (
+            "You exceeded your current quota. Please retry in 7.5s.")}})
+        return
     if MODE == "ok":
         fs = ask("a1", "fs/read_text_file", {"sessionId": session, "path": "/etc/hostname"})
         perm = ask("a2", "session/request_permission", {

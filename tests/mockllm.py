@@ -139,6 +139,8 @@ class Failure:
     retry_after: str | None = None
     only: str | None = None
     """Fail only requests whose path contains this."""
+    message: str | None = None
+    """The error's message (else each API's usual one)."""
 
 
 @dataclass
@@ -215,7 +217,8 @@ class MockLLM:
     # --- what a test switches and reads ------------------------------------
 
     def fail(self, status: int, times: int | None = None, retry_after: float | None = None,
-             only: str | None = None, client: str | None = None) -> None:
+             only: str | None = None, client: str | None = None,
+             message: str | None = None) -> None:
         """Answer the next ``times`` model requests (all when ``None``) with ``status``.
 
         Args:
@@ -226,10 +229,11 @@ class MockLLM:
                 and not counted).
             client: Fail only this client's requests; ``None``: every client's that has
                 no failure of its own.
+            message: The error's message in the body (else the API's usual one).
         """
         ra = None if retry_after is None else f"{retry_after:g}"
         with self._server.state.lock:
-            self._server.state.failures[client] = Failure(status, times, ra, only)
+            self._server.state.failures[client] = Failure(status, times, ra, only, message)
 
     def hang(self, times: int | None = None, only: str | None = None,
              client: str | None = None) -> None:
@@ -495,6 +499,8 @@ class _Handler(BaseHTTPRequestHandler):
                               "type": "requests" if limited else "server_error",
                               "param": None,
                               "code": "rate_limit_exceeded" if limited else None}}
+        if failure.message is not None:
+            body["error"]["message"] = failure.message
         self._send_json(failure.status, body, headers)
 
     # --- Anthropic Messages ----------------------------------------------------

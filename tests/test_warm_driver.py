@@ -116,6 +116,16 @@ async def test_an_agent_dying_before_any_text_leaves_the_run_to_go_one_shot(
     assert not seen.pieces and not agent.process.alive
 
 
+async def test_a_rate_limit_error_of_the_agent_gives_the_delay_it_names(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    agent = await _agent(nursery, "limited")
+    with trio.fail_after(LIMIT):
+        outcome = await AgentAttempt(agent, TurnSpec("p", str(tmp_path))).run(Seen())
+    assert outcome.verdict is not None and outcome.verdict.kind == "rate_limit"
+    assert outcome.verdict.retry_after_s == 7.5
+    assert agent.process.alive  # a provider's answer, not the agent's fault
+
+
 async def test_an_agent_that_never_initializes_is_killed() -> None:
     async with trio.open_nursery() as nursery:
         with pytest.raises(WarmUnavailable, match="did not initialize"):
