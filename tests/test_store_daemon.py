@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
 from llmd.config import parse_registry
 from llmd.daemon import Daemon
+from llmd.jobs import manager as manager_mod
+from llmd.jobs.output import with_prompt_line
 from llmd.jobs.storedb import Database
 from tests.conftest import DaemonHandle, RawClient, alive, registry_toml
 from tests.harness import read_pids, wait_until
@@ -165,6 +171,108 @@ async def test_a_full_disk_loses_records_not_runs_nor_their_listing(
                 assert during["result"]["job"] in ids
                 assert before["result"]["job"] in ids
                 assert await daemon.store.get(during["result"]["job"]) is None
+            finally:
+                await client.aclose()
+                daemon.request_stop()
+
+
+async def _listed_as_before(daemon: Daemon, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """What ``jobs.list`` answers, computed the plain way: every record of memory and of
+    the store built, merged, sorted newest first, then cut to the limit."""
+    manager, store = daemon.manager, daemon.store
+    trees = manager.worktrees
+    assert trees is not None
+    state, limit = params.get("state"), params.get("limit", 50)
+    records = {r.job: r for r in await store.list(state, limit)}
+    for job in manager.jobs.values():
+        if job.stored and job.id not in records:
+            continue
+        if state is None or job.state == state:
+            records[job.id] = job.record(with_text=False)
+        else:
+            records.pop(job.id, None)
+    if params.get("unapplied"):
+        wanted = set(trees.unapplied())
+        for job_id in wanted - records.keys():
+            found = (manager.jobs[job_id].record(with_text=False)
+                     if job_id in manager.jobs else await store.get(job_id))
+            if found is not None:
+                records[job_id] = found
+        records = {k: r for k, r in records.items() if k in wanted}
+    newest = sorted(records.values(), key=lambda r: r.job, reverse=True)[:limit]
+    shown = [r if (info := trees.info(r.job)) is None
+             else msgspec.structs.replace(r, worktree=info) for r in newest]
+    entries: list[Any] = ([with_prompt_line(r, manager.jobs.get(r.job)) for r in shown]
+                          if params.get("prompt_line") else shown)
+    decoded: list[dict[str, Any]] = json.loads(msgspec.json.encode(entries))
+    return decoded
+
+
+async def test_jobs_list_merges_memory_and_store_and_cuts_to_the_limit(
+        fake_bin: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In process, with room in memory for a few finished jobs: the older ones are in the
+    # store only, the newer in both, the live ones in memory (and the store, as live).
+    monkeypatch.setattr(manager_mod, "KEEP_FINISHED", 6)
+    monkeypatch.setenv("XDG_STATE_HOME", str(short_tmp / "state"))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    repo = short_tmp / "repo"
+    repo.mkdir()
+    git_id = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+              "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for args in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "start"]):
+        subprocess.run(["git", *args], cwd=repo, env=git_id, check=True)
+    toml = registry_toml(fake_bin, {
+        "echo": {"command": ["/bin/echo", "{prompt}"]},
+        "fail": {"command": ["/bin/false", "{prompt}"]},
+        "sleep": {"command": ["/bin/sleep", "1000"], "prompt": "stdin"},
+        "edit": {"command": ["@fakecli", "edit", "a.txt"], "prompt": "stdin"},
+    })
+    daemon = Daemon(parse_registry(toml, "test"), short_tmp / "run" / "llmd.sock")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.serve)
+            client = await RawClient.connect(daemon.listener.path)
+            try:
+                plan = ["edit", "echo", "fail"] * 4 + ["edit", "sleep", "sleep", "echo"] * 2
+                ids = []
+                for n, bp in enumerate(plan):
+                    params: dict[str, Any] = {"blueprint": bp, "prompt": f"p{n}\nsecond"}
+                    if bp == "edit":
+                        params.update(cwd=str(repo), isolate="worktree")
+                    reply = await client.call("llm.run", {**params, "detach": bp == "sleep"},
+                                              id=n)
+                    ids.append(reply.get("result", reply.get("error", {}).get("data"))["job"])
+                cancelled = ids[plan.index("sleep")]
+                await client.call("llm.cancel", {"job": cancelled}, id="c")
+                await client.call("jobs.get", {"job": cancelled, "wait": True}, id="w")
+                held = daemon.manager.jobs.values()
+                await wait_until(lambda: daemon.manager.jobs[cancelled].stored)
+                # Three live, three finished in memory (and the store), the rest stored only.
+                assert sorted(j.state for j in held) == ["cancelled", "running", "running",
+                                                         "running", "succeeded", "succeeded"]
+                assert sum(j.stored for j in held) == 3
+                everything = (await client.call("jobs.list", {"limit": 1000}))["result"]
+                assert [j["job"] for j in everything["jobs"]] == sorted(ids, reverse=True)
+                unapplied = (await client.call("jobs.list", {"unapplied": True}))["result"]
+                assert len(unapplied["jobs"]) == plan.count("edit")
+                listed = 0
+                for pruned in (False, True):
+                    if pruned:
+                        # Records pruned from the store while their jobs are in memory: a
+                        # job held as stored is listed only while the store lists it.
+                        daemon.store.max_jobs = 2
+                        assert await daemon.store.prune() > 0
+                        assert await daemon.store.get(cancelled) is None
+                    for state in (None, "succeeded", "failed", "running", "cancelled",
+                                  "queued"):
+                        for limit in (1, 2, 5, 13, 1000):
+                            for extra in ({}, {"prompt_line": True}, {"unapplied": True}):
+                                params = {"state": state, "limit": limit, **extra}
+                                reply = await client.call("jobs.list", params,
+                                                          id=f"l{listed}")
+                                listed += 1
+                                assert reply["result"]["jobs"] == await _listed_as_before(
+                                    daemon, params), params
             finally:
                 await client.aclose()
                 daemon.request_stop()
