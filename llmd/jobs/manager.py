@@ -74,7 +74,7 @@ from llmd.jobs.records import RunParams, RunResult
 from llmd.jobs.retry import Backoff
 from llmd.jobs.state import FINAL_STATES, JobState, advance, can_follow
 from llmd.jobs.store import JobStore, ProcGroup
-from llmd.jobs.worktree import Worktrees
+from llmd.jobs.worktree import Location, Worktrees
 from llmd.parsers import ParseResult, quota
 from llmd.parsers.jsonextract import extract_json
 from llmd.parsers.ratelimit import classify
@@ -165,8 +165,13 @@ class JobManager:
 
     # --- entry points ------------------------------------------------------
 
-    def submit(self, params: RunParams) -> Job:
+    def submit(self, params: RunParams, *, where: Location | None = None) -> Job:
         """Validate a request and register its job (not started yet).
+
+        Args:
+            params: The request.
+            where: Where its ``cwd`` is in its repository, when admission located it
+                (an isolated run's worktree is then made there).
 
         Raises:
             LlmdError: Unknown blueprint, bad parameters, or a full queue.
@@ -213,6 +218,7 @@ class JobManager:
         if route is not None:
             job.requested, job.fallback_reason = route.requested, route.reason
             log.info("job %s: %s", job.id, route.reason)
+        job.where = where
         self.jobs[job.id] = job
         self.queued += 1
         return job
@@ -611,7 +617,7 @@ class JobManager:
         env.pop("PWD", None)
         if params.isolate == "worktree" and self.worktrees is not None and params.cwd:
             job.worktree = await self.worktrees.create(job.id, params.cwd,
-                                                       params.base or "head")
+                                                       params.base or "head", job.where)
         with contextlib.suppress(OSError):  # the daemon's own directory may be gone
             env["PWD"] = job.cwd if job.cwd is not None else os.getcwd()
         program = shutil.which(bp.command[0], path=env.get("PATH", os.defpath))

@@ -174,10 +174,11 @@ def build(context: MethodContext) -> list[Method]:
         return worktrees
 
     async def llm_run(params: RunParams, ctx: CallContext) -> RunResult | dict[str, Any]:
+        where = None
         if worktrees is not None and params.cwd is not None and manager.isolated(params):
             # Refused now (-32602), not after the job is queued or detached.
-            await worktrees.check(params.cwd, params.base)
-        job = manager.submit(params)
+            where = await worktrees.check(params.cwd, params.base)
+        job = manager.submit(params, where=where)
         if params.detach:
             manager.start_detached(job)
             await manager.detached_durable(job)
