@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ import trio
 from llmd.config import parse_registry
 from llmd.daemon import Daemon
 from llmd.jobs import manager as manager_mod
+from llmd.jobs.job import Job
 from llmd.jobs.output import with_prompt_line
-from llmd.jobs.storedb import Database
+from llmd.jobs.storedb import Database, JobRow
 from tests.conftest import DaemonHandle, RawClient, alive, registry_toml
 from tests.harness import read_pids, wait_until
 
@@ -273,6 +275,105 @@ async def test_jobs_list_merges_memory_and_store_and_cuts_to_the_limit(
                                 listed += 1
                                 assert reply["result"]["jobs"] == await _listed_as_before(
                                     daemon, params), params
+            finally:
+                await client.aclose()
+                daemon.request_stop()
+
+
+def _count_rows(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every row made of a job from now on (the job's state at the time), in order."""
+    made: list[str] = []
+    row = Job.row
+
+    def counted(job: Job) -> JobRow:
+        made.append(job.state)
+        return row(job)
+
+    monkeypatch.setattr(Job, "row", counted)
+    return made
+
+
+async def test_no_row_is_made_for_a_store_switched_off(
+        fake_bin: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(short_tmp / "state"))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    made = _count_rows(monkeypatch)
+    toml = registry_toml(fake_bin, {
+        "echo": {"command": ["/bin/echo", "{prompt}"]},
+        "sleep": {"command": ["/bin/sleep", "1000"], "prompt": "stdin"},
+    }, extra="[store]\nenabled = false\n")
+    daemon = Daemon(parse_registry(toml, "test"), short_tmp / "run" / "llmd.sock")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.serve)
+            client = await RawClient.connect(daemon.listener.path)
+            try:
+                done = await client.call("llm.run", {"blueprint": "echo", "prompt": "a"})
+                assert done["result"]["text"] == "a\n"
+                detached = await client.call("llm.run", {"blueprint": "sleep", "prompt": "",
+                                                         "detach": True}, id=2)
+                job = detached["result"]["job"]
+                await wait_until(lambda: bool(daemon.manager.jobs[job].groups))
+                await client.call("llm.cancel", {"job": job}, id=3)
+                got = await client.call("jobs.get", {"job": job, "wait": True}, id=4)
+                assert got["result"]["state"] == "cancelled"
+                assert daemon.store.info()["available"] is False
+            finally:
+                await client.aclose()
+                daemon.request_stop()
+    assert made == []
+
+
+async def test_a_store_back_from_a_full_disk_gets_the_rows_of_jobs_under_way(
+        fake_bin: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(short_tmp / "state"))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    made = _count_rows(monkeypatch)
+    toml = registry_toml(fake_bin, {
+        "echo": {"command": ["@fakecli", "stdin"], "prompt": "stdin"},
+        "sleep": {"command": ["@fakecli", "sleep", "1000", "--", "{prompt}"]},
+    })
+    daemon = Daemon(parse_registry(toml, "test"), short_tmp / "run" / "llmd.sock")
+
+    def cap(pages: int | None) -> Callable[[Database], None]:
+        def capped(d: Database) -> None:
+            assert d.conn is not None
+            count = int(d.conn.execute("PRAGMA page_count").fetchone()[0])
+            d.conn.execute(f"PRAGMA max_page_count = {pages or count}")
+        return capped
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.serve)
+            store = daemon.store
+            client = await RawClient.connect(daemon.listener.path)
+            try:
+                await store._call(cap(None), None)
+                lost = await client.call("llm.run", {"blueprint": "echo",
+                                                     "prompt": "x" * 200_000})
+                assert "disk is full" in (store.problem or "")
+                # A job started while the disk is full: its rows are made, and lost (its
+                # request, which they carry, needs pages the file may no longer have).
+                before = len(made)
+                detached = await client.call("llm.run", {"blueprint": "sleep", "prompt":
+                                                         "z" * 100_000, "detach": True}, id=2)
+                job = detached["result"]["job"]
+                await wait_until(lambda: bool(daemon.manager.jobs[job].groups))
+                await store.flush()
+                assert len(made) > before and await store.get(job) is None
+                await store._call(cap(1 << 30), None)
+                # The first row that commits ends the episode; the job under way is then
+                # kept as it is now.
+                kept = await client.call("llm.run", {"blueprint": "echo", "prompt": "y"},
+                                         id=3)
+                assert store.available and store.problem is None
+                assert await store.get(kept["result"]["job"]) is not None
+                await client.call("llm.cancel", {"job": job}, id=4)
+                await client.call("jobs.get", {"job": job, "wait": True}, id=5)
+                await wait_until(lambda: daemon.manager.jobs[job].stored)
+                record = await store.get(job)
+                assert record is not None and record.state == "cancelled"
+                assert await store.get(lost["result"]["job"]) is None
             finally:
                 await client.aclose()
                 daemon.request_stop()

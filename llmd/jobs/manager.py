@@ -321,7 +321,7 @@ class JobManager:
         if job.worktree is not None and self.worktrees is not None:
             # A failed or cancelled run keeps its partial work, measured, for inspection.
             await self.worktrees.conclude(job.id, measure=job.result is None)
-        if self.store is not None and job.state in FINAL_STATES:
+        if self.store is not None and self.store.writing and job.state in FINAL_STATES:
             job.stored = await self.store.save_final(job.row())
         job.durable.set()
         if job.listeners and job.state in FINAL_STATES:
@@ -366,7 +366,7 @@ class JobManager:
 
     async def _commit(self, job: Job) -> None:
         """Commit a detached job's live record now, then let its id be given out."""
-        if self.store is not None and job.state not in FINAL_STATES:
+        if self.store is not None and self.store.writing and job.state not in FINAL_STATES:
             await self.store.save_final(job.row())
         job.durable.set()
 
@@ -511,7 +511,7 @@ class JobManager:
         if job.detached and not job.durable.is_set() and self._nursery is not None:
             # Its id waits for this commit: a crash from now on finds the group.
             self._nursery.start_soon(self._commit, job)
-        elif started is not None:
+        elif started is not None and self.store.writing:
             self.store.save_soon(job.row())
 
     def _leave_queue(self, job: Job) -> None:
@@ -532,7 +532,8 @@ class JobManager:
             # A change the table does not allow is a bug: it fails this job (-32603).
             job.state = advance(job.state, state)
         log.debug("job %s: %s", job.id, state)
-        if self.store is not None and state not in FINAL_STATES:
+        # No row is made for a store that writes none (switched off, or broken for good).
+        if self.store is not None and self.store.writing and state not in FINAL_STATES:
             self.store.save_soon(job.row())
         if state not in FINAL_STATES:  # a final state is told by _finish
             self.events.publish(job.id, job.blueprint, state, job.history[-1][1],
