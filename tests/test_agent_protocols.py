@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from llmd.drivers import acp, codexapp
 from llmd.drivers.rpcpeer import (
+    Answered,
+    Client,
     Notification,
     Peer,
     ProtocolError,
@@ -80,6 +82,24 @@ def test_peer_refuses_what_is_out_of_protocol(line: bytes) -> None:
     peer.request("initialize", {})
     with pytest.raises(ProtocolError):
         peer.decode(line)
+
+
+def test_both_clients_sort_lines_with_the_peers_one_receive_step() -> None:
+    assert acp.Answered is codexapp.Answered is Answered
+    for client in (acp.AcpClient(), codexapp.CodexAppClient()):
+        assert isinstance(client, Client)
+        assert type(client).receive is Client.receive
+        rid, _ = client.peer.request("initialize", {})
+        gone, _ = client.peer.request("x", {})
+        client.peer.forget(gone)
+        answer = {"id": rid, "result": {"ok": 1}}
+        [answered] = client.receive(_line(answer))
+        assert isinstance(answered, Answered) and answered.response.method == "initialize"
+        assert client.receive(_line({"id": gone, "result": {}})) == []  # stale: dropped
+        assert client.receive(_line({"method": "not/used", "params": {}})) == []
+        [replied] = client.receive(_line({"id": "r", "method": "not/served"}))
+        assert isinstance(replied, (acp.Replied, codexapp.Replied))
+        assert _frame(replied.data)["error"]["code"] == -32601
 
 
 # --- ACP (gemini --acp) -------------------------------------------------------------

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sqlite3
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
 from llmd.config import parse_registry
 from llmd.daemon import Daemon
-from llmd.jobs.storedb import Database
+from llmd.jobs import manager as manager_mod
+from llmd.jobs.job import Job
+from llmd.jobs.output import with_prompt_line
+from llmd.jobs.storedb import Database, JobRow
 from tests.conftest import DaemonHandle, RawClient, alive, registry_toml
 from tests.harness import read_pids, wait_until
 
@@ -165,6 +173,207 @@ async def test_a_full_disk_loses_records_not_runs_nor_their_listing(
                 assert during["result"]["job"] in ids
                 assert before["result"]["job"] in ids
                 assert await daemon.store.get(during["result"]["job"]) is None
+            finally:
+                await client.aclose()
+                daemon.request_stop()
+
+
+async def _listed_as_before(daemon: Daemon, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """What ``jobs.list`` answers, computed the plain way: every record of memory and of
+    the store built, merged, sorted newest first, then cut to the limit."""
+    manager, store = daemon.manager, daemon.store
+    trees = manager.worktrees
+    assert trees is not None
+    state, limit = params.get("state"), params.get("limit", 50)
+    records = {r.job: r for r in await store.list(state, limit)}
+    for job in manager.jobs.values():
+        if job.stored and job.id not in records:
+            continue
+        if state is None or job.state == state:
+            records[job.id] = job.record(with_text=False)
+        else:
+            records.pop(job.id, None)
+    if params.get("unapplied"):
+        wanted = set(trees.unapplied())
+        for job_id in wanted - records.keys():
+            found = (manager.jobs[job_id].record(with_text=False)
+                     if job_id in manager.jobs else await store.get(job_id))
+            if found is not None:
+                records[job_id] = found
+        records = {k: r for k, r in records.items() if k in wanted}
+    newest = sorted(records.values(), key=lambda r: r.job, reverse=True)[:limit]
+    shown = [r if (info := trees.info(r.job)) is None
+             else msgspec.structs.replace(r, worktree=info) for r in newest]
+    entries: list[Any] = ([with_prompt_line(r, manager.jobs.get(r.job)) for r in shown]
+                          if params.get("prompt_line") else shown)
+    decoded: list[dict[str, Any]] = json.loads(msgspec.json.encode(entries))
+    return decoded
+
+
+async def test_jobs_list_merges_memory_and_store_and_cuts_to_the_limit(
+        fake_bin: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In process, with room in memory for a few finished jobs: the older ones are in the
+    # store only, the newer in both, the live ones in memory (and the store, as live).
+    monkeypatch.setattr(manager_mod, "KEEP_FINISHED", 6)
+    monkeypatch.setenv("XDG_STATE_HOME", str(short_tmp / "state"))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    repo = short_tmp / "repo"
+    repo.mkdir()
+    git_id = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+              "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for args in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "start"]):
+        subprocess.run(["git", *args], cwd=repo, env=git_id, check=True)
+    toml = registry_toml(fake_bin, {
+        "echo": {"command": ["/bin/echo", "{prompt}"]},
+        "fail": {"command": ["/bin/false", "{prompt}"]},
+        "sleep": {"command": ["/bin/sleep", "1000"], "prompt": "stdin"},
+        "edit": {"command": ["@fakecli", "edit", "a.txt"], "prompt": "stdin"},
+    })
+    daemon = Daemon(parse_registry(toml, "test"), short_tmp / "run" / "llmd.sock")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.serve)
+            client = await RawClient.connect(daemon.listener.path)
+            try:
+                plan = ["edit", "echo", "fail"] * 4 + ["edit", "sleep", "sleep", "echo"] * 2
+                ids = []
+                for n, bp in enumerate(plan):
+                    params: dict[str, Any] = {"blueprint": bp, "prompt": f"p{n}\nsecond"}
+                    if bp == "edit":
+                        params.update(cwd=str(repo), isolate="worktree")
+                    reply = await client.call("llm.run", {**params, "detach": bp == "sleep"},
+                                              id=n)
+                    ids.append(reply.get("result", reply.get("error", {}).get("data"))["job"])
+                cancelled = ids[plan.index("sleep")]
+                await client.call("llm.cancel", {"job": cancelled}, id="c")
+                await client.call("jobs.get", {"job": cancelled, "wait": True}, id="w")
+                held = daemon.manager.jobs.values()
+                await wait_until(lambda: daemon.manager.jobs[cancelled].stored)
+                # Three live, three finished in memory (and the store), the rest stored only.
+                assert sorted(j.state for j in held) == ["cancelled", "running", "running",
+                                                         "running", "succeeded", "succeeded"]
+                assert sum(j.stored for j in held) == 3
+                everything = (await client.call("jobs.list", {"limit": 1000}))["result"]
+                assert [j["job"] for j in everything["jobs"]] == sorted(ids, reverse=True)
+                unapplied = (await client.call("jobs.list", {"unapplied": True}))["result"]
+                assert len(unapplied["jobs"]) == plan.count("edit")
+                listed = 0
+                for pruned in (False, True):
+                    if pruned:
+                        # Records pruned from the store while their jobs are in memory: a
+                        # job held as stored is listed only while the store lists it.
+                        daemon.store.max_jobs = 2
+                        assert await daemon.store.prune() > 0
+                        assert await daemon.store.get(cancelled) is None
+                    for state in (None, "succeeded", "failed", "running", "cancelled",
+                                  "queued"):
+                        for limit in (1, 2, 5, 13, 1000):
+                            for extra in ({}, {"prompt_line": True}, {"unapplied": True}):
+                                params = {"state": state, "limit": limit, **extra}
+                                reply = await client.call("jobs.list", params,
+                                                          id=f"l{listed}")
+                                listed += 1
+                                assert reply["result"]["jobs"] == await _listed_as_before(
+                                    daemon, params), params
+            finally:
+                await client.aclose()
+                daemon.request_stop()
+
+
+def _count_rows(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every row made of a job from now on (the job's state at the time), in order."""
+    made: list[str] = []
+    row = Job.row
+
+    def counted(job: Job) -> JobRow:
+        made.append(job.state)
+        return row(job)
+
+    monkeypatch.setattr(Job, "row", counted)
+    return made
+
+
+async def test_no_row_is_made_for_a_store_switched_off(
+        fake_bin: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(short_tmp / "state"))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    made = _count_rows(monkeypatch)
+    toml = registry_toml(fake_bin, {
+        "echo": {"command": ["/bin/echo", "{prompt}"]},
+        "sleep": {"command": ["/bin/sleep", "1000"], "prompt": "stdin"},
+    }, extra="[store]\nenabled = false\n")
+    daemon = Daemon(parse_registry(toml, "test"), short_tmp / "run" / "llmd.sock")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.serve)
+            client = await RawClient.connect(daemon.listener.path)
+            try:
+                done = await client.call("llm.run", {"blueprint": "echo", "prompt": "a"})
+                assert done["result"]["text"] == "a\n"
+                detached = await client.call("llm.run", {"blueprint": "sleep", "prompt": "",
+                                                         "detach": True}, id=2)
+                job = detached["result"]["job"]
+                await wait_until(lambda: bool(daemon.manager.jobs[job].groups))
+                await client.call("llm.cancel", {"job": job}, id=3)
+                got = await client.call("jobs.get", {"job": job, "wait": True}, id=4)
+                assert got["result"]["state"] == "cancelled"
+                assert daemon.store.info()["available"] is False
+            finally:
+                await client.aclose()
+                daemon.request_stop()
+    assert made == []
+
+
+async def test_a_store_back_from_a_full_disk_gets_the_rows_of_jobs_under_way(
+        fake_bin: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(short_tmp / "state"))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    made = _count_rows(monkeypatch)
+    toml = registry_toml(fake_bin, {
+        "echo": {"command": ["@fakecli", "stdin"], "prompt": "stdin"},
+        "sleep": {"command": ["@fakecli", "sleep", "1000", "--", "{prompt}"]},
+    })
+    daemon = Daemon(parse_registry(toml, "test"), short_tmp / "run" / "llmd.sock")
+
+    def cap(pages: int | None) -> Callable[[Database], None]:
+        def capped(d: Database) -> None:
+            assert d.conn is not None
+            count = int(d.conn.execute("PRAGMA page_count").fetchone()[0])
+            d.conn.execute(f"PRAGMA max_page_count = {pages or count}")
+        return capped
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.serve)
+            store = daemon.store
+            client = await RawClient.connect(daemon.listener.path)
+            try:
+                await store._call(cap(None), None)
+                lost = await client.call("llm.run", {"blueprint": "echo",
+                                                     "prompt": "x" * 200_000})
+                assert "disk is full" in (store.problem or "")
+                # A job started while the disk is full: its rows are made, and lost (its
+                # request, which they carry, needs pages the file may no longer have).
+                before = len(made)
+                detached = await client.call("llm.run", {"blueprint": "sleep", "prompt":
+                                                         "z" * 100_000, "detach": True}, id=2)
+                job = detached["result"]["job"]
+                await wait_until(lambda: bool(daemon.manager.jobs[job].groups))
+                await store.flush()
+                assert len(made) > before and await store.get(job) is None
+                await store._call(cap(1 << 30), None)
+                # The first row that commits ends the episode; the job under way is then
+                # kept as it is now.
+                kept = await client.call("llm.run", {"blueprint": "echo", "prompt": "y"},
+                                         id=3)
+                assert store.available and store.problem is None
+                assert await store.get(kept["result"]["job"]) is not None
+                await client.call("llm.cancel", {"job": job}, id=4)
+                await client.call("jobs.get", {"job": job, "wait": True}, id=5)
+                await wait_until(lambda: daemon.manager.jobs[job].stored)
+                record = await store.get(job)
+                assert record is not None and record.state == "cancelled"
+                assert await store.get(lost["result"]["job"]) is None
             finally:
                 await client.aclose()
                 daemon.request_stop()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -14,7 +16,8 @@ from typing import Any
 import pytest
 import trio
 
-from llmd.jobs.worktree import Worktrees, git_env
+from llmd.errors import InvalidParams
+from llmd.jobs.worktree import Location, Worktrees, git_env
 from tests.conftest import DaemonHandle, RawClient, llmc, registry_toml
 from tests.harness import wait_until
 
@@ -450,3 +453,62 @@ def test_a_diff_is_coloured_line_by_line() -> None:
     assert shown.splitlines() == [
         "\x1b[1mdiff --git a/x b/x\x1b[0m", "\x1b[1m--- a/x\x1b[0m", "\x1b[1m+++ b/x\x1b[0m",
         "\x1b[36m@@ -1 +1 @@\x1b[0m", "\x1b[31m-old\x1b[0m", "\x1b[32m+new\x1b[0m", " ctx"]
+
+
+def logging_git(where: Path, log: Path) -> Path:
+    """A ``git`` in ``where`` that appends its arguments to ``log``, then runs the real one."""
+    real = shutil.which("git")
+    assert real is not None
+    where.mkdir(parents=True, exist_ok=True)
+    wrapper = where / "git"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {shlex.quote(str(log))}\n'
+                       f'exec {shlex.quote(real)} "$@"\n')
+    wrapper.chmod(0o755)
+    return where
+
+
+async def test_an_isolated_run_locates_its_repository_once(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
+    repo = make_repo(short_tmp / "repo")
+    log = short_tmp / "git.log"
+    wrapped = logging_git(short_tmp / "gitbin", log)
+    d: DaemonHandle = await daemon_factory(
+        registry(fake_bin), env={"PATH": f"{wrapped}{os.pathsep}{os.environ['PATH']}"})
+    client = await d.connect()
+    with trio.fail_after(30):
+        reply = await run(client, repo, "changed\n")
+    assert reply["result"]["worktree"]["changed_files"] == 1
+    calls = log.read_text().splitlines()
+    # Admission checks the cwd; the worktree is then made where that check found it.
+    assert sum(c.startswith("rev-parse --is-inside-work-tree") for c in calls) == 1, calls
+    assert sum(c.startswith("worktree add") for c in calls) == 1, calls
+
+
+async def test_git_is_found_once_and_a_missing_git_is_refused_as_before(
+        short_tmp: Path) -> None:
+    repo = make_repo(short_tmp / "repo")
+    empty = short_tmp / "empty"
+    empty.mkdir()
+    trees = Worktrees(short_tmp / "wt", {**os.environ, "PATH": str(empty)})
+    with trio.fail_after(30):
+        with pytest.raises(InvalidParams) as missing:
+            await trees.check(str(repo), None)
+        assert missing.value.message == (
+            f"isolate \"worktree\" needs a cwd inside a git work tree; {str(repo)!r} is not "
+            "([Errno 2] No such file or directory: 'git')")
+        # Not remembered as missing: a git installed later is found.
+        first = short_tmp / "first.log"
+        logging_git(empty, first)
+        located = await trees.check(str(repo), None)
+        assert located == (str(repo), str(repo / ".git"), "")
+        # Found once: a git put before it on the PATH afterwards is not looked for.
+        later = short_tmp / "later.log"
+        trees.environ["PATH"] = f"{logging_git(short_tmp / 'later', later)}{os.pathsep}{empty}"
+        sidecar = await trees.create("j", str(repo), "head", located)
+        # A checkout gone since admission is located again, not trusted.
+        moved = Location(str(short_tmp / "moved"), str(short_tmp / "moved" / ".git"), "")
+        again = await trees.create("k", str(repo), "head", moved)
+    assert Path(sidecar.cwd) == short_tmp / "wt" / "j"
+    assert again.checkout == str(repo) and again.common_dir == str(repo / ".git")
+    assert not later.exists()
+    assert "worktree add" in first.read_text()

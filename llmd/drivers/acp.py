@@ -30,17 +30,17 @@ import msgspec
 
 from llmd.drivers.rpcpeer import (
     METHOD_NOT_FOUND,
+    Answered,
+    Client,
     Notification,
     Peer,
     Request,
     RequestId,
-    Response,
-    Stale,
     decode_params,
     decode_result,
 )
 
-__all__ = ["decode_result"]
+__all__ = ["Answered", "decode_result"]
 
 PROTOCOL_VERSION = 1
 
@@ -177,13 +177,6 @@ class Text:
 
 
 @dataclass(frozen=True)
-class Answered:
-    """The agent's answer to one of llmd's requests (see :class:`Response`)."""
-
-    response: Response
-
-
-@dataclass(frozen=True)
 class Replied:
     """llmd answered a request of the agent; ``data`` is the line to write back.
 
@@ -207,7 +200,7 @@ class _SessionRef(msgspec.Struct, frozen=True):
     sessionId: str | None = None
 
 
-class AcpClient:
+class AcpClient(Client[Text | Replied]):
     """The client side of one ACP connection (one agent process).
 
     Args:
@@ -248,21 +241,6 @@ class AcpClient:
     def cancel(self, session: str) -> bytes:
         """The ``session/cancel`` notification."""
         return self.peer.notify("session/cancel", {"sessionId": session})
-
-    def receive(self, line: bytes | str) -> list[AcpEvent]:
-        """Take one line the agent wrote.
-
-        Raises:
-            ProtocolError: The line is out of protocol.
-        """
-        message = self.peer.decode(line)
-        if isinstance(message, Stale):
-            return []
-        if isinstance(message, Response):
-            return [Answered(message)]
-        if isinstance(message, Request):
-            return [self._answer(message)]
-        return self._notification(message)
 
     def _notification(self, message: Notification) -> list[AcpEvent]:
         if message.method != "session/update":

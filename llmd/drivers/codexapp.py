@@ -30,13 +30,15 @@ import msgspec
 
 from llmd.drivers.rpcpeer import (
     METHOD_NOT_FOUND,
+    Answered,
+    Client,
     Notification,
     Peer,
     Request,
-    Response,
-    Stale,
     decode_params,
 )
+
+__all__ = ["Answered"]
 
 # --- what the app server sends (tolerant of unknown members, strict on types) ---------
 
@@ -216,13 +218,6 @@ class TurnErrorNote:
 
 
 @dataclass(frozen=True)
-class Answered:
-    """The app server's answer to one of llmd's requests."""
-
-    response: Response
-
-
-@dataclass(frozen=True)
 class Replied:
     """llmd answered a request of the app server; ``data`` is the line to write back."""
 
@@ -236,7 +231,7 @@ CodexEvent: TypeAlias = (Delta | Message | Usage | TurnDone | TurnErrorNote | An
                          | Replied)
 
 
-class CodexAppClient:
+class CodexAppClient(Client[Delta | Message | Usage | TurnDone | TurnErrorNote | Replied]):
     """The client side of one app-server connection (one codex process).
 
     Args:
@@ -284,21 +279,6 @@ class CodexAppClient:
     def interrupt(self, thread: str, turn: str) -> tuple[int, bytes]:
         """A ``turn/interrupt`` request."""
         return self.peer.request("turn/interrupt", {"threadId": thread, "turnId": turn})
-
-    def receive(self, line: bytes | str) -> list[CodexEvent]:
-        """Take one line the app server wrote.
-
-        Raises:
-            ProtocolError: The line is out of protocol.
-        """
-        message = self.peer.decode(line)
-        if isinstance(message, Stale):
-            return []
-        if isinstance(message, Response):
-            return [Answered(message)]
-        if isinstance(message, Request):
-            return [self._answer(message)]
-        return self._notification(message)
 
     def _notification(self, message: Notification) -> list[CodexEvent]:
         method, raw = message.method, message.params

@@ -5,7 +5,8 @@ Both long-lived agents llmd drives speak JSON-RPC, one message a line: ``gemini 
 whose messages lack the ``"jsonrpc"`` member). :class:`Peer` numbers llmd's requests,
 encodes its frames and decodes each line the agent writes into one :data:`Message`;
 the protocol modules (:mod:`llmd.drivers.acp`, :mod:`llmd.drivers.codexapp`) give the
-methods their meaning.
+methods their meaning; :class:`Client` is the receive step both share (a line decoded
+and sorted into an answer, a request or a notification).
 
 Invariants:
 - Decoding is strict on types and tolerant of unknown members: a line that is not a
@@ -21,11 +22,12 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import msgspec
 
 _T = TypeVar("_T")
+_E = TypeVar("_E")
 
 RequestId: TypeAlias = "int | str"
 
@@ -96,6 +98,13 @@ class Stale:
 
 
 Message: TypeAlias = Response | Request | Notification | Stale
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The agent's answer to one of llmd's requests (see :class:`Response`)."""
+
+    response: Response
 
 _decoder = msgspec.json.Decoder(_Wire)
 _encoder = msgspec.json.Encoder()
@@ -206,3 +215,40 @@ class Peer:
         if self._member:
             body = {"jsonrpc": "2.0", **body}
         return _encoder.encode(body) + b"\n"
+
+
+class Client(Generic[_E]):
+    """The client side of one connection: sorts each line the agent writes into events.
+
+    A protocol module subclasses it with how the agent's requests are answered
+    (:meth:`_answer`) and what its notifications mean (:meth:`_notification`); ``_E`` is
+    the type of the events those give.
+
+    Attributes:
+        peer: The connection's framing and request bookkeeping.
+    """
+
+    peer: Peer
+
+    def receive(self, line: bytes | str) -> list[_E | Answered]:
+        """Take one line the agent wrote.
+
+        Raises:
+            ProtocolError: The line is out of protocol.
+        """
+        message = self.peer.decode(line)
+        if isinstance(message, Stale):
+            return []
+        if isinstance(message, Response):
+            return [Answered(message)]
+        if isinstance(message, Request):
+            return [self._answer(message)]
+        return self._notification(message)
+
+    def _answer(self, request: Request) -> _E:
+        """The event of answering one of the agent's requests (answered at once)."""
+        raise NotImplementedError
+
+    def _notification(self, message: Notification) -> list[_E | Answered]:
+        """The events a notification of the agent's gives (none for one not used)."""
+        raise NotImplementedError

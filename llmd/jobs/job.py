@@ -25,7 +25,7 @@ from llmd.errors import LlmdError
 from llmd.jobs.records import JobRecord, RunParams, RunResult
 from llmd.jobs.state import INITIAL_STATE, JobState
 from llmd.jobs.storedb import JobRow, ProcGroup
-from llmd.jobs.worktree import Sidecar
+from llmd.jobs.worktree import Location, Sidecar
 from llmd.timestamps import utc_now
 
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -86,6 +86,8 @@ class Job:
         """Set once a detached job's record can be found after a crash (see the manager)."""
         self.worktree: Sidecar | None = None
         """The job's worktree, once made (``isolate: "worktree"``)."""
+        self.where: Location | None = None
+        """Where its ``cwd`` is in its repository, as admission found it (isolated runs)."""
         self.live_text: list[str] = []
         """The stdout text of the attempt in flight (or the last), as streamed, for a
         structured parser (a plain-text attempt's kept stdout is its text)."""

@@ -74,7 +74,7 @@ from llmd.jobs.records import RunParams, RunResult
 from llmd.jobs.retry import Backoff
 from llmd.jobs.state import FINAL_STATES, JobState, advance, can_follow
 from llmd.jobs.store import JobStore, ProcGroup
-from llmd.jobs.worktree import Worktrees
+from llmd.jobs.worktree import Location, Worktrees
 from llmd.parsers import ParseResult, quota
 from llmd.parsers.jsonextract import extract_json
 from llmd.parsers.ratelimit import classify
@@ -165,8 +165,13 @@ class JobManager:
 
     # --- entry points ------------------------------------------------------
 
-    def submit(self, params: RunParams) -> Job:
+    def submit(self, params: RunParams, *, where: Location | None = None) -> Job:
         """Validate a request and register its job (not started yet).
+
+        Args:
+            params: The request.
+            where: Where its ``cwd`` is in its repository, when admission located it
+                (an isolated run's worktree is then made there).
 
         Raises:
             LlmdError: Unknown blueprint, bad parameters, or a full queue.
@@ -213,6 +218,7 @@ class JobManager:
         if route is not None:
             job.requested, job.fallback_reason = route.requested, route.reason
             log.info("job %s: %s", job.id, route.reason)
+        job.where = where
         self.jobs[job.id] = job
         self.queued += 1
         return job
@@ -315,7 +321,7 @@ class JobManager:
         if job.worktree is not None and self.worktrees is not None:
             # A failed or cancelled run keeps its partial work, measured, for inspection.
             await self.worktrees.conclude(job.id, measure=job.result is None)
-        if self.store is not None and job.state in FINAL_STATES:
+        if self.store is not None and self.store.writing and job.state in FINAL_STATES:
             job.stored = await self.store.save_final(job.row())
         job.durable.set()
         if job.listeners and job.state in FINAL_STATES:
@@ -360,7 +366,7 @@ class JobManager:
 
     async def _commit(self, job: Job) -> None:
         """Commit a detached job's live record now, then let its id be given out."""
-        if self.store is not None and job.state not in FINAL_STATES:
+        if self.store is not None and self.store.writing and job.state not in FINAL_STATES:
             await self.store.save_final(job.row())
         job.durable.set()
 
@@ -505,7 +511,7 @@ class JobManager:
         if job.detached and not job.durable.is_set() and self._nursery is not None:
             # Its id waits for this commit: a crash from now on finds the group.
             self._nursery.start_soon(self._commit, job)
-        elif started is not None:
+        elif started is not None and self.store.writing:
             self.store.save_soon(job.row())
 
     def _leave_queue(self, job: Job) -> None:
@@ -526,7 +532,8 @@ class JobManager:
             # A change the table does not allow is a bug: it fails this job (-32603).
             job.state = advance(job.state, state)
         log.debug("job %s: %s", job.id, state)
-        if self.store is not None and state not in FINAL_STATES:
+        # No row is made for a store that writes none (switched off, or broken for good).
+        if self.store is not None and self.store.writing and state not in FINAL_STATES:
             self.store.save_soon(job.row())
         if state not in FINAL_STATES:  # a final state is told by _finish
             self.events.publish(job.id, job.blueprint, state, job.history[-1][1],
@@ -611,7 +618,7 @@ class JobManager:
         env.pop("PWD", None)
         if params.isolate == "worktree" and self.worktrees is not None and params.cwd:
             job.worktree = await self.worktrees.create(job.id, params.cwd,
-                                                       params.base or "head")
+                                                       params.base or "head", job.where)
         with contextlib.suppress(OSError):  # the daemon's own directory may be gone
             env["PWD"] = job.cwd if job.cwd is not None else os.getcwd()
         program = shutil.which(bp.command[0], path=env.get("PATH", os.defpath))

@@ -208,6 +208,13 @@ class JobStore:
         """The store's state for ``daemon.info``."""
         return {"path": str(self.path), "available": self.available, "problem": self.problem}
 
+    @property
+    def writing(self) -> bool:
+        """Whether a row handed over now may be written: False once the store is
+        unavailable (for good) or closed. A full disk leaves it True: only a row that
+        commits ends that episode, so rows keep coming."""
+        return self.available and not self._closed
+
     # --- writes ------------------------------------------------------------
 
     def save_soon(self, row: JobRow) -> None:

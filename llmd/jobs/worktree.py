@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 import trio
@@ -80,6 +81,17 @@ class GitFailed(Exception):
     """A git command exited non-zero (its stderr is the message)."""
 
 
+class Location(NamedTuple):
+    """Where a ``cwd`` is in its repository (see :meth:`Worktrees.locate`)."""
+
+    top: str
+    """The top of the work tree."""
+    common_dir: str
+    """The common git directory."""
+    prefix: str
+    """``cwd`` relative to the top (``""`` at the top)."""
+
+
 class Worktrees:
     """The worktrees of the jobs of one job store.
 
@@ -94,16 +106,30 @@ class Worktrees:
         self._locks: dict[str, trio.Lock] = {}
         self.sidecars: dict[str, Sidecar] = {}
         self._concluded: dict[str, trio.Event] = {}
+        self._program: str | None = None
 
     # --- git ---------------------------------------------------------------
+
+    def _git_program(self) -> str:
+        """git's path, looked up on the PATH once it is found (until it fails to start)."""
+        if self._program is None:
+            found = shutil.which("git", path=self.environ.get("PATH", os.defpath))
+            if found is None:
+                return "git"  # not kept: a git installed later is found at the next call
+            self._program = found
+        return self._program
 
     async def _git(self, args: list[str], cwd: str | Path, *, stdin: bytes | None = None,
                    check: bool = True, env: Mapping[str, str] | None = None,
                    ) -> subprocess.CompletedProcess[bytes]:
-        git = shutil.which("git", path=self.environ.get("PATH", os.defpath)) or "git"
-        done = await trio.run_process([git, *args], cwd=str(cwd), stdin=stdin or b"",
-                                      capture_stdout=True, capture_stderr=True, check=False,
-                                      env=git_env(self.environ, **(env or {})))
+        try:
+            done = await trio.run_process([self._git_program(), *args], cwd=str(cwd),
+                                          stdin=stdin or b"", capture_stdout=True,
+                                          capture_stderr=True, check=False,
+                                          env=git_env(self.environ, **(env or {})))
+        except FileNotFoundError:
+            self._program = None  # git moved or went (or cwd did): looked up again next time
+            raise
         if check and done.returncode != 0:
             raise GitFailed(done.stderr.decode("utf-8", "replace").strip()
                             or f"git {args[0]} exited {done.returncode}")
@@ -118,7 +144,7 @@ class Worktrees:
 
     # --- admission ---------------------------------------------------------
 
-    async def locate(self, cwd: str) -> tuple[str, str, str]:
+    async def locate(self, cwd: str) -> Location:
         """Where ``cwd`` is in its repository.
 
         Returns:
@@ -144,18 +170,22 @@ class Worktrees:
         lines = ["true", *out.split("\n")]
         if len(lines) < 4:
             raise refused("not (git said nothing of it)")
-        return lines[1], lines[2], lines[3].rstrip("/")
+        return Location(lines[1], lines[2], lines[3].rstrip("/"))
 
-    async def check(self, cwd: str, base: str | None) -> None:
+    async def check(self, cwd: str, base: str | None) -> Location:
         """Refuse now what :meth:`create` would refuse later: a ``cwd`` outside a git work
         tree, a ``base`` that names no commit.
+
+        Returns:
+            Where ``cwd`` is, for :meth:`create`.
 
         Raises:
             InvalidParams: Saying which.
         """
-        top, _, _ = await self.locate(cwd)
+        where = await self.locate(cwd)
         if base not in (None, "head", "working-tree"):
-            await self._base(top, base, self.root)  # a ref: only resolved, nothing written
+            await self._base(where.top, base, self.root)  # a ref: resolved, nothing written
+        return where
 
     async def _base(self, top: str, base: str, scratch: Path) -> str:
         """The commit a worktree starts from (see API.md ``base``)."""
@@ -207,8 +237,16 @@ class Worktrees:
                                  "llmd: working tree with untracked files"], top,
                                 env=env)).strip()
 
-    async def create(self, job: str, cwd: str, base: str) -> Sidecar:
+    async def create(self, job: str, cwd: str, base: str,
+                     where: Location | None = None) -> Sidecar:
         """Add the job's worktree (``git worktree add --detach``).
+
+        Args:
+            job: The job's id (the worktree's name).
+            cwd: The run's ``cwd`` in the user's checkout.
+            base: ``"head"``, ``"working-tree"`` or a ref.
+            where: Where ``cwd`` is, as :meth:`check` found it at admission (None: it
+                is located now).
 
         Returns:
             Its sidecar; the run works in ``cwd`` of it.
@@ -216,7 +254,11 @@ class Worktrees:
         Raises:
             InvalidParams: Not a git work tree, or ``base`` names no commit.
         """
-        top, common, prefix = await self.locate(cwd)
+        if where is None or not os.path.isdir(where.top):
+            # Not located at admission, or the checkout went while the job waited: refused
+            # as admission would refuse it now.
+            where = await self.locate(cwd)
+        top, common, prefix = where
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.root / job
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".base-") as scratch:

@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import heapq
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from llmd.errors import InvalidParams, NoSuchJob
 from llmd.health.monitor import HealthMonitor
 from llmd.jobs import ledger
 from llmd.jobs import output as job_output
+from llmd.jobs.job import Job
 from llmd.jobs.manager import JobManager
 from llmd.jobs.records import JobRecord, RunParams, RunResult
 from llmd.jobs.state import FINAL_STATES, JobState
@@ -172,10 +174,11 @@ def build(context: MethodContext) -> list[Method]:
         return worktrees
 
     async def llm_run(params: RunParams, ctx: CallContext) -> RunResult | dict[str, Any]:
+        where = None
         if worktrees is not None and params.cwd is not None and manager.isolated(params):
             # Refused now (-32602), not after the job is queued or detached.
-            await worktrees.check(params.cwd, params.base)
-        job = manager.submit(params)
+            where = await worktrees.check(params.cwd, params.base)
+        job = manager.submit(params, where=where)
         if params.detach:
             manager.start_detached(job)
             await manager.detached_durable(job)
@@ -240,28 +243,38 @@ def build(context: MethodContext) -> list[Method]:
     async def jobs_list(params: ListParams, ctx: CallContext) -> dict[str, Any]:
         # The store has the finished jobs it committed (saved before their answer); memory
         # is fresher for live ones, and holds those a full disk kept out of the store.
-        records = {r.job: r for r in await store.list(params.state, params.limit)}
-        for job in manager.jobs.values():
-            if job.stored and job.id not in records:
-                continue
-            if params.state is None or job.state == params.state:
-                records[job.id] = job.record(with_text=False)
-            else:
-                records.pop(job.id, None)
+        # The store is read first; then, with no await between, the jobs are chosen by id
+        # and state and records are made only of those returned.
+        stored = {r.job: r for r in await store.list(params.state, params.limit)}
+        wanted: set[str] | None = None
         if params.unapplied:
             wanted = set(worktrees.unapplied() if worktrees is not None else ())
-            for job_id in wanted - records.keys():
-                found = (manager.jobs[job_id].record(with_text=False)
-                         if job_id in manager.jobs else await store.get(job_id))
+            for job_id in wanted - stored.keys() - manager.jobs.keys():
+                found = await store.get(job_id)
                 if found is not None:
-                    records[job_id] = found
-            records = {k: r for k, r in records.items() if k in wanted}
+                    stored[job_id] = found
+        chosen: dict[str, JobRecord | Job] = dict(stored)
+        for job in manager.jobs.values():
+            if job.stored and job.id not in stored:
+                continue
+            if params.state is None or job.state == params.state:
+                chosen[job.id] = job
+            else:
+                chosen.pop(job.id, None)
+        if wanted is not None:
+            # An unapplied job is listed whatever its state, from memory if held there.
+            for job_id in wanted - chosen.keys():
+                if job_id in manager.jobs:
+                    chosen[job_id] = manager.jobs[job_id]
+            chosen = {k: v for k, v in chosen.items() if k in wanted}
         # Job ids sort by creation time.
-        newest = sorted(records.values(), key=lambda r: r.job, reverse=True)
+        newest = [_shown(found if isinstance(found, JobRecord)
+                         else found.record(with_text=False))
+                  for found in (chosen[k] for k in heapq.nlargest(params.limit, chosen))]
         if params.prompt_line:
-            return {"jobs": [job_output.with_prompt_line(_shown(r), manager.jobs.get(r.job))
-                             for r in newest[:params.limit]]}
-        return {"jobs": [_shown(r) for r in newest[:params.limit]]}
+            return {"jobs": [job_output.with_prompt_line(r, manager.jobs.get(r.job))
+                             for r in newest]}
+        return {"jobs": newest}
 
     async def jobs_diff(params: DiffParams, ctx: CallContext) -> dict[str, Any]:
         diff = await _worktrees().diff(params.job, binary=params.binary)
