@@ -305,9 +305,15 @@ async def _gemini_load_wipes_a_session_of_this_minute(
     assert last and last[-1].has_text("snapdragon")
 
 
-@pytest.mark.parametrize("allow", [frozenset(), frozenset({"edit"})])
+@pytest.mark.parametrize(("allow", "flags", "reply"), [
+    (frozenset(), [], "rejected a tool call (edit)"),
+    (frozenset({"edit"}), [], "allowed a tool call (edit)"),
+    # An edit run's agent takes the blueprint's edit_args: it edits without asking.
+    (frozenset(), ["--approval-mode", "auto_edit"], None),
+], ids=["rejected", "allowed", "edit-flags"])
 async def test_a_permission_request_is_answered_by_the_policy(
-        tmp_path: Path, mock: MockLLM, allow: frozenset[str]) -> None:
+        tmp_path: Path, mock: MockLLM, allow: frozenset[str], flags: list[str],
+        reply: str | None) -> None:
     dialect: Dialect = "acp"
     cwd = Path(_projects(tmp_path, 1)[0])
     target = cwd / "note.txt"
@@ -316,15 +322,18 @@ async def test_a_permission_request_is_answered_by_the_policy(
     async with trio.open_nursery() as nursery:
         host = AgentHost(nursery)
         with trio.fail_after(LIMIT):
-            agent = await host.get(dialect, _argv(dialect), _env(tmp_path, mock, dialect),
-                                   kill_grace=15.0, allow_kinds=allow)
+            agent = await host.get(dialect, [*_argv(dialect), *flags],
+                                   _env(tmp_path, mock, dialect), kill_grace=15.0,
+                                   allow_kinds=allow)
             outcome = await _run(agent, TurnSpec("Write a note.", str(cwd)))
         host.close()
     assert outcome.verdict is None, outcome.verdict
     assert outcome.parsed.text.endswith(ANSWER)
-    verb = "allowed" if allow else "rejected"
-    assert f"{verb} a tool call (edit)" in agent.replies
-    assert target.exists() == bool(allow)
+    if reply is None:
+        assert not any("tool call" in line for line in agent.replies), agent.replies
+    else:
+        assert reply in agent.replies
+    assert target.exists() == (reply != "rejected a tool call (edit)")
 
 
 async def test_a_timeout_in_a_stalled_turn_stops_it_and_the_agent_serves_on(
@@ -345,27 +354,6 @@ async def test_a_timeout_in_a_stalled_turn_stops_it_and_the_agent_serves_on(
     assert agent.process.alive, agent.process.why_dead
     outcome = await _run(agent, TurnSpec("After the timeout.", cwd))
     assert outcome.verdict is None and outcome.parsed.text == ANSWER
-
-
-async def test_a_gemini_agent_started_with_the_edit_flags_edits_without_asking(
-        tmp_path: Path, mock: MockLLM) -> None:
-    """An edit run's agent takes the blueprint's ``edit_args`` (``--approval-mode
-    auto_edit``): the edit is made, and no permission request reaches the policy, which
-    rejects every kind here."""
-    cwd = Path(_projects(tmp_path, 1)[0])
-    target = cwd / "note.txt"
-    mock.tool_call("write_file", {"file_path": str(target), "content": "written"},
-                   client="gemini")
-    async with trio.open_nursery() as nursery:
-        host = AgentHost(nursery)
-        with trio.fail_after(LIMIT):
-            agent = await host.get("acp", [*_argv("acp"), "--approval-mode", "auto_edit"],
-                                   _env(tmp_path, mock, "acp"), kill_grace=15.0)
-            outcome = await _run(agent, TurnSpec("Write a note.", str(cwd)))
-        host.close()
-    assert outcome.verdict is None, outcome.verdict
-    assert target.read_text() == "written"
-    assert not any("tool call" in reply for reply in agent.replies)
 
 
 async def test_a_codex_thread_runs_in_the_sandbox_mode_its_run_names(
