@@ -212,7 +212,7 @@ def test_codex_handshake_thread_and_turn_as_codex_answers() -> None:
         "thread": {"id": T, "cwd": "/p", "ephemeral": False}, "model": "gpt-5.5"}}))
     assert isinstance(answered, codexapp.Answered)
     assert decode_result(answered.response, codexapp.ThreadStartResult).thread.id == T
-    rid, data = client.start_turn(T, "hi")
+    _, data = client.start_turn(T, "hi")
     assert _frame(data)["params"] == {"threadId": T, "input": [{"type": "text", "text": "hi"}]}
     events = []
     for message in (
@@ -241,6 +241,21 @@ def test_codex_handshake_thread_and_turn_as_codex_answers() -> None:
     rid, data = client.interrupt(T, U)
     assert _frame(data) == {"id": rid, "method": "turn/interrupt",
                             "params": {"threadId": T, "turnId": U}}
+
+
+def test_codex_turn_moves_its_thread_to_another_cwd_and_sandbox_only_when_asked() -> None:
+    client = codexapp.CodexAppClient()
+    _, data = client.start_turn(T, "hi")
+    assert _frame(data)["params"] == {"threadId": T, "input": [{"type": "text", "text": "hi"}]}
+    _, data = client.start_turn(T, "hi", cwd="/elsewhere", sandbox="workspace-write")
+    params = _frame(data)["params"]
+    assert params["cwd"] == "/elsewhere"
+    assert params["sandboxPolicy"] == {"type": "workspaceWrite"}
+    for mode, kind in (("read-only", "readOnly"), ("danger-full-access", "dangerFullAccess")):
+        assert _frame(client.start_turn(T, "hi", sandbox=mode)[1])["params"][
+            "sandboxPolicy"] == {"type": kind}
+    with pytest.raises(ValueError, match="no sandbox mode"):
+        client.start_turn(T, "hi", sandbox="everything")
 
 
 def test_codex_429_is_read_from_its_error_info() -> None:

@@ -356,11 +356,12 @@ async def test_a_timeout_in_a_stalled_turn_stops_it_and_the_agent_serves_on(
     assert outcome.verdict is None and outcome.parsed.text == ANSWER
 
 
-async def test_a_codex_thread_runs_in_the_sandbox_mode_its_run_names(
+async def test_a_codex_thread_runs_in_the_sandbox_mode_and_cwd_of_each_run(
         tmp_path: Path, mock: MockLLM) -> None:
-    """The thread's sandbox is the run's (an edit run's ``--sandbox`` mode); a thread
-    opened in one mode is not continued in another on the same process."""
-    cwd = _projects(tmp_path, 1)[0]
+    """A thread's sandbox is its run's (an edit run's ``--sandbox`` mode); a run that
+    continues a thread this process holds moves it to its own cwd and mode, here, since
+    codex lets no other process write a thread an app server holds."""
+    cwd, elsewhere = _projects(tmp_path, 2)
     env = _env(tmp_path, mock, "codex-app")
     async with trio.open_nursery() as nursery:
         host = AgentHost(nursery)
@@ -368,16 +369,25 @@ async def test_a_codex_thread_runs_in_the_sandbox_mode_its_run_names(
             agent = await host.get("codex-app", _argv("codex-app"), env, kill_grace=5.0)
             edit = await _run(agent, TurnSpec("Edit.", cwd, sandbox="workspace-write"))
             plain = await _run(agent, TurnSpec("Read.", cwd))
-            assert edit.verdict is None and plain.verdict is None
-            with pytest.raises(WarmUnavailable, match="sandbox"):
-                await _run(agent, TurnSpec("Again.", cwd, session=edit.parsed.session))
+            again = await _run(agent, TurnSpec("Again, elsewhere.", elsewhere,
+                                               session=edit.parsed.session))
+            assert edit.verdict is None and plain.verdict is None and again.verdict is None
+            assert again.parsed.session == edit.parsed.session
+            # Outside the agent the thread cannot go on while the agent holds it.
+            oneshot = await trio.run_process(
+                ["codex", "exec", "--json", "--skip-git-repo-check", "resume",
+                 str(edit.parsed.session), "-"], stdin=b"From outside.", env=env, cwd=cwd,
+                capture_stdout=True, capture_stderr=True, check=False)
+            assert oneshot.returncode != 0 and b"active writer" in oneshot.stderr
         host.close()
-    # codex's own record of each thread names the sandbox it ran in.
-    rollouts = {path.read_text() for path in (tmp_path / "home").rglob("rollout-*.jsonl")}
-    assert edit.parsed.session and plain.parsed.session
-    by_thread = {session: [text for text in rollouts if session in text]
-                 for session in (edit.parsed.session, plain.parsed.session)}
-    assert all(len(texts) == 1 for texts in by_thread.values()), by_thread.keys()
-    assert "workspace-write" in by_thread[edit.parsed.session][0]
-    assert "workspace-write" not in by_thread[plain.parsed.session][0]
-    assert "read-only" in by_thread[plain.parsed.session][0]
+    # codex's own record of each thread says the sandbox and cwd of each of its turns.
+    contexts: dict[str, list[tuple[str, str]]] = {}
+    for path in (tmp_path / "home").rglob("rollout-*.jsonl"):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line]
+        [thread] = [line["payload"]["id"] for line in lines
+                    if line.get("type") == "session_meta"]
+        contexts[thread] = [(line["payload"]["cwd"], line["payload"]["sandbox_policy"]["type"])
+                            for line in lines if line.get("type") == "turn_context"]
+    assert contexts[str(edit.parsed.session)] == [(cwd, "workspace-write"),
+                                                  (elsewhere, "read-only")]
+    assert contexts[str(plain.parsed.session)] == [(cwd, "read-only")]

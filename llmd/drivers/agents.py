@@ -14,7 +14,8 @@ Invariants:
   own cwd), so one agent serves every cwd.
 - A run that may edit (``edit_args``) is never served with less: gemini's edit runs go to
   an agent started with those flags, codex's get a thread in the sandbox mode they name
-  (and go one-shot when ``edit_args`` say more than that).
+  (and go one-shot when ``edit_args`` say more than that). A codex thread an agent holds
+  is continued on it, in the run's cwd and mode: codex lets no other process write it.
 - A gemini run that continues a session its agent does not hold goes one-shot
   (``--resume``), never ``session/load``: gemini 0.61 starts a fresh record of the session
   before it looks the session up, in a file named for the current minute, which is the

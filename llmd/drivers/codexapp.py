@@ -43,6 +43,12 @@ __all__ = ["Answered"]
 # --- what the app server sends (tolerant of unknown members, strict on types) ---------
 
 
+
+# The ``--sandbox`` modes, as turn/start's ``sandboxPolicy`` types (thread/start takes the
+# modes themselves).
+SANDBOX_POLICIES = {"read-only": "readOnly", "workspace-write": "workspaceWrite",
+                    "danger-full-access": "dangerFullAccess"}
+
 class ThreadRef(msgspec.Struct, frozen=True):
     """A thread as ``thread/start`` and ``thread/resume`` return it."""
 
@@ -271,10 +277,23 @@ class CodexAppClient(Client[Delta | Message | Usage | TurnDone | TurnErrorNote |
             params["model"] = model
         return self.peer.request("thread/resume", params)
 
-    def start_turn(self, thread: str, text: str) -> tuple[int, bytes]:
-        """A ``turn/start`` request with the whole prompt as one text input."""
-        return self.peer.request("turn/start", {
-            "threadId": thread, "input": [{"type": "text", "text": text}]})
+    def start_turn(self, thread: str, text: str, *, cwd: str | None = None,
+                   sandbox: str | None = None) -> tuple[int, bytes]:
+        """A ``turn/start`` request with the whole prompt as one text input; ``cwd`` and
+        ``sandbox`` (a ``--sandbox`` mode) change the thread's from this turn on.
+
+        Raises:
+            ValueError: ``sandbox`` is no mode the app server knows.
+        """
+        params: dict[str, Any] = {"threadId": thread,
+                                  "input": [{"type": "text", "text": text}]}
+        if cwd is not None:
+            params["cwd"] = cwd
+        if sandbox is not None:
+            if sandbox not in SANDBOX_POLICIES:
+                raise ValueError(f"no sandbox mode {sandbox!r}")
+            params["sandboxPolicy"] = {"type": SANDBOX_POLICIES[sandbox]}
+        return self.peer.request("turn/start", params)
 
     def interrupt(self, thread: str, turn: str) -> tuple[int, bytes]:
         """A ``turn/interrupt`` request."""

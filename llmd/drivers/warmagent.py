@@ -161,7 +161,8 @@ class Agent:
         self.load_session = False
         self.sessions: set[str] = set()
         """Sessions (threads) opened or loaded in this process."""
-        self._sandboxes: dict[str, str] = {}
+        self._threads: dict[str, tuple[str, str]] = {}
+        """codex: each thread's cwd and sandbox mode, as its next turn runs."""
         self.turns_served = 0
         self.replies: list[str] = []
         """What llmd answered to the agent's own requests (the last few)."""
@@ -380,10 +381,7 @@ class Agent:
                                                      approval=self.approval, sandbox=sandbox)
             started = await self._result(rid, data, codexapp.ThreadStartResult)
             session = started.thread.id
-            self._sandboxes[session] = sandbox
-        elif self._sandboxes.get(spec.session) != (spec.sandbox or self.sandbox):
-            # A thread keeps the sandbox it was opened with in this process.
-            raise WarmUnavailable("the thread runs in another sandbox mode")
+            self._threads[session] = (spec.cwd, sandbox)
         else:
             session = spec.session
         self.sessions.add(session)
@@ -489,7 +487,17 @@ class Agent:
                 turn.verdict = Verdict("failure", None,
                                        f"the turn ended: {result.stopReason}")
             return
-        rid, data = self.codex.start_turn(session, spec.prompt)
+        # A thread this process holds is continued here whatever the run's cwd and sandbox
+        # (codex refuses a second process a thread that has a writer): the turn moves it.
+        cwd, sandbox = spec.cwd, spec.sandbox or self.sandbox
+        held = self._threads.get(session, (cwd, sandbox))
+        try:
+            rid, data = self.codex.start_turn(
+                session, spec.prompt, cwd=cwd if cwd != held[0] else None,
+                sandbox=sandbox if sandbox != held[1] else None)
+        except ValueError as exc:
+            raise WarmUnavailable(str(exc)) from None
+        self._threads[session] = (cwd, sandbox)
         response = await self._call(rid, data)
         if response.error is not None:
             raise WarmUnavailable(f"turn/start: {response.error[1]}")
