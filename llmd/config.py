@@ -370,18 +370,14 @@ def _check_blueprint(name: str, bp: Blueprint, reg: RegistryFile, problems: list
                         f"(known: {', '.join(sorted(KNOWN_PARSERS))})")
     if isinstance(bp.timeout, str) and bp.timeout not in {**_default_timeouts(), **reg.timeouts}:
         problems.append(f"{path}.timeout: unknown timeout category {bp.timeout!r}")
-    for i, pattern in enumerate(bp.rate_limit_patterns):
-        try:
-            re.compile(pattern)
-        except (re.error, OverflowError, RecursionError) as exc:
-            problems.append(f"{path}.rate_limit_patterns[{i}]: invalid regular expression: "
-                            f"{exc or type(exc).__name__}")
-    for i, pattern in enumerate(bp.stderr_ignore):
-        try:
-            re.compile(pattern)
-        except (re.error, OverflowError, RecursionError) as exc:
-            problems.append(f"{path}.stderr_ignore[{i}]: invalid regular expression: "
-                            f"{exc or type(exc).__name__}")
+    for key, patterns in (("rate_limit_patterns", bp.rate_limit_patterns),
+                          ("stderr_ignore", bp.stderr_ignore)):
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except (re.error, OverflowError, RecursionError) as exc:
+                problems.append(f"{path}.{key}[{i}]: invalid regular expression: "
+                                f"{exc or type(exc).__name__}")
     for i, other in enumerate(bp.fallbacks):
         if other == name or other not in reg.blueprints:
             problems.append(f"{path}.fallbacks[{i}]: {other!r} is not another blueprint")

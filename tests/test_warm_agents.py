@@ -188,11 +188,15 @@ async def test_cancel_mid_turn_stops_it_and_the_agent_serves_on(
     mock.gate(client)
     seen = Seen()
     with trio.fail_after(LIMIT):
+        attempt = AgentAttempt(agent, TurnSpec("Hold on.", cwd))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(AgentAttempt(agent, TurnSpec("Hold on.", cwd)).run, seen)
+            nursery.start_soon(attempt.run, seen)
             await seen.first.wait()  # the first piece came; the rest is held
             nursery.cancel_scope.cancel()
     assert agent.busy == 0
+    # What the cancelled run said is its attempt's (the job's error data reads it).
+    assert attempt.process.stdout == "".join(seen.pieces) != ""
+    assert attempt.process.duration > 0
     mock.release(client)
     # The agent stopped the turn in its protocol (it was not killed) and serves on.
     assert agent.process.alive, agent.process.why_dead

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 import trio
 
 from llmd.process import groups
-from llmd.process.supervisor import STDERR_TAIL_CHARS
+from llmd.process.supervisor import StderrTail
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,17 @@ class AgentProcess:
         self.max_line = max_line
         self.pid: int | None = None
         self.exit_code: int | None = None
-        self.stderr_tail = ""
+        self.stderr = StderrTail()
         self.started = 0.0
         self.why_dead = ""
         self.dead = trio.Event()
         self._proc: trio.Process | None = None
         self._send_lock = trio.Lock()
+
+    @property
+    def stderr_tail(self) -> str:
+        """The end of what the agent wrote to stderr."""
+        return self.stderr.text
 
     @property
     def alive(self) -> bool:
@@ -174,5 +179,4 @@ class AgentProcess:
     async def _stderr(self, stream: trio.abc.ReceiveStream) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             while chunk := await stream.receive_some(_READ):
-                tail = self.stderr_tail + chunk.decode("utf-8", "replace")
-                self.stderr_tail = tail[-STDERR_TAIL_CHARS:]
+                self.stderr.feed(chunk)

@@ -49,13 +49,13 @@ from llmd.parsers.base import LineSplitter
 from llmd.parsers.ratelimit import Verdict
 from llmd.process import argv as argv_mod
 from llmd.process import groups, procs
+from llmd.process.supervisor import StderrTail
 
 log = logging.getLogger("llmd.warm")
 
 # After the prompt is written, how long a warm process may stay silent before it is deemed
 # hung (claude answers with system/init at once, before it asks the provider).
 HANDOFF_TIMEOUT = 10.0
-STDERR_TAIL_CHARS = 16384
 # How long a killed group may take to go, beyond its kill grace.
 KILL_LIMIT = 2.0
 _LINE_START = '{"type":"'
@@ -96,7 +96,7 @@ class WarmProcess:
         self.on_gone = on_gone
         self.pid: int | None = None
         self.exit_code: int | None = None
-        self.stderr_tail = ""
+        self.stderr = StderrTail()
         self.cost_total = 0.0
         self.scope = trio.CancelScope()
         self.dead = trio.Event()
@@ -187,16 +187,14 @@ class WarmProcess:
                     return
 
     async def _pump_stderr(self, stream: trio.abc.ReceiveStream) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while True:
             try:
                 chunk = await stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+                chunk = b""
+            self.stderr.feed(chunk)
             if not chunk:
                 return
-            self.stderr_tail = (self.stderr_tail
-                                + decoder.decode(chunk))[-STDERR_TAIL_CHARS:]
 
 
 class WarmPool:
@@ -466,7 +464,7 @@ class _Turn:
         self.spec = spec
         self._process = process
         self.exit_code: int | None = None
-        self._stderr_from = len(process.stderr_tail) if process is not None else 0
+        self._stderr_from = process.stderr.written if process is not None else 0
         self._stderr = ""
         self.truncated = False
         self.duration = 0.0
@@ -479,7 +477,7 @@ class _Turn:
     @property
     def stderr_tail(self) -> str:
         if self._process is not None and not self._stderr:
-            return self._process.stderr_tail[self._stderr_from:]
+            return self._process.stderr.since(self._stderr_from)
         return self._stderr
 
     @stderr_tail.setter

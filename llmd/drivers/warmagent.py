@@ -87,12 +87,13 @@ class TurnProcess:
     stderr_tail: str = ""
     truncated: bool = False
     duration: float = 0.0
-    text: str = ""
+    pieces: list[str] = field(default_factory=list)
+    """The answer text kept so far, as it came."""
 
     @property
     def stdout(self) -> str:
         """The answer text kept so far."""
-        return self.text
+        return "".join(self.pieces)
 
 
 @dataclass
@@ -102,7 +103,6 @@ class _Turn:
     session: str
     turn_id: str | None = None
     rid: int | None = None
-    text: list[str] = field(default_factory=list)
     chars: int = 0
     whole: str | None = None
     usage: dict[str, int] | None = None
@@ -338,7 +338,6 @@ class Agent:
             turn.end()
 
     def _text(self, turn: _Turn, text: str) -> None:
-        turn.text.append(text)
         turn.chars += len(text)
         if turn.sink is not None:
             turn.sink(text)
@@ -398,8 +397,16 @@ class Agent:
             self.process.kill(f"out of protocol: {exc}")
             raise WarmUnavailable(f"the agent is out of protocol: {exc}") from None
 
-    async def turn(self, session: str, spec: TurnSpec, on_text: TextSink) -> Outcome:
+    async def turn(self, session: str, spec: TurnSpec, on_text: TextSink,
+                   process: TurnProcess | None = None) -> Outcome:
         """Run one turn of ``session`` to its end.
+
+        Args:
+            session: The session (thread) :meth:`open` gave.
+            spec: The run's turn.
+            on_text: Told each piece of answer text.
+            process: Where the turn's text, stderr and duration are kept as they come
+                (read while it runs, and after a timeout or cancel); a fresh one if None.
 
         Raises:
             WarmUnavailable: The agent failed before any text streamed.
@@ -407,7 +414,8 @@ class Agent:
         if session in self._turns:
             raise WarmUnavailable(f"session {session} is busy")
         started = time.monotonic()
-        process = TurnProcess()
+        process = process if process is not None else TurnProcess()
+        stderr_mark = self.process.stderr.written
         turn = self._turns[session] = _Turn(session)
         room = spec.max_output_bytes
         send_text, receive_text = trio.open_memory_channel[str](1 << 16)
@@ -419,7 +427,7 @@ class Agent:
             if len(text) > room:
                 text, process.truncated = text[:room], True
             room -= len(text)
-            process.text += text
+            process.pieces.append(text)
             with contextlib.suppress(trio.WouldBlock):  # 65536 pieces behind: dropped
                 send_text.send_nowait(text)
 
@@ -442,16 +450,17 @@ class Agent:
                     await self._stop(session, turn, spec.kill_grace)
             self._turns.pop(session, None)
             process.duration = time.monotonic() - started
-            process.stderr_tail = self.process.stderr_tail
+            # What the agent wrote meanwhile (other turns' too, when several run).
+            process.stderr_tail = self.process.stderr.since(stderr_mark)
         if unavailable is not None:
             raise unavailable
         self.turns_served += 1
-        text = "".join(turn.text)
-        if not text and turn.whole:  # no deltas came: the whole message is the answer
+        text = process.stdout
+        if not turn.chars and turn.whole:  # no deltas came: the whole message is the answer
             text = turn.whole[:spec.max_output_bytes]
-            process.text = text
+            process.pieces = [text]
             await on_text("stdout", text)
-        parsed = ParseResult(text=process.text, session=session, usage=turn.usage)
+        parsed = ParseResult(text=text, session=session, usage=turn.usage)
         verdict = turn.verdict
         if verdict is None and not self.process.alive and not turn.done.is_set():
             verdict = Verdict("failure", None,
@@ -579,10 +588,7 @@ class AgentAttempt:
             raise WarmUnavailable(f"the agent died: {agent.process.why_dead}")
         async with agent.slots:
             session = await agent.open(self.spec)
-            outcome = await agent.turn(session, self.spec, on_text)
-        assert isinstance(outcome.process, TurnProcess)
-        self._process = outcome.process
-        return outcome
+            return await agent.turn(session, self.spec, on_text, self._process)
 
 
 async def _cancel_after(event: trio.Event, scope: trio.CancelScope) -> None:

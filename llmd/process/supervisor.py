@@ -51,6 +51,28 @@ Stream = Literal["stdout", "stderr"]
 OutputSink = Callable[[Stream, str], Awaitable[None]]
 
 
+class StderrTail:
+    """The last :data:`STDERR_TAIL_CHARS` characters a process wrote to stderr, decoded
+    across reads, and how many it wrote in all: one turn of a long-lived process takes
+    what came after its :attr:`written` mark (:meth:`since`)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.written = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, chunk: bytes | bytearray) -> None:
+        """Take one read (``b""``: the stream ended)."""
+        text = self._decoder.decode(chunk, final=not chunk)
+        self.written += len(text)
+        self.text = (self.text + text)[-STDERR_TAIL_CHARS:]
+
+    def since(self, mark: int) -> str:
+        """What was written after ``mark`` (an earlier :attr:`written`), as far as kept."""
+        count = self.written - mark
+        return self.text[-count:] if count > 0 else ""
+
+
 class Attempt:
     """One supervised child process (and its group).
 
