@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, ClassVar
 
+import msgspec
 import trio
 
 from llmd.config import parse_registry
+from llmd.drivers import AttemptSpec
 from llmd.drivers import warm as warm_mod
 from llmd.drivers.pool import Limits, PoolCore, Slot, WarmKey
 from llmd.drivers.warm import WarmPool, WarmProcess
 from llmd.jobs.manager import JobManager
 from llmd.jobs.records import RunParams
+from llmd.jobs.worktree import Worktrees
+from llmd.process.argv import Invocation
 from tests.test_jobs_unit import Script, Step
 
 
@@ -409,3 +415,47 @@ async def test_a_failed_turn_ends_the_process_and_the_run_fails_as_one_shot_woul
             await Scripted.made[0].dead.wait()
         # Not replaced after a failure: the next run goes one-shot.
         assert len(Scripted.made) == 1 and oneshot.started == []
+
+
+async def test_a_run_in_a_worktree_of_its_own_starts_no_warm_process(tmp_path: Path) -> None:
+    """A worktree is made for one run: no warm process matches its cwd, and one started
+    for it would outlive it unused (evicting one that serves the project)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (["init", "-q"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                                  "--allow-empty", "-m", "first"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    Scripted.made = []
+    registry = parse_registry(REGISTRY.format(warm_max=4))
+    oneshot = Script(ONE_SHOT, ONE_SHOT)
+    jm = JobManager(registry, environ={"PATH": "/bin:/usr/bin"}, rng=random.Random(1),
+                    attempt_factory=oneshot.factory(),
+                    warm=WarmPool(registry, process_factory=Scripted),
+                    worktrees=Worktrees(tmp_path / "worktrees"))
+    with trio.fail_after(30):  # (git runs for real: no virtual clock)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(jm.serve)
+            isolated = await run(jm, cwd=str(repo), isolate="worktree")
+            assert isolated.exit_code == 0 and isolated.warm is False
+            assert Scripted.made == []  # nothing started for the worktree
+            plain = await run(jm, cwd=str(repo))
+            assert plain.warm is False
+            await until_idle(jm)  # the project's own run leaves one, as before
+            assert [p.slot.key.cwd for p in Scripted.made] == [str(repo)]
+            nursery.cancel_scope.cancel()
+
+
+def test_an_edit_run_has_a_warm_key_of_its_own_with_the_edit_flags() -> None:
+    bp = msgspec.structs.replace(parse_registry(REGISTRY.format(warm_max=4))
+                                 .blueprints["claude"], edit_args=["--permission-mode",
+                                                                   "acceptEdits"])
+
+    def key(edit: bool) -> WarmKey | None:
+        return warm_mod.warm_key(AttemptSpec(
+            blueprint="claude", bp=bp, invocation=Invocation(["/bin/sh"], b"p"),
+            env={"PATH": "/bin"}, cwd="/w", on_spawn=lambda pid: None, edit=edit))
+
+    plain, edit = key(False), key(True)
+    assert plain is not None and edit is not None and plain != edit
+    assert edit.argv[:3] == ("/bin/sh", "--permission-mode", "acceptEdits")
+    assert "acceptEdits" not in plain.argv

@@ -29,7 +29,6 @@ from typing import Any, TypeAlias
 import msgspec
 
 from llmd.drivers.rpcpeer import (
-    METHOD_NOT_FOUND,
     Answered,
     Client,
     Notification,
@@ -39,6 +38,7 @@ from llmd.drivers.rpcpeer import (
     decode_params,
     decode_result,
 )
+from llmd.errors import METHOD_NOT_FOUND
 
 __all__ = ["Answered", "decode_result"]
 

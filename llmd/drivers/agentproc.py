@@ -154,11 +154,12 @@ class AgentProcess:
                 return
             if not chunk:
                 return
+            # Only the new bytes can hold a newline: a long line is searched once.
+            start, scan = 0, len(held)
             held += chunk
-            start = 0
-            while (end := held.find(b"\n", start)) >= 0:
+            while (end := held.find(b"\n", scan)) >= 0:
                 line = bytes(held[start:end]).strip()
-                start = end + 1
+                start = scan = end + 1
                 if line and not self._deliver(line):
                     return
             del held[:start]

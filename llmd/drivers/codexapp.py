@@ -29,7 +29,6 @@ from typing import Any, TypeAlias
 import msgspec
 
 from llmd.drivers.rpcpeer import (
-    METHOD_NOT_FOUND,
     Answered,
     Client,
     Notification,
@@ -37,6 +36,7 @@ from llmd.drivers.rpcpeer import (
     Request,
     decode_params,
 )
+from llmd.errors import METHOD_NOT_FOUND
 
 __all__ = ["Answered"]
 

@@ -31,10 +31,6 @@ _E = TypeVar("_E")
 
 RequestId: TypeAlias = "int | str"
 
-# JSON-RPC's codes for what llmd answers to a request it does not serve.
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-
 
 class ProtocolError(Exception):
     """The agent wrote something its protocol does not allow."""

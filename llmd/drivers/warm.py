@@ -36,7 +36,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
@@ -48,7 +47,7 @@ from llmd.parsers import Event, Signal, make_parser
 from llmd.parsers.base import LineSplitter
 from llmd.parsers.ratelimit import Verdict
 from llmd.process import argv as argv_mod
-from llmd.process import groups, procs
+from llmd.process import groups
 from llmd.process.supervisor import StderrTail
 
 log = logging.getLogger("llmd.warm")
@@ -64,13 +63,14 @@ _LINE_START = '{"type":"'
 def warm_key(spec: AttemptSpec) -> WarmKey | None:
     """The key of the process that may serve ``spec``; None when its blueprint keeps none.
 
-    The argv is the run's own without the resumed session (a warm process is started
-    fresh, then bound to the conversation it served) and with ``warm.args``.
+    The argv is the run's own (its ``edit_args`` included) without the resumed session (a
+    warm process is started fresh, then bound to the conversation it served) and with
+    ``warm.args``.
     """
     bp = spec.bp
     if not bp.warm.enabled or bp.prompt != "stdin" or bp.warm.protocol != "stream-json":
         return None  # (agents: llmd.drivers.agents)
-    inv = argv_mod.render(bp, spec.blueprint, "", model=spec.model)
+    inv = argv_mod.render(bp, spec.blueprint, "", model=spec.model, edit=spec.edit)
     argv = (spec.invocation.argv[0], *inv.argv[1:], *bp.warm.args)
     return WarmKey(spec.blueprint, spec.cwd, spec.model, argv, tuple(sorted(spec.env.items())))
 
@@ -347,13 +347,13 @@ class WarmPool:
                 self._end(slot)
         self._wake.set()
 
-    def info(self) -> dict[str, Any]:
-        """``daemon.info``'s ``warm``: counts and the resident memory of the groups."""
-        rss = 0
-        for process in self.processes.values():
-            if process.pid is not None:
-                rss += procs.group_rss_bytes(process.pid)
-        return {**self.core.counts(), "rss_mb": round(rss / (1 << 20), 1)}
+    def info(self) -> dict[str, int]:
+        """Counts of ``daemon.info``'s ``warm``: processes, idle, busy."""
+        return self.core.counts()
+
+    def pgids(self) -> list[int]:
+        """The process groups of the warm processes (for their memory)."""
+        return [p.pid for p in self.processes.values() if p.pid is not None]
 
 
 def _line_type(line: str) -> str | None:

@@ -38,7 +38,6 @@ from llmd.drivers.rpcpeer import ProtocolError, Response, decode_result
 from llmd.parsers import ParseResult
 from llmd.parsers.ratelimit import Verdict, verdict_from_message
 from llmd.process.groups import OwnedGroups
-from llmd.process.procs import group_rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -793,13 +792,10 @@ class AgentPool:
         return {"processes": len(live), "idle": len(ready) - busy, "busy": busy,
                 "sessions": sum(agent.busy for agent in ready)}
 
-    def rss_mb(self) -> float:
-        """The resident memory of the agents' process groups, in MiB."""
-        total = 0
-        for agent in self.agents.values():
-            if agent.process.pid is not None and agent.process.alive:
-                total += group_rss_bytes(agent.process.pid)
-        return total / (1 << 20)
+    def pgids(self) -> list[int]:
+        """The process groups of the live agents (for their memory)."""
+        return [agent.process.pid for agent in self.agents.values()
+                if agent.process.pid is not None and agent.process.alive]
 
     def health(self, blueprint: str) -> list[dict[str, Any]]:
         """The liveness of ``blueprint``'s agents, for its health detail."""

@@ -95,6 +95,11 @@ KEEP_RESULT_CHARS = 16 << 20
 FINAL_NOTICE_LIMIT = 1.0
 
 
+def _program(bp: Blueprint, env: dict[str, str]) -> str | None:
+    """Where the blueprint's program is on the run's PATH; None when it is not."""
+    return shutil.which(bp.command[0], path=env.get("PATH", os.defpath))
+
+
 class JobManager:
     """Runs jobs under the registry's limits.
 
@@ -401,12 +406,8 @@ class JobManager:
         if not bp.warm.enabled or self.draining:
             return False
         # The environment and program exactly as a run's (see _execute), or no run matches.
-        env = argv_mod.child_env(self.environ, bp)
-        env.pop("OLDPWD", None)
-        env.pop("PWD", None)
-        with contextlib.suppress(OSError):
-            env["PWD"] = cwd if cwd is not None else os.getcwd()
-        program = shutil.which(bp.command[0], path=env.get("PATH", os.defpath))
+        env = self._run_env(bp, cwd)
+        program = _program(bp, env)
         if program is None:
             raise ExecutableMissing(f"{blueprint!r}: {bp.command[0]!r} was not found",
                                     {"blueprint": blueprint, "executable": bp.command[0]})
@@ -428,11 +429,11 @@ class JobManager:
 
     def warm_info(self) -> dict[str, Any]:
         """``daemon.info``'s ``warm``: the warm processes and agents together."""
-        info = self.warm.info()
-        agents = self.agents.info()
-        for key in ("processes", "idle", "busy"):
-            info[key] = info.get(key, 0) + agents[key]
-        info["rss_mb"] = round(info.get("rss_mb", 0.0) + self.agents.rss_mb(), 1)
+        counts, agents = self.warm.info(), self.agents.info()
+        info: dict[str, Any] = {key: counts.get(key, 0) + agents[key]
+                                for key in ("processes", "idle", "busy")}
+        rss = procs.groups_rss_bytes([*self.warm.pgids(), *self.agents.pgids()])
+        info["rss_mb"] = round(rss / (1 << 20), 1)
         return info
 
     def cancel(self, job_id: str, reason: str = "cancelled by llm.cancel") -> bool:
@@ -612,16 +613,11 @@ class JobManager:
         bp = job.bp
         assert bp is not None, "jobs are made by submit()"
         params = job.params
-        env = argv_mod.child_env(self.environ, bp)
-        # The shell's notion of the working directory is the run's, not the daemon's.
-        env.pop("OLDPWD", None)
-        env.pop("PWD", None)
         if params.isolate == "worktree" and self.worktrees is not None and params.cwd:
             job.worktree = await self.worktrees.create(job.id, params.cwd,
                                                        params.base or "head", job.where)
-        with contextlib.suppress(OSError):  # the daemon's own directory may be gone
-            env["PWD"] = job.cwd if job.cwd is not None else os.getcwd()
-        program = shutil.which(bp.command[0], path=env.get("PATH", os.defpath))
+        env = self._run_env(bp, job.cwd)
+        program = _program(bp, env)
         if program is None:
             raise ExecutableMissing(
                 f"{job.blueprint!r}: {bp.command[0]!r} was not found or is not executable "
@@ -717,13 +713,26 @@ class JobManager:
             except MoveTo as move:
                 await moving.move(self, job, move.route)
 
+    def _run_env(self, bp: Blueprint, cwd: str | None) -> dict[str, str]:
+        """A run's environment: the blueprint's, with the shell's notion of the working
+        directory the run's, not the daemon's."""
+        env = argv_mod.child_env(self.environ, bp)
+        env.pop("OLDPWD", None)
+        env.pop("PWD", None)
+        with contextlib.suppress(OSError):  # the daemon's own directory may be gone
+            env["PWD"] = cwd if cwd is not None else os.getcwd()
+        return env
+
     def _driver(self, job: Job) -> Driver:
         """How this job's attempts are carried out: by a warm process when its blueprint
         keeps them and one matches, else a process each."""
         oneshot = OneShot(self.attempt_factory)
         if job.bp is not None and job.bp.warm.enabled and job.bp.warm.protocol != "stream-json":
             return AgentDriver(self.agents, oneshot) if self.agents.running else oneshot
-        if job.bp is not None and job.bp.warm.enabled and self.warm.running:
+        # A warm process is for one cwd: none matches a worktree made for this run alone,
+        # and one started for it would outlive the worktree unused.
+        if (job.bp is not None and job.bp.warm.enabled and self.warm.running
+                and job.worktree is None):
             return WarmDriver(self.warm, oneshot)
         return oneshot
 

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Container, Iterable
 from pathlib import Path
 
 log = logging.getLogger("llmd.procs")
@@ -100,7 +101,9 @@ def is_same_process(pid: int, starttime: int | None) -> bool:
     return fields is not None and _field(fields, _STARTTIME_FIELD) == starttime
 
 
-def _group_members_with_start(pgid: int) -> list[tuple[int, int]]:
+def _members_with_start(pgids: Container[int]) -> list[tuple[int, int]]:
+    """(pid, start time) of every process in any of the groups ``pgids``: one pass over
+    ``/proc``, whatever their number."""
     members: list[tuple[int, int]] = []
     try:
         names = os.listdir(_PROC)
@@ -110,10 +113,14 @@ def _group_members_with_start(pgid: int) -> list[tuple[int, int]]:
         if not name.isdigit():
             continue
         fields = _stat_fields(int(name))
-        if fields is not None and _field(fields, _PGRP_FIELD) == pgid:
+        if fields is not None and _field(fields, _PGRP_FIELD) in pgids:
             members.append((int(name), _field(fields, _STARTTIME_FIELD)))
     members.sort()
     return members
+
+
+def _group_members_with_start(pgid: int) -> list[tuple[int, int]]:
+    return _members_with_start((pgid,))
 
 
 def group_members(pgid: int) -> list[int]:
@@ -127,14 +134,17 @@ def group_members(pgid: int) -> list[int]:
     return [pid for pid, _ in _group_members_with_start(pgid)]
 
 
-def group_rss_bytes(pgid: int) -> int:
-    """The resident memory of every process in process group ``pgid``, in bytes (a process
-    gone meanwhile counts 0)."""
+def groups_rss_bytes(pgids: Iterable[int]) -> int:
+    """The resident memory of every process in the process groups ``pgids``, in bytes (a
+    process gone meanwhile counts 0); ``/proc`` is read once for all of them."""
+    wanted = {pgid for pgid in pgids if pgid > 0}
+    if not wanted:
+        return 0
     total = 0
     page = os.sysconf("SC_PAGE_SIZE")
-    for pid in group_members(pgid):
+    for pid, _ in _members_with_start(wanted):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+            total += int(Path(f"{_PROC}/{pid}/statm").read_text().split()[1]) * page
     return total
 
 
