@@ -41,10 +41,12 @@ def observe(stats: RunStats) -> Callable[[Job], None]:
         duration = result.duration_s if result is not None else now - job.admitted
         first = (job.first_output - job.admitted) if job.first_output is not None else None
         usage = (result.usage or {}) if result is not None else {}
+        # Only a blueprint with warm processes could have been served by one.
+        warm = job.warm if job.bp is not None and job.bp.warm.enabled else None
         stats.add(Sample(at=now, blueprint=job.blueprint,
                          outcome=failure_class(job.state, code), duration_s=duration,
                          first_output_s=first, retries=max(job.attempts - 1, 0),
-                         requested=job.requested),
+                         requested=job.requested, warm=warm),
                   input_tokens=int(usage.get("input_tokens") or 0),
                   output_tokens=int(usage.get("output_tokens") or 0),
                   cost_usd=result.cost_usd if result is not None else None)
