@@ -11,10 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from llmd.budget import BudgetBook
 from llmd.health.monitor import HealthMonitor
 from llmd.jobs.job import Job
 from llmd.jobs.manager import JobManager
+from llmd.paths import write_atomically
 from llmd.stats import Metric, RunStats, Sample, counter_metrics, failure_class, render
 
 log = logging.getLogger("llmd.metrics")
@@ -85,25 +83,6 @@ def exposition(stats: RunStats, manager: JobManager, health: HealthMonitor,
                    *gauges(manager, health, manager.budget, uptime_s)])
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``, never leaving half a file behind.
-
-    Raises:
-        OSError: The directory cannot be written.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fchmod(out.fileno(), 0o644)  # node_exporter may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 async def write_textfile(path: Path, interval: float, text: Callable[[], str], *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                          ) -> None:
@@ -112,7 +91,8 @@ async def write_textfile(path: Path, interval: float, text: Callable[[], str], *
     failed: str | None = None
     while True:
         try:
-            await trio.to_thread.run_sync(write_atomically, path, text())
+            # node_exporter may run as another user.
+            await trio.to_thread.run_sync(write_atomically, path, text(), 0o644)
         except OSError as exc:
             cause = f"{exc.strerror or exc}"
             if cause != failed:
