@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmd.config import BudgetSection, Registry
-from llmd.timestamps import rfc3339
+from llmd.timestamps import local_midnight, rfc3339
 
 log = logging.getLogger("llmd.budget")
 
@@ -196,7 +196,7 @@ def _midnight(day: _dt.date, now: _dt.datetime) -> str:
     the system's local time gets that date's own offset (a change to or from summer time
     between now and then included)."""
     if now.utcoffset() == now.astimezone().utcoffset():
-        start = _dt.datetime.combine(day, _dt.time()).astimezone()
+        start = local_midnight(day)
     else:
         start = _dt.datetime.combine(day, _dt.time(), tzinfo=now.tzinfo)
-    return rfc3339(start.astimezone(_dt.timezone.utc))
+    return rfc3339(start)

@@ -11,10 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from llmd.budget import BudgetBook
 from llmd.health.monitor import HealthMonitor
 from llmd.jobs.job import Job
 from llmd.jobs.manager import JobManager
+from llmd.paths import write_atomically
 from llmd.stats import Metric, RunStats, Sample, counter_metrics, failure_class, render
 
 log = logging.getLogger("llmd.metrics")
@@ -41,10 +39,12 @@ def observe(stats: RunStats) -> Callable[[Job], None]:
         duration = result.duration_s if result is not None else now - job.admitted
         first = (job.first_output - job.admitted) if job.first_output is not None else None
         usage = (result.usage or {}) if result is not None else {}
+        # Only a blueprint with warm processes could have been served by one.
+        warm = job.warm if job.bp is not None and job.bp.warm.enabled else None
         stats.add(Sample(at=now, blueprint=job.blueprint,
                          outcome=failure_class(job.state, code), duration_s=duration,
                          first_output_s=first, retries=max(job.attempts - 1, 0),
-                         requested=job.requested),
+                         requested=job.requested, warm=warm),
                   input_tokens=int(usage.get("input_tokens") or 0),
                   output_tokens=int(usage.get("output_tokens") or 0),
                   cost_usd=result.cost_usd if result is not None else None)
@@ -83,25 +83,6 @@ def exposition(stats: RunStats, manager: JobManager, health: HealthMonitor,
                    *gauges(manager, health, manager.budget, uptime_s)])
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``, never leaving half a file behind.
-
-    Raises:
-        OSError: The directory cannot be written.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fchmod(out.fileno(), 0o644)  # node_exporter may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 async def write_textfile(path: Path, interval: float, text: Callable[[], str], *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                          ) -> None:
@@ -110,7 +91,8 @@ async def write_textfile(path: Path, interval: float, text: Callable[[], str], *
     failed: str | None = None
     while True:
         try:
-            await trio.to_thread.run_sync(write_atomically, path, text())
+            # node_exporter may run as another user.
+            await trio.to_thread.run_sync(write_atomically, path, text(), 0o644)
         except OSError as exc:
             cause = f"{exc.strerror or exc}"
             if cause != failed:

@@ -5,11 +5,16 @@ Invariants:
   symlink or belongs to another user (the ``/tmp`` fallback is shared ground).
 - Configuration lookup order: ``--config``, ``$LLMD_CONFIG``,
   ``$XDG_CONFIG_HOME/llmd/llmd.toml``, then the default shipped in the package.
+- A file written with :func:`write_atomically` is the old one or the new one, never half:
+  written under a fresh name in the same directory, then renamed over it; the temporary
+  file is removed when anything fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import stat
 from collections.abc import Mapping
 from importlib import resources
@@ -95,3 +100,31 @@ def config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> s
 def packaged_config() -> bytes:
     """The default registry shipped inside the package."""
     return resources.files("llmd").joinpath("default.toml").read_bytes()
+
+
+def write_atomically(path: Path, data: str | bytes, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` (text as UTF-8), never leaving half a file behind.
+
+    Args:
+        mode: The file's permission bits; None gives what a new file gets (0666 less the
+            umask).
+
+    Raises:
+        OSError: The directory cannot be written.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # A fresh name, made exclusively: a writer at the same time has its own, and a
+    # symlink planted under this one is refused.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                 0o666 if mode is None else mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
+            out.flush()
+            if mode is not None:
+                os.fchmod(out.fileno(), mode)  # the umask may have taken bits away
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -12,14 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
 
 from llmd.config import parse_registry
 from llmd.errors import Busy, Cancelled, CliFailed, InternalError, RateLimited, TimedOut
+from llmd.jobs.job import Job
 from llmd.jobs.manager import JobManager
-from llmd.jobs.records import RunParams
+from llmd.jobs.records import RunParams, RunResult, WorktreeInfo
 
 
 @dataclass
@@ -371,3 +373,20 @@ async def test_queued_jobs_cancelled_at_shutdown_never_start(autojump_clock: Any
     assert first.state == "succeeded"
     assert second.state == "cancelled" and second.started_at is None
     assert [name for _t, name in script.started] == ["first"]
+
+
+async def test_a_record_without_text_keeps_every_other_field_of_the_result() -> None:
+    job = Job("j", RunParams(blueprint="b", prompt="p"), float("inf"))
+    result = RunResult(job="j", blueprint="b", state="succeeded", text="answer",
+                       output="raw", stderr="err", exit_code=0, attempts=2, duration_s=1.5,
+                       truncated=True, json={"a": 1}, session="s", usage={"input_tokens": 3},
+                       cost_usd=0.25, cost_source="cli", requested_blueprint="a",
+                       fallback_reason="rate limited", warm=True,
+                       worktree=WorktreeInfo(path="/w", base="abc", changed_files=1))
+    job.result = result
+    assert job.record().result == result
+    bare = job.record(with_text=False).result
+    assert bare is not None
+    assert msgspec.structs.asdict(bare) == {**msgspec.structs.asdict(result),
+                                            "text": "", "output": ""}
+    assert job.result.text == "answer"  # the job's own result is left whole

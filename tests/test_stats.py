@@ -11,9 +11,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from llmd.metrics import write_atomically
+from llmd.paths import write_atomically
 from llmd.stats import RunStats, Sample, counter_metrics, percentile, render
 from tests.harness import DaemonFactory, llmc, registry_toml, wait_until
 from tests.test_client_tty import start_llmc
@@ -76,7 +77,7 @@ def test_the_text_exposition() -> None:
 def test_the_text_file_is_never_half_written(tmp_path: Path) -> None:
     path = tmp_path / "llmd.prom"
     versions = ["".join(f"llmd_x{{n=\"{n}\"}} {v}\n" for n in range(20000)) for v in (1, 2)]
-    write_atomically(path, versions[0])
+    write_atomically(path, versions[0], 0o644)
     seen: set[int] = set()
     bad: list[int] = []
     stop = threading.Event()
@@ -93,7 +94,7 @@ def test_the_text_file_is_never_half_written(tmp_path: Path) -> None:
     reader.start()
     try:
         for n in range(60):
-            write_atomically(path, versions[n % 2])
+            write_atomically(path, versions[n % 2], 0o644)
     finally:
         stop.set()
         reader.join(timeout=30)
@@ -101,6 +102,25 @@ def test_the_text_file_is_never_half_written(tmp_path: Path) -> None:
     assert seen
     assert [p.name for p in tmp_path.iterdir()] == ["llmd.prom"]  # no temporary file left
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_an_atomic_write_keeps_the_mode_asked_and_leaves_nothing_when_it_fails(
+        tmp_path: Path) -> None:
+    umask = os.umask(0o027)
+    try:
+        write_atomically(tmp_path / "default", b"bytes")
+        write_atomically(tmp_path / "open", "text \u00e9", 0o644)
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "default").read_bytes() == b"bytes"
+    assert (tmp_path / "default").stat().st_mode & 0o777 == 0o640  # as a new file gets
+    assert (tmp_path / "open").read_text(encoding="utf-8") == "text \u00e9"
+    assert (tmp_path / "open").stat().st_mode & 0o777 == 0o644  # past the umask
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "inside").write_text("x")
+    with pytest.raises(OSError):
+        write_atomically(tmp_path / "dir", "cannot replace a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default", "dir", "open"]
 
 
 def registry(fake_bin: Path, textfile: Path) -> str:

@@ -113,6 +113,7 @@ async def test_round_trip_final_visible_to_another_connection(db: Path) -> None:
                                        created_at=ts(0), started_at=ts(0), finished_at=ts(0),
                                        attempts=1, result=result("j1"))
             assert await store.get("nope") is None
+            assert await store.has("j1") and not await store.has("nope")
         assert stat_mode(db) == 0o600 and stat_mode(db.parent) == 0o700
 
 

@@ -155,6 +155,10 @@ async def test_detached_jobs_outlive_their_client(daemon_factory: Any, fake_bin:
         assert entry["result"]["text"] == ""  # lists leave the text out
         missing = await reader.call("jobs.get", {"job": "nope"}, id=3)
         assert missing["error"]["code"] == -32007
+        assert missing["error"]["data"] == {"job": "nope"}
+        for n, method in enumerate(("jobs.output", "llm.cancel"), start=4):
+            other = await reader.call(method, {"job": "nope"}, id=n)
+            assert other["error"] == missing["error"], method
     proc = await llmc(d, "job", job)
     assert proc.returncode == 0, proc.stderr
     proc = await llmc(d, "jobs")

@@ -20,6 +20,7 @@ from llmd.jobs import ledger, usage
 from llmd.jobs.records import RunResult
 from llmd.jobs.store import JobRow, JobStore
 from llmd.parsers import make_parser
+from llmd.timestamps import rfc3339
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real-clis"
 PRICES = {"gemini-2.5-pro": Price(input_per_mtok=1.25, output_per_mtok=10.0)}
@@ -115,7 +116,7 @@ async def test_ledger_sums(tmp_path: Path) -> None:
 
 async def test_pruned_records_leave_their_days(tmp_path: Path) -> None:
     old = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=40)
-    at = usage.utc_text(old)
+    at = rfc3339(old)
     day = usage.local_day(at)
     tokens = {"input_tokens": 100, "output_tokens": 50}
     with trio.fail_after(30):

@@ -160,6 +160,11 @@ async def test_second_run_is_served_warm_and_streams(daemon_factory: Any,
         for request, prompt in zip(answering, (FIRST, SECOND), strict=True):
             assert len(user_messages(request)) == 1 and request.has_text(prompt)
         assert not answering[1].has_text(FIRST)
+        # One of its two runs was served warm.
+        client = await d.connect()
+        figures = (await client.call("daemon.stats"))["result"]["blueprints"]["claude"]
+        await client.aclose()
+        assert figures["hour"]["warm_share"] == 0.5 and figures["day"]["warm_share"] == 0.5
 
 
 async def test_session_continues_in_the_bound_process(daemon_factory: Any,

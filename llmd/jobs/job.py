@@ -120,8 +120,7 @@ class Job:
         """The job as ``jobs.get`` shows it."""
         result = self.result
         if result is not None and not with_text:
-            result = RunResult(**{**{f: getattr(result, f) for f in result.__struct_fields__},
-                                  "text": "", "output": ""})
+            result = msgspec.structs.replace(result, text="", output="")
         return JobRecord(job=self.id, blueprint=self.blueprint, state=self.state,
                          created_at=self.created_at, started_at=self.started_at,
                          finished_at=self.finished_at, attempts=self.attempts, result=result,

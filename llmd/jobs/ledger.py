@@ -16,15 +16,11 @@ from typing import Any
 from llmd.errors import InvalidParams
 from llmd.jobs import usage
 from llmd.jobs.store import JobStore
+from llmd.timestamps import local_midnight, rfc3339
 
 Window = tuple[tuple[str, str] | None, list[tuple[str, str]]]
 """The local days read from the daily sums (first, last), and the ``[since, until)``
 ranges read from the entries."""
-
-
-def _midnight(day: _dt.date) -> _dt.datetime:
-    """The start of local ``day`` (the offset of that date, DST included)."""
-    return _dt.datetime.combine(day, _dt.time()).astimezone()
 
 
 def window(since: str | None, until: str | None) -> Window:
@@ -43,22 +39,22 @@ def window(since: str | None, until: str | None) -> Window:
     first = last = None
     if start is not None:
         first = start.astimezone().date()
-        if _midnight(first) < start:
+        if local_midnight(first) < start:
             first += _dt.timedelta(days=1)  # its first day is a part of a day
     if end is not None:
         last = end.astimezone().date() - _dt.timedelta(days=1)
     if first is not None and last is not None and first > last:
         # Within one day, or across parts of two: the entries alone.
-        return None, [(usage.utc_text(start), usage.utc_text(end))] \
+        return None, [(rfc3339(start), rfc3339(end))] \
             if start is not None and end is not None and start < end else []
     ranges = []
     # "" sorts before and "~" after every timestamp and day.
-    if start is not None and first is not None and start < _midnight(first):
-        ranges.append((usage.utc_text(start), usage.utc_text(_midnight(first))))
+    if start is not None and first is not None and start < local_midnight(first):
+        ranges.append((rfc3339(start), rfc3339(local_midnight(first))))
     if end is not None and last is not None:
-        tail = _midnight(last + _dt.timedelta(days=1))
+        tail = local_midnight(last + _dt.timedelta(days=1))
         if tail < end:
-            ranges.append((usage.utc_text(tail), usage.utc_text(end)))
+            ranges.append((rfc3339(tail), rfc3339(end)))
     days = ("" if first is None else first.isoformat(), "~" if last is None else last.isoformat())
     return days, ranges
 

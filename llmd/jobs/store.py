@@ -274,7 +274,7 @@ class JobStore:
 
     async def has(self, job_id: str) -> bool:
         """Whether the store holds a record of ``job_id`` (True when it cannot tell)."""
-        found = await self.get(job_id) is not None
+        found = await self._call(lambda db: db.exists(job_id), False)
         return found or not self.available  # a failed read says nothing
 
     async def list(self, state: JobState | None = None, limit: int = 50) -> list[JobRecord]:

@@ -449,6 +449,11 @@ class Database:
             " WHERE id = ?", (job_id,)).fetchone()
         return None if found is None else self._record(found[:9], found[9], found[10])
 
+    def exists(self, job_id: str) -> bool:
+        """Whether a record of ``job_id`` is kept (nothing of it is read)."""
+        found = self._db().execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return found is not None
+
     def list(self, state: JobState | None, limit: int) -> list[JobRecord]:
         """Up to ``limit`` records newest first, of ``state`` if given, without text/output."""
         conn = self._db()

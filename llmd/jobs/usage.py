@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llmd.config import Price
-from llmd.timestamps import rfc3339
+from llmd.timestamps import local_midnight
 
 GroupKey = Literal["blueprint", "model", "day", "cwd"]
 GROUP_KEYS: tuple[GroupKey, ...] = ("blueprint", "model", "day", "cwd")
@@ -79,16 +79,11 @@ def parse_moment(value: str, *, end: bool = False) -> _dt.datetime:
         day = _dt.date.fromisoformat(value)
         if end:
             day += _dt.timedelta(days=1)
-        return _dt.datetime.combine(day, _dt.time()).astimezone()
+        return local_midnight(day)
     when = _dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     if when.tzinfo is None:
         when = when.astimezone()
     return when
-
-
-def utc_text(when: _dt.datetime) -> str:
-    """``when`` as the store's timestamps are written (they sort as text)."""
-    return rfc3339(when.astimezone(_dt.timezone.utc))
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ import trio
 
 from llmd.errors import ApplyConflict, InvalidParams, NoSuchJob
 from llmd.jobs.records import WorktreeInfo
+from llmd.paths import write_atomically
 
 log = logging.getLogger("llmd.worktree")
 
@@ -481,9 +482,7 @@ class Worktrees:
     def _save(self, sidecar: Sidecar) -> None:
         self.sidecars[sidecar.job] = sidecar
         target = self.root / f"{sidecar.job}.json"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(sidecar))
-        os.replace(tmp, target)
+        write_atomically(target, msgspec.json.encode(sidecar))
 
     def load(self) -> list[Sidecar]:
         """Read the sidecars left on disk (at start); the worktrees of jobs that did not

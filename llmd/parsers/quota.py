@@ -26,6 +26,8 @@ import re
 from collections.abc import Callable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from llmd.parsers.ratelimit import duration
+
 MAX_AHEAD = _dt.timedelta(days=7)
 _SCAN_CHARS = 65536
 
@@ -39,10 +41,6 @@ _ABBREVIATIONS: dict[str, float] = {
 _MONTHS = {name: n for n, name in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
     start=1)}
-_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
-          "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
-          "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
-          "d": 86400, "day": 86400, "days": 86400}
 
 _EPOCH_FIELD = re.compile(
     r"""["']?(?:resetsAt|resets_at|resetAt|reset_at|overageResetsAt)["']?\s*[:=]\s*"""
@@ -63,7 +61,6 @@ _RELATIVE = re.compile(
     r"(?i)\b(?:try(?:ing)? again|retry(?:ing)?|resets?|reopens?|available again|wait)"
     r"\s+(?:in|after)\s+(?:about\s+|~)?"
     rf"((?:{_DURATION_PART}[\s,]*(?:and\s+)?)+)")
-_ONE_PART = re.compile(r"(?i)(\d+(?:\.\d+)?)\s*([a-z]+)")
 _ZONE = (r"(?:\s*\((?P<iana>[A-Za-z_]+(?:/[A-Za-z_+-]+)+|UTC|GMT)\)"
          r"|\s*(?P<abbr>UTC|GMT|[A-Z]{3,4})\b(?:(?P<abbr_off>[+-]\d{1,2})(?::?(?P<abbr_min>\d\d))?)?"
          r"|\s*(?P<offset>[+-]\d\d:?\d\d)\b)?")
@@ -115,10 +112,6 @@ def _from_iso(value: str, local: _dt.tzinfo) -> _dt.datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=local)
 
 
-def _duration(text: str) -> float:
-    return sum(float(n) * _UNITS.get(unit.lower(), 0) for n, unit in _ONE_PART.findall(text))
-
-
 def _absolute(match: re.Match[str], now: _dt.datetime) -> _dt.datetime | None:
     local = now.tzinfo or _dt.timezone.utc
     if match.group("iso"):
@@ -160,7 +153,7 @@ def _candidates(text: str, now: _dt.datetime) -> Iterator[_dt.datetime | None]:
             seconds=float(m.group(1)) * (0.001 if m.group(2) == "ms" else 1))),
         (_RETRY_AFTER, lambda m: now + _dt.timedelta(seconds=float(m.group(1))) if m.group(1)
          else email.utils.parsedate_to_datetime(m.group(2))),
-        (_RELATIVE, lambda m: now + _dt.timedelta(seconds=_duration(m.group(1)))),
+        (_RELATIVE, lambda m: now + _dt.timedelta(seconds=duration(m.group(1)))),
         (_ABSOLUTE, lambda m: _absolute(m, now)),
     ]
     for pattern, read in readers:

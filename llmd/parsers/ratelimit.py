@@ -98,7 +98,10 @@ def _unit_seconds(unit: str) -> float:
     return _UNIT_SECONDS[unit[0]]
 
 
-def _duration(text: str, default_unit: float) -> float:
+def duration(text: str, default_unit: float = 1.0) -> float:
+    """The seconds ``text`` spells: every number with its unit, summed ("4h 12m", "6m0s",
+    "2 hours, 5 minutes", "500ms"); a number without a unit counts ``default_unit``
+    seconds."""
     total = 0.0
     for number, unit in _PART_RE.findall(text):
         total += float(number) * (_unit_seconds(unit) if unit else default_unit)
@@ -123,7 +126,7 @@ def find_retry_after(text: str) -> float | None:
     found: float | None = None
     for match in _RETRY_RE.finditer(text):
         default_unit = 0.001 if (match.group("ms1") or match.group("ms2")) else 1.0
-        value = _duration(match.group("dur"), default_unit)
+        value = duration(match.group("dur"), default_unit)
         if 0.0 <= value <= MAX_RETRY_AFTER_S:
             found = value
     return found

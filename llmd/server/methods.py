@@ -193,11 +193,16 @@ def build(context: MethodContext) -> list[Method]:
             job.listeners.append(forward)
         return await manager.run(job)
 
+    async def _stored(job_id: str) -> JobRecord:
+        """The store's record of a job the daemon does not hold in memory."""
+        stored = await store.get(job_id)
+        if stored is None:
+            raise NoSuchJob(f"no job {job_id!r}", {"job": job_id})
+        return stored
+
     async def llm_cancel(params: JobParams, ctx: CallContext) -> dict[str, Any]:
         if params.job not in manager.jobs:
-            stored = await store.get(params.job)
-            if stored is None:
-                raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
+            stored = await _stored(params.job)
             if stored.state not in FINAL_STATES:
                 raise InvalidParams(
                     f"job {params.job!r} is {stored.state} under another llmd sharing this "
@@ -212,9 +217,7 @@ def build(context: MethodContext) -> list[Method]:
         job = manager.jobs.get(params.job)
         if job is None:
             # Finished long ago, or before a restart: the store has it.
-            stored = await store.get(params.job)
-            if stored is None:
-                raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
+            stored = await _stored(params.job)
             if params.wait and stored.state not in FINAL_STATES:
                 stored = await _poll_store(params.job, stored, params.timeout)
             return _shown(stored)
@@ -300,9 +303,7 @@ def build(context: MethodContext) -> list[Method]:
             state: JobState = job.state
             text = job_output.live(job)
         else:
-            stored = await store.get(params.job)
-            if stored is None:
-                raise NoSuchJob(f"no job {params.job!r}", {"job": params.job})
+            stored = await _stored(params.job)
             state, text = stored.state, job_output.stored(stored)
         return job_output.page(params.job, state, text, params.offset, params.limit)
 

@@ -16,9 +16,10 @@ import shutil
 import stat
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from llmd.paths import write_atomically
 
 SOCKET_UNIT = "llmd.socket"
 SERVICE_UNIT = "llmd.service"
@@ -223,16 +224,8 @@ def write_units(units: Mapping[str, str], directory: Path) -> list[tuple[Path, b
             same = False
         if not same:
             # A rename never leaves a half-written unit for a concurrent daemon-reload.
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-            try:
-                with os.fdopen(fd, "w") as out:
-                    out.write(text)
-                # systemd warns about executable or world-writable unit files.
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            # systemd warns about executable or world-writable unit files.
+            write_atomically(path, text, 0o644)
         written.append((path, not same))
     return written
 
