@@ -397,8 +397,6 @@ def tool_definitions(blueprints: list[dict[str, Any]] | None,
     ]
 
 
-TOOL_NAMES = frozenset({"run", "start", "result", "cancel", "status", "wait", "jobs",
-                        "peek"})
 # The tools a 2025-11-25 client may call as a task (the others answer at once).
 TASK_TOOLS = frozenset({"run"})
 

@@ -281,17 +281,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
-def started_result(reply: dict[str, Any], blueprint: str | None) -> dict[str, Any]:
-    """The result of ``start``: the detached job's id."""
-    job = str(reply.get("job") or "")
-    state = str(reply.get("state") or "queued")
-    structured = {"job": job, "state": state, "blueprint": blueprint}
-    return {"content": [text_block(
-        f"Started llmd job {job} ({state}). Call `result` with job \"{job}\" (wait: true to "
-        "wait for it) to get the answer, or `cancel` to stop it.")],
-        "structuredContent": structured}
-
-
 def job_result(record: dict[str, Any], max_chars: int, offset: int,
                waited: float | None) -> dict[str, Any]:
     """The result of ``result``: the job's state, its answer page, or its failure.
