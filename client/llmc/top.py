@@ -4,8 +4,8 @@ A frame shows the daemon's line (version, uptime, job counts), the running, retr
 queued jobs (id, blueprint, state, elapsed, output so far, warm, cwd), every blueprint's
 health and cooldown, and what ``daemon.info`` adds when this llmd has it: warm processes
 (``warm``) and today's runs and cost (``today``). Keys: ``q`` quits, ``c`` cancels the
-selected job, ``f`` follows it (``llmc job ID --follow``, or ``--wait`` where that option is
-missing), the arrows (or ``j``/``k``) select.
+selected job, ``f`` follows it (``llmc job ID --follow``), the arrows (or ``j``/``k``)
+select.
 
 It is drawn with the standard library's ``curses``: llmc depends on nothing outside it, and
 what ``top`` needs (a timed key read, a resize, reverse video) is what curses does well.
@@ -305,12 +305,7 @@ def _follow(screen: curses.window, view: _View) -> None:
     if job is None:
         view.note = "no job to follow"
         return
-    # `--follow` where this llmc has it, else wait for the end and show the record.
-    from llmc.cli import build_parser  # noqa: PLC0415
-
-    job_parser = build_parser(only="job")
-    has_follow = "--follow" in job_parser.format_help()
-    argv = [sys.executable, "-m", "llmc", "job", job, "--follow" if has_follow else "--wait"]
+    argv = [sys.executable, "-m", "llmc", "job", job, "--follow"]
     socket = getattr(view.args, "socket", None)
     if socket:
         argv[3:3] = ["--socket", socket]
