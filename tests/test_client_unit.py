@@ -868,3 +868,12 @@ def test_cancel_unknown_job(serve: Any, capsys: pytest.CaptureFixture[str]) -> N
         exitcodes.FAILED, "", "llmc: no job 'nope'\n")
     server = serve(answer({"job": "j4", "cancelled": True}))
     assert run_main(["cancel", "j4", "--socket", server.path], capsys) == (0, "cancelled j4\n", "")
+
+
+def test_job_states_are_llmds() -> None:
+    from llmd.jobs.state import ALL_STATES, FINAL_STATES, LIVE_STATES  # noqa: PLC0415
+
+    assert set(exitcodes.LIVE_STATES) == set(LIVE_STATES)
+    assert set(exitcodes.FINAL_STATES) == set(FINAL_STATES)
+    assert set(exitcodes.JOB_STATES) == set(ALL_STATES)
+    assert len(exitcodes.JOB_STATES) == len(ALL_STATES)

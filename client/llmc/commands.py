@@ -43,9 +43,7 @@ FIRST_PROBE_POLL = 0.1
 
 # The states in which a job has ended, with the status they map to when the record carries no
 # error code.
-_FINAL_STATES = {"succeeded": exitcodes.OK, "failed": exitcodes.FAILED,
-                 "timed_out": exitcodes.TIMED_OUT, "cancelled": exitcodes.CANCELLED,
-                 "interrupted": exitcodes.CANCELLED}
+_FINAL_STATES = exitcodes.FINAL_STATUS
 
 
 # -- the commands ----------------------------------------------------------------------------

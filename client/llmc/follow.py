@@ -40,7 +40,7 @@ FOLLOW_POLL_S = 0.25
 # How long --follow tries to reach a restarting llmd before it gives up.
 RECONNECT_S = 60.0
 RECONNECT_POLL_S = 0.1
-FINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled", "interrupted")
+FINAL_STATES = exitcodes.FINAL_STATES
 NOTIFY_TIMEOUT_S = 10.0
 
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from llmc.connection import Connection
 
 REFRESH_S = 1.0
-LIVE_STATES = ("running", "retrying", "queued")
+LIVE_STATES = exitcodes.LIVE_STATES
 LIST_LIMIT = 500
 KEYS = "q quit  c cancel  f follow  \u2191\u2193 select"
 

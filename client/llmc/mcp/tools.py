@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 
+from llmc import exitcodes
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -32,8 +34,8 @@ MIN_MAX_CHARS = 200
 # How much of a failed CLI's stderr or partial output an error result quotes.
 TAIL_CHARS = 2_000
 # As llmd names them (API.md, "Job record").
-FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "interrupted"})
-ALL_STATES = FINAL_STATES | {"queued", "running", "retrying"}
+FINAL_STATES = frozenset(exitcodes.FINAL_STATES)
+ALL_STATES = frozenset(exitcodes.JOB_STATES)
 START_LLMD = ("start it in a terminal with `llmd serve`, or once for good with `llmd "
               "install-service && systemctl --user enable --now llmd.socket` (systemd then "
               "starts llmd on the first call)")
