@@ -32,9 +32,11 @@ from llmc.connection import (
     DaemonUnavailable,
     ProtocolError,
     RpcError,
+    default_socket_path,
     socket_path,
 )
 
+from llmd import paths
 from tests.client_fake import TIMEOUT, FakeServer, Peer, Script, Tty, answer, failing
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -101,6 +103,12 @@ def test_socket_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     monkeypatch.setenv("LLMD_SOCKET", "")
     assert socket_path(None) == f"/tmp/llmd-{os.getuid()}/llmd.sock"
+    # The default is llmd's whatever $LLMD_SOCKET says.
+    assert default_socket_path() == str(paths.default_socket_path())
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/42")
+    monkeypatch.setenv("LLMD_SOCKET", "/env/llmd.sock")
+    assert default_socket_path() == str(paths.default_socket_path()) \
+        == "/run/user/42/llmd/llmd.sock"
 
 
 def test_relative_socket_path_is_made_absolute(monkeypatch: pytest.MonkeyPatch,
