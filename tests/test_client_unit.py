@@ -885,3 +885,12 @@ def test_job_states_are_llmds() -> None:
     assert set(exitcodes.FINAL_STATES) == set(FINAL_STATES)
     assert set(exitcodes.JOB_STATES) == set(ALL_STATES)
     assert len(exitcodes.JOB_STATES) == len(ALL_STATES)
+
+
+def test_warm_summary_is_the_line_of_status_and_top() -> None:
+    assert commands.warm_summary({"processes": 1, "idle": 1, "busy": 0, "rss_mb": 149.5}) \
+        == "1 process (1 idle, 0 busy, 149.5 MB)"
+    assert commands.warm_summary({"processes": 2, "idle": 0, "busy": 2, "rss_mb": 300}) \
+        == "2 processes (0 idle, 2 busy, 300 MB)"
+    assert commands.warm_summary({"processes": 0, "idle": 0, "busy": 0, "rss_mb": 0}) is None
+    assert commands.warm_summary(None) is None

@@ -26,7 +26,7 @@ import time
 
 from llmc import exitcodes
 from llmc.calling import QUICK_CALL_TIMEOUT, connect
-from llmc.commands import format_duration, job_duration
+from llmc.commands import format_duration, job_duration, warm_summary
 from llmc.connection import RpcError
 from llmc.output import cut, format_value, table, terminal_width, write
 
@@ -127,12 +127,8 @@ def _warm(info: dict[str, Any]) -> list[str]:
     # one cell each where they are listed.
     warm = info.get("warm")
     if isinstance(warm, dict):
-        count = warm.get("processes")
-        if not count:
-            return []
-        return [f"{format_value(count)} process{'es' if count != 1 else ''} "
-                f"({format_value(warm.get('idle'))} idle, {format_value(warm.get('busy'))} "
-                f"busy, {format_value(warm.get('rss_mb'))} MB)"]
+        summary = warm_summary(warm)
+        return [summary] if summary else []
     if not isinstance(warm, list):
         return []
     cells = []
