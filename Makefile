@@ -40,11 +40,14 @@ bench: venv
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/streaming.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/jobs_list.py --jobs 1000
+	$(BIN)/python bench/jobs_list.py
 	$(BIN)/python bench/usage.py
 	$(BIN)/python bench/health.py
 	$(BIN)/python bench/mcp.py
 	$(BIN)/python bench/editors.py
 	$(BIN)/python bench/worktree.py
+	$(BIN)/python bench/watch.py
 	$(BIN)/python -m bench.bench_parsers
 
 clean:

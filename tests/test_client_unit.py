@@ -32,9 +32,11 @@ from llmc.connection import (
     DaemonUnavailable,
     ProtocolError,
     RpcError,
+    default_socket_path,
     socket_path,
 )
 
+from llmd import paths
 from tests.client_fake import TIMEOUT, FakeServer, Peer, Script, Tty, answer, failing
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -101,6 +103,12 @@ def test_socket_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     monkeypatch.setenv("LLMD_SOCKET", "")
     assert socket_path(None) == f"/tmp/llmd-{os.getuid()}/llmd.sock"
+    # The default is llmd's whatever $LLMD_SOCKET says.
+    assert default_socket_path() == str(paths.default_socket_path())
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/42")
+    monkeypatch.setenv("LLMD_SOCKET", "/env/llmd.sock")
+    assert default_socket_path() == str(paths.default_socket_path()) \
+        == "/run/user/42/llmd/llmd.sock"
 
 
 def test_relative_socket_path_is_made_absolute(monkeypatch: pytest.MonkeyPatch,
@@ -868,3 +876,21 @@ def test_cancel_unknown_job(serve: Any, capsys: pytest.CaptureFixture[str]) -> N
         exitcodes.FAILED, "", "llmc: no job 'nope'\n")
     server = serve(answer({"job": "j4", "cancelled": True}))
     assert run_main(["cancel", "j4", "--socket", server.path], capsys) == (0, "cancelled j4\n", "")
+
+
+def test_job_states_are_llmds() -> None:
+    from llmd.jobs.state import ALL_STATES, FINAL_STATES, LIVE_STATES  # noqa: PLC0415
+
+    assert set(exitcodes.LIVE_STATES) == set(LIVE_STATES)
+    assert set(exitcodes.FINAL_STATES) == set(FINAL_STATES)
+    assert set(exitcodes.JOB_STATES) == set(ALL_STATES)
+    assert len(exitcodes.JOB_STATES) == len(ALL_STATES)
+
+
+def test_warm_summary_is_the_line_of_status_and_top() -> None:
+    assert commands.warm_summary({"processes": 1, "idle": 1, "busy": 0, "rss_mb": 149.5}) \
+        == "1 process (1 idle, 0 busy, 149.5 MB)"
+    assert commands.warm_summary({"processes": 2, "idle": 0, "busy": 2, "rss_mb": 300}) \
+        == "2 processes (0 idle, 2 busy, 300 MB)"
+    assert commands.warm_summary({"processes": 0, "idle": 0, "busy": 0, "rss_mb": 0}) is None
+    assert commands.warm_summary(None) is None

@@ -78,7 +78,7 @@ NVIM_TESTS = {"streaming_order_and_completeness", "non_ascii_text",
               "cancel_once_the_job_is_known", "cancel_before_the_job_is_known", "errors",
               "daemon_restart_between_two_runs", "flood_of_2000_lines_keeps_the_ui_responsive",
               "command_run_with_a_range", "command_run_asks_for_a_prompt",
-              "command_cancel_and_jobs_and_status"}
+              "command_cancel_and_jobs_and_status", "long_line_read_in_small_chunks"}
 
 
 async def test_neovim_plugin(daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
@@ -109,7 +109,7 @@ def test_neovim_help_has_its_tags(tmp_path: Path) -> None:
         assert f"{tag}\t" in tags, tag
 
 
-EMACS_TESTS = 11
+EMACS_TESTS = 12
 
 
 def emacs_batch() -> str:

@@ -123,6 +123,70 @@ async def test_follow_across_a_daemon_restart(daemon_factory: Any, fake_bin: Pat
     assert b"connecting again" in err and b"was interrupted" in err
 
 
+async def relay(path: Path, target: Path, task_status: trio.TaskStatus[
+                    list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Pass connections made to ``path`` on to the socket ``target``, byte for byte, until
+    cancelled; then every connection it passed on is closed."""
+    sock = trio.socket.socket(trio.socket.AF_UNIX)
+    await sock.bind(str(path))
+    sock.listen()
+
+    async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        async for chunk in src:
+            await dst.send_all(chunk)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        upstream = await trio.open_unix_socket(str(target))
+        async with stream, upstream, trio.open_nursery() as nursery:
+            nursery.start_soon(pump, stream, upstream)
+            nursery.start_soon(pump, upstream, stream)
+
+    try:
+        await trio.serve_listeners(handle, [trio.SocketListener(sock)],
+                                   task_status=task_status)
+    finally:
+        path.unlink()
+
+
+async def test_follow_across_a_lost_connection_prints_the_end(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path, tmp_path: Path) -> None:
+    # The same llmd after the connection comes back: the output printed so far is still its
+    # output, so the end of a job that finished meanwhile is printed too.
+    d: DaemonHandle = await daemon_factory(registry(fake_bin))
+    client = await d.connect()
+    gate = tmp_path / "gate"
+    front = short_tmp / "front.sock"
+    with trio.fail_after(60):
+        started = await client.call("llm.run", {"blueprint": "hand", "prompt": str(gate),
+                                                "detach": True})
+        job = started["result"]["job"]
+        async with trio.open_nursery() as nursery:
+            first = trio.CancelScope()
+
+            async def serve(scope: trio.CancelScope, *, task_status: trio.TaskStatus[
+                                list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+                with scope:
+                    await relay(front, d.socket, task_status=task_status)
+
+            await nursery.start(serve, first)
+            proc = await open_llmc(d, "job", job, "--follow", env={"LLMD_SOCKET": str(front)})
+            seen = bytearray()
+            await read_until(proc, seen, b"before\n")
+            first.cancel()  # the connection is lost, llmd goes on
+            while front.exists():
+                await trio.sleep(0.01)
+            gate.touch()
+            ended = await client.call("jobs.get", {"job": job, "wait": True})
+            assert ended["result"]["state"] == "succeeded"
+            await nursery.start(serve, trio.CancelScope())
+            status, err = await finish(proc, seen)
+            nursery.cancel_scope.cancel()
+    assert status == 0, err
+    assert bytes(seen) == b"before\nafter\n"
+    assert b"connecting again" in err
+
+
 async def test_watch_prints_events_as_json_lines(daemon_factory: Any, fake_bin: Path) -> None:
     d: DaemonHandle = await daemon_factory(registry(fake_bin))
     client = await d.connect()

@@ -155,6 +155,43 @@ async def test_live_view_shows_the_job_redraws_on_resize_cancels_and_quits(
     assert status == 0
 
 
+async def test_f_follows_the_selected_job_and_comes_back(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
+    d: DaemonHandle = await daemon_factory(registry(fake_bin))
+    flag = short_tmp / "flag"
+    job = await running_job(d, flag)
+    master, slave = pty.openpty()
+    set_size(slave, 24, 100)
+    env = {**d.env, "LLMD_SOCKET": str(d.socket), "TERM": "xterm"}
+    for name in ("NOTIFY_SOCKET", "COLUMNS", "LINES"):
+        env.pop(name, None)
+    try:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "llmc", "top"], stdin=slave, stdout=slave,
+            stderr=subprocess.PIPE, env=env, cwd=str(d.workdir))
+    finally:
+        os.close(slave)
+    screen = Reader(master)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(screen.run)
+            await screen.wait_for(job.encode())
+            mark = len(screen.data)
+            # f runs `llmc job ID --follow`: the output so far, then the rest as it comes.
+            os.write(master, b"f")
+            await wait_after(screen, mark, b"before")
+            flag.touch()
+            await wait_after(screen, mark, b"after")
+            await wait_after(screen, mark, b"press Enter")
+            mark = len(screen.data)
+            os.write(master, b"\n")
+            await wait_after(screen, mark, b"HEALTH")
+            os.write(master, b"q")
+            status = await proc.wait()
+            nursery.cancel_scope.cancel()
+    assert status == 0
+
+
 async def test_run_does_not_load_top_or_completion(daemon_factory: Any, fake_bin: Path) -> None:
     d: DaemonHandle = await daemon_factory(registry(fake_bin))
     code = ("import sys; from llmc import cli; status = cli.main(['run', 'quick', 'x']); "

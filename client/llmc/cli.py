@@ -53,9 +53,7 @@ if TYPE_CHECKING:
 
     from llmc import connection
 
-# As llmd names them (API.md, "Job record").
-JOB_STATES = ("queued", "running", "retrying", "succeeded", "failed", "timed_out", "cancelled",
-              "interrupted")
+JOB_STATES = exitcodes.JOB_STATES
 TIMEOUT_HELP = ("seconds (a positive number) or a category name such as quick, normal, long, "
                 "extended")
 

@@ -43,9 +43,7 @@ FIRST_PROBE_POLL = 0.1
 
 # The states in which a job has ended, with the status they map to when the record carries no
 # error code.
-_FINAL_STATES = {"succeeded": exitcodes.OK, "failed": exitcodes.FAILED,
-                 "timed_out": exitcodes.TIMED_OUT, "cancelled": exitcodes.CANCELLED,
-                 "interrupted": exitcodes.CANCELLED}
+_FINAL_STATES = exitcodes.FINAL_STATUS
 
 
 # -- the commands ----------------------------------------------------------------------------
@@ -367,11 +365,17 @@ def _warm_line(conn: Connection) -> str | None:
         info = call(conn, "daemon.info")
     except ClientError:
         return None
-    warm = info.get("warm") if isinstance(info, dict) else None
+    summary = warm_summary(info.get("warm") if isinstance(info, dict) else None)
+    return None if summary is None else "warm: " + summary
+
+
+def warm_summary(warm: object) -> str | None:
+    """``daemon.info``'s ``warm`` counts as "N processes (I idle, B busy, M MB)" (None: no
+    warm process, or no counts)."""
     if not isinstance(warm, dict) or not warm.get("processes"):
         return None
     count = warm["processes"]
-    return (f"warm: {format_value(count)} process{'es' if count != 1 else ''} "
+    return (f"{format_value(count)} process{'es' if count != 1 else ''} "
             f"({format_value(warm.get('idle'))} idle, {format_value(warm.get('busy'))} busy, "
             f"{format_value(warm.get('rss_mb'))} MB)")
 

@@ -210,8 +210,7 @@ def _fish(commands: list[str], specs: dict[str, _Spec]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_STATES = ["queued", "running", "retrying", "succeeded", "failed", "timed_out", "cancelled",
-           "interrupted"]
+_STATES = list(exitcodes.JOB_STATES)
 
 
 def cmd_completion(args: argparse.Namespace) -> int:

@@ -160,17 +160,14 @@ def socket_path(explicit: str | None = None) -> str:
     chosen = explicit or os.environ.get("LLMD_SOCKET")
     if chosen:
         return os.path.abspath(chosen)
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "llmd", "llmd.sock")
-    return f"/tmp/llmd-{os.getuid()}/llmd.sock"  # noqa: S108 - the documented fallback
+    return default_socket_path()
 
 
 def default_socket_path() -> str:
     """The socket path used when neither ``--socket`` nor ``$LLMD_SOCKET`` names one."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
-        return os.path.abspath(os.path.join(runtime, "llmd", "llmd.sock"))
+        return os.path.join(runtime, "llmd", "llmd.sock")
     return f"/tmp/llmd-{os.getuid()}/llmd.sock"  # noqa: S108 - the documented fallback
 
 
@@ -327,7 +324,7 @@ class Connection:
             DaemonUnavailable: No socket, nobody listening, permission denied, no answer, or
                 a listener or (default path) directory that is not the user's own.
         """
-        if os.path.abspath(path) == default_socket_path():
+        if os.path.abspath(path) == os.path.abspath(default_socket_path()):
             check_socket_dir(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

@@ -3,6 +3,8 @@
 Invariants:
 - Each status means one thing, so scripts can branch on it; the table below is the single
   source for the ``--help`` epilog (the ``llmc.cli`` docstring repeats it for readers).
+- llmd's job states are named here once (docs/API.md, "Job record"), with the status a
+  final one maps to: every command and ``llmc mcp`` take them from here.
 - Imports nothing: it is loaded on every start.
 """
 
@@ -22,6 +24,14 @@ NO_JSON = 9
 # cancelled (llmc cancel, a daemon stop) must be able to tell the two apart.
 CANCELLED = 10
 INTERRUPTED = 130
+
+# llmd's job states: a job is live in these...
+LIVE_STATES = ("queued", "running", "retrying")
+# ... and has ended in these, each with the status of a record that carries no error code.
+FINAL_STATUS = {"succeeded": OK, "failed": FAILED, "timed_out": TIMED_OUT,
+                "cancelled": CANCELLED, "interrupted": CANCELLED}
+FINAL_STATES = tuple(FINAL_STATUS)
+JOB_STATES = LIVE_STATES + FINAL_STATES
 
 TABLE: tuple[tuple[int, str], ...] = (
     (OK, "success"),

@@ -3,8 +3,10 @@
 Invariants:
 - ``--follow`` prints a job's output exactly as ``jobs.output`` gives it, each character
   once, and ends with the job's exit status (:func:`llmc.commands.job_status`); it follows
-  a job any client started, detached or not, and survives a restart of llmd (it connects
-  again; a job the restart cut short reads ``interrupted``, which it says, status 10).
+  a job any client started, detached or not, and survives a lost connection and a restart of
+  llmd (it connects again; a job the restart cut short reads ``interrupted``, which it says,
+  status 10). Whether llmd restarted is told by ``daemon.info`` (another pid, or a shorter
+  uptime), not by the lost connection alone: the same llmd still gives the same output.
 - Between pages it waits in ``jobs.get`` with ``wait`` and a short timeout, so the end of a
   job is seen at once and a quiet job costs one small request per ``FOLLOW_POLL_S``.
 - ``llmc watch`` prints one line per ``jobs.event`` (``--json``: the event, one JSON object
@@ -38,7 +40,7 @@ FOLLOW_POLL_S = 0.25
 # How long --follow tries to reach a restarting llmd before it gives up.
 RECONNECT_S = 60.0
 RECONNECT_POLL_S = 0.1
-FINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled", "interrupted")
+FINAL_STATES = exitcodes.FINAL_STATES
 NOTIFY_TIMEOUT_S = 10.0
 
 
@@ -48,13 +50,20 @@ def cmd_follow(args: argparse.Namespace) -> int:
 
     offset = 0
     conn: Connection | None = connect(args)
-    restarted = False
+    # The llmd whose output has been printed; after a restart the offsets are no longer its.
+    first: tuple[object, object] | None = None
+    reconnected = restarted = False
     try:
         while True:
             if conn is None:
                 conn = _reconnect(args)
-                restarted = True
+                reconnected = True
             try:
+                if first is None:
+                    first = _identity(conn)
+                elif reconnected and not restarted:
+                    restarted = _restarted(first, _identity(conn))
+                reconnected = False
                 page = as_object(call(conn, "jobs.output", {"job": args.job}
                                       if offset == 0 else {"job": args.job, "offset": offset}),
                                  "jobs.output")
@@ -86,6 +95,21 @@ def cmd_follow(args: argparse.Namespace) -> int:
     finally:
         if conn is not None:
             conn.close()
+
+
+def _identity(conn: Connection) -> tuple[object, object]:
+    # The daemon's pid and uptime: a pid can come back (pid 1 in a container), an uptime
+    # only grows.
+    info = as_object(call(conn, "daemon.info"), "daemon.info")
+    return info.get("pid"), info.get("uptime_s")
+
+
+def _restarted(before: tuple[object, object], now: tuple[object, object]) -> bool:
+    (pid, uptime), (pid_now, uptime_now) = before, now
+    if not isinstance(pid, int) or pid != pid_now:
+        return True
+    return not (isinstance(uptime, int | float) and isinstance(uptime_now, int | float)
+                and uptime_now >= uptime)
 
 
 def _reconnect(args: argparse.Namespace) -> Connection:

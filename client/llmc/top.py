@@ -4,8 +4,8 @@ A frame shows the daemon's line (version, uptime, job counts), the running, retr
 queued jobs (id, blueprint, state, elapsed, output so far, warm, cwd), every blueprint's
 health and cooldown, and what ``daemon.info`` adds when this llmd has it: warm processes
 (``warm``) and today's runs and cost (``today``). Keys: ``q`` quits, ``c`` cancels the
-selected job, ``f`` follows it (``llmc job ID --follow``, or ``--wait`` where that option is
-missing), the arrows (or ``j``/``k``) select.
+selected job, ``f`` follows it (``llmc job ID --follow``), the arrows (or ``j``/``k``)
+select.
 
 It is drawn with the standard library's ``curses``: llmc depends on nothing outside it, and
 what ``top`` needs (a timed key read, a resize, reverse video) is what curses does well.
@@ -26,7 +26,7 @@ import time
 
 from llmc import exitcodes
 from llmc.calling import QUICK_CALL_TIMEOUT, connect
-from llmc.commands import format_duration, job_duration
+from llmc.commands import format_duration, job_duration, warm_summary
 from llmc.connection import RpcError
 from llmc.output import cut, format_value, table, terminal_width, write
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from llmc.connection import Connection
 
 REFRESH_S = 1.0
-LIVE_STATES = ("running", "retrying", "queued")
+LIVE_STATES = exitcodes.LIVE_STATES
 LIST_LIMIT = 500
 KEYS = "q quit  c cancel  f follow  \u2191\u2193 select"
 
@@ -127,12 +127,8 @@ def _warm(info: dict[str, Any]) -> list[str]:
     # one cell each where they are listed.
     warm = info.get("warm")
     if isinstance(warm, dict):
-        count = warm.get("processes")
-        if not count:
-            return []
-        return [f"{format_value(count)} process{'es' if count != 1 else ''} "
-                f"({format_value(warm.get('idle'))} idle, {format_value(warm.get('busy'))} "
-                f"busy, {format_value(warm.get('rss_mb'))} MB)"]
+        summary = warm_summary(warm)
+        return [summary] if summary else []
     if not isinstance(warm, list):
         return []
     cells = []
@@ -305,12 +301,7 @@ def _follow(screen: curses.window, view: _View) -> None:
     if job is None:
         view.note = "no job to follow"
         return
-    # `--follow` where this llmc has it, else wait for the end and show the record.
-    from llmc.cli import build_parser  # noqa: PLC0415
-
-    job_parser = build_parser(only="job")
-    has_follow = "--follow" in job_parser.format_help()
-    argv = [sys.executable, "-m", "llmc", "job", job, "--follow" if has_follow else "--wait"]
+    argv = [sys.executable, "-m", "llmc", "job", job, "--follow"]
     socket = getattr(view.args, "socket", None)
     if socket:
         argv[3:3] = ["--socket", socket]

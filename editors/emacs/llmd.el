@@ -122,20 +122,29 @@ nil means $LLMD_SOCKET, else $XDG_RUNTIME_DIR/llmd/llmd.sock, else
                    (plist-get message :error)))))))
 
 (defun llmd--filter (process bytes)
-  "Read what PROCESS sent, BYTES: one JSON message per line."
-  (let ((text (concat (process-get process 'llmd-partial) bytes))
-        (start 0)
+  "Read what PROCESS sent, BYTES: one JSON message per line.
+Only BYTES is searched for a newline; the pieces of an unfinished line wait,
+newest first, in the process property `llmd-partial' and are joined once, when
+its newline arrives, so a long line costs time in proportion to its length."
+  (let ((start 0)
         end)
-    (while (setq end (string-search "\n" text start))
-      (let ((line (decode-coding-string (substring text start end) 'utf-8 t)))
+    (while (setq end (string-search "\n" bytes start))
+      (let* ((pieces (cons (substring bytes start end)
+                           (process-get process 'llmd-partial)))
+             (line (decode-coding-string (apply #'concat (nreverse pieces))
+                                         'utf-8 t)))
         (setq start (1+ end))
+        (process-put process 'llmd-partial nil)
         (condition-case err
             (llmd--dispatch process
                             (json-parse-string line :object-type 'plist
                                                :null-object nil
                                                :false-object :json-false))
           (json-error (message "llmd: unreadable message: %S" err)))))
-    (process-put process 'llmd-partial (substring text start))))
+    (when (< start (length bytes))
+      (process-put process 'llmd-partial
+                   (cons (substring bytes start)
+                         (process-get process 'llmd-partial))))))
 
 (defun llmd--connection ()
   "The live connection, opened now if there is none.
@@ -146,7 +155,7 @@ Signals `file-error' when the daemon cannot be reached."
                     :coding 'binary :noquery t
                     :filter #'llmd--filter :sentinel #'llmd--sentinel)))
       (process-put process 'llmd-pending (make-hash-table :test #'eql))
-      (process-put process 'llmd-partial "")
+      (process-put process 'llmd-partial nil)
       (setq llmd--process process)))
   llmd--process)
 

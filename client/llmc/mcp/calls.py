@@ -284,7 +284,7 @@ class Runner:
         self.max_wait = (UNWATCHED_WAIT_S, WATCHED_WAIT_S) if max_wait is None \
             else (max_wait, max_wait)
         self.tools: dict[str, Callable[[Call, dict[str, Any]], dict[str, Any]]] = {
-            "run": self._run, "start": self._start, "result": self._result,
+            "run": self._run, "result": self._result,
             "cancel": self._cancel, "status": self._status}
         longwork.add_tools(self)
 
@@ -393,12 +393,6 @@ class Runner:
             call.detach()
             conn.close()
 
-    def _start(self, call: Call, arguments: dict[str, Any]) -> dict[str, Any]:
-        params = tools.run_params(arguments, self.cwd, "start")
-        params["detach"] = True
-        reply = self.daemon.call("llm.run", params, timeout=QUICK_TIMEOUT, call=call)
-        return tools.started_result(_object(reply, "llm.run"), str(params["blueprint"]))
-
     def _result(self, call: Call, arguments: dict[str, Any]) -> dict[str, Any]:
         job = tools.job_params(arguments, "result", ("job", "wait", "timeout", "offset"))
         wait, limit, offset = tools.result_options(arguments)
@@ -459,7 +453,7 @@ class Runner:
 
 
 class _Follower:
-    """Follows a streamed run: learns its job id and reports its states as progress."""
+    """Follows a run's job: learns its job id and reports its states as progress."""
 
     def __init__(self, runner: Runner, call: Call, blueprint: str) -> None:
         self.runner = runner
@@ -468,15 +462,9 @@ class _Follower:
         self.state = "submitted"
         self.attempt = 1
         self.since = time.monotonic()
-        self.chars = 0
 
     def notify(self, method: str, params: dict[str, Any]) -> None:
         """The ``on_notification`` callback."""
-        if method == "llm.output":
-            text = params.get("text")
-            if params.get("stream") == "stdout" and isinstance(text, str):
-                self.chars += len(text)
-            return
         if method != "llm.state":
             return
         job = params.get("job")
@@ -489,8 +477,6 @@ class _Follower:
         attempt = params.get("attempt")
         if isinstance(attempt, int) and not isinstance(attempt, bool):
             self.attempt = attempt
-        if params.get("restart_output") is True:
-            self.chars = 0
         message = self.describe()
         delay = params.get("retry_in_s")
         if self.state == "retrying" and isinstance(delay, int | float):
@@ -509,8 +495,6 @@ class _Follower:
             text += f" for {int(time.monotonic() - self.since)} s"
             if self.attempt > 1:
                 text += f" (attempt {self.attempt})"
-            if self.chars:
-                text += f", {self.chars} characters of output so far"
         return text
 
 

@@ -14,6 +14,8 @@ Invariants:
 
 from __future__ import annotations
 
+from llmc import exitcodes
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -346,9 +348,8 @@ def tool_definitions(blueprints: list[dict[str, Any]] | None,
          "inputSchema": {
              "type": "object",
              "properties": {
-                 "state": {"type": "string", "enum": [
-                     "queued", "running", "retrying", "succeeded", "failed", "timed_out",
-                     "cancelled", "interrupted"], "description": "Only jobs in this state."},
+                 "state": {"type": "string", "enum": list(exitcodes.JOB_STATES),
+                           "description": "Only jobs in this state."},
                  "blueprint": {"type": "string", "description": "Only this blueprint's."},
                  "limit": {"type": "integer", "minimum": 1, "maximum": 200,
                            "description": "At most this many (20)."}},
@@ -397,8 +398,6 @@ def tool_definitions(blueprints: list[dict[str, Any]] | None,
     ]
 
 
-TOOL_NAMES = frozenset({"run", "start", "result", "cancel", "status", "wait", "jobs",
-                        "peek"})
 # The tools a 2025-11-25 client may call as a task (the others answer at once).
 TASK_TOOLS = frozenset({"run"})
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
+from llmc import exitcodes
 from llmc.calling import QUICK_CALL_TIMEOUT as QUICK_TIMEOUT
 from llmc.connection import ClientError, RpcError
 from llmc.mcp import tools
@@ -40,7 +41,7 @@ MISSING_CAPABILITY = -32021
 # jobs.get, well under a millisecond in llmd).
 POLL_INTERVAL_MS = 2000
 LIST_LIMIT = 100
-LIVE = frozenset({"queued", "running", "retrying"})
+LIVE = frozenset(exitcodes.LIVE_STATES)
 
 
 class TaskError(Exception):

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 
+from llmc import exitcodes
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -32,8 +34,8 @@ MIN_MAX_CHARS = 200
 # How much of a failed CLI's stderr or partial output an error result quotes.
 TAIL_CHARS = 2_000
 # As llmd names them (API.md, "Job record").
-FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "interrupted"})
-ALL_STATES = FINAL_STATES | {"queued", "running", "retrying"}
+FINAL_STATES = frozenset(exitcodes.FINAL_STATES)
+ALL_STATES = frozenset(exitcodes.JOB_STATES)
 START_LLMD = ("start it in a terminal with `llmd serve`, or once for good with `llmd "
               "install-service && systemctl --user enable --now llmd.socket` (systemd then "
               "starts llmd on the first call)")
@@ -279,17 +281,6 @@ def _compact(structured: dict[str, Any]) -> dict[str, Any]:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.0f} s"
-
-
-def started_result(reply: dict[str, Any], blueprint: str | None) -> dict[str, Any]:
-    """The result of ``start``: the detached job's id."""
-    job = str(reply.get("job") or "")
-    state = str(reply.get("state") or "queued")
-    structured = {"job": job, "state": state, "blueprint": blueprint}
-    return {"content": [text_block(
-        f"Started llmd job {job} ({state}). Call `result` with job \"{job}\" (wait: true to "
-        "wait for it) to get the answer, or `cancel` to stop it.")],
-        "structuredContent": structured}
 
 
 def job_result(record: dict[str, Any], max_chars: int, offset: int,

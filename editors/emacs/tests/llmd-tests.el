@@ -222,6 +222,43 @@
       (llmd-test--wait 10 (lambda () shown) "health.status")
       (should (string-match-p "^echo " shown)))))
 
+;; Work is counted, not timed: the bytes searched for a newline.  Reading a
+;; line by searching all of it again on each chunk searches ~2 GiB here.
+(ert-deftest llmd-long-line-read-in-small-chunks ()
+  (let* ((n (* 4 1024 1024))
+         (text (concat "é" (make-string n ?a) "✓"))
+         (wire (encode-coding-string
+                (concat (json-serialize (list :jsonrpc "2.0" :id 1
+                                              :result (list :text text)))
+                        "\n"
+                        (json-serialize '(:jsonrpc "2.0" :id 2 :result (:text "b")))
+                        "\n")
+                'utf-8))
+         (process (make-pipe-process :name "llmd-test-lines" :noquery t))
+         (pending (make-hash-table :test #'eql))
+         (replies nil)
+         (searched 0)
+         (count (lambda (search needle haystack &optional start)
+                  (setq searched (+ searched (- (length haystack) (or start 0))))
+                  (funcall search needle haystack start))))
+    (dolist (id '(1 2))
+      (puthash id (cons (lambda (result _error) (push (cons id result) replies)) nil)
+               pending))
+    (process-put process 'llmd-pending pending)
+    (advice-add 'string-search :around count)
+    (unwind-protect
+        (let ((at 0))
+          (while (< at (length wire))
+            (llmd--filter process (substring wire at (min (length wire) (+ at 4093))))
+            (setq at (+ at 4093))))
+      (advice-remove 'string-search count)
+      (delete-process process))
+    (should (<= searched (* 2 (length wire))))
+    (should (equal (mapcar #'car replies) '(2 1)))
+    (should (equal (plist-get (cdr (assq 1 replies)) :text) text))
+    (should (equal (plist-get (cdr (assq 2 replies)) :text) "b"))
+    (should-not (process-get process 'llmd-partial))))
+
 (ert-deftest llmd-mode-line-mode ()
   (llmd-mode-line-mode 1)
   (unwind-protect

@@ -245,5 +245,40 @@ return function(T)
       vim.notify = notify
       T.ok(notified[1]:find("echo", 1, true) ~= nil, "blueprints listed")
     end },
+    -- Work is counted, not timed: the bytes searched for a newline. Reading a line by
+    -- searching all of it again on each chunk searches ~2 GiB here.
+    { "long_line_read_in_small_chunks", function()
+      local client = require("llmd.client").new(socket .. ".unused")
+      local text = "é" .. string.rep("a", 4 * 1024 * 1024) .. "✓"
+      local wire = vim.json.encode({ jsonrpc = "2.0", id = 1, result = { text = text } }) .. "\n"
+        .. vim.json.encode({ jsonrpc = "2.0", id = 2, result = { text = "b" } }) .. "\n"
+      local replies = {}
+      for id = 1, 2 do
+        client.pending[id] = { on_reply = function(result)
+          replies[#replies + 1] = { id, result }
+        end }
+      end
+      local find = string.find
+      local searched = 0
+      string.find = function(s, pattern, init, plain)
+        searched = searched + #s - (init or 1) + 1
+        return find(s, pattern, init, plain)
+      end
+      local ok, err = pcall(function()
+        for at = 1, #wire, 4093 do
+          client:_on_read(nil, wire:sub(at, at + 4092))
+        end
+      end)
+      string.find = find
+      assert(ok, err)
+      T.ok(searched <= 2 * #wire, ("searched %d bytes for %d"):format(searched, #wire))
+      T.wait(10000, function()
+        return #replies == 2
+      end, "both replies")
+      T.eq(replies[1][1], 1, "first reply")
+      T.ok(replies[1][2].text == text, "the long text decoded whole")
+      T.eq(replies[2], { 2, { text = "b" } }, "second reply")
+      T.eq(client.partial, {}, "nothing left over")
+    end },
   }
 end

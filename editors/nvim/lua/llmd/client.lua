@@ -41,7 +41,7 @@ function M.new(path)
     pipe = nil,
     connected = false,
     outbox = {},
-    partial = "",
+    partial = {},
     next_id = 0,
     pending = {},
     generation = 0,
@@ -70,7 +70,7 @@ function Client:_lost(message)
   local generation = self.generation
   self.pipe = nil
   self.connected = false
-  self.partial = ""
+  self.partial = {}
   self.outbox = {}
   if pipe and not pipe:is_closing() then
     pipe:close()
@@ -104,18 +104,29 @@ function Client:_on_read(err, data)
     self:_lost(err and ("connection to llmd lost: " .. err) or "connection to llmd lost")
     return
   end
-  local text = self.partial .. data
+  -- Only the new bytes are searched; an unfinished line's pieces wait in self.partial and
+  -- are joined once, when its newline arrives: a long line costs time in its length.
   local lines = {}
   local start = 1
   while true do
-    local nl = text:find("\n", start, true)
+    local nl = data:find("\n", start, true)
     if nl == nil then
       break
     end
-    lines[#lines + 1] = text:sub(start, nl - 1)
+    local pieces = self.partial
+    if #pieces == 0 then
+      lines[#lines + 1] = data:sub(start, nl - 1)
+    else
+      pieces[#pieces + 1] = data:sub(start, nl - 1)
+      lines[#lines + 1] = table.concat(pieces)
+      self.partial = {}
+    end
     start = nl + 1
   end
-  self.partial = text:sub(start)
+  if start <= #data then
+    local pieces = self.partial
+    pieces[#pieces + 1] = data:sub(start)
+  end
   if #lines == 0 then
     return
   end
