@@ -10,6 +10,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,39 @@ async def test_a_cancelled_job_keeps_its_partial_worktree(
     assert record["worktree"]["changed_files"] == 1
     assert record["worktree"]["status"] == "unapplied"
     assert (Path(record["worktree"]["path"]) / "a.txt").read_text() == "partial\n"
+
+
+async def test_waiting_for_a_job_that_just_ended_waits_for_its_worktree_measure(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
+    # The job's state turns final before its worktree is measured; a git slow to write
+    # the measuring tree holds that gap open, so a waiter arriving in it is certain.
+    slow = short_tmp / "slowgit"
+    slow.mkdir()
+    real = shutil.which("git")
+    assert real is not None
+    (slow / "git").write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys, time\n"
+        "if 'write-tree' in sys.argv and '.diff-' in os.environ.get('GIT_INDEX_FILE', ''):\n"
+        "    time.sleep(3)\n"
+        f"os.execv({real!r}, [{real!r}, *sys.argv[1:]])\n")
+    (slow / "git").chmod(0o755)
+    repo = make_repo(short_tmp / "repo")
+    d: DaemonHandle = await daemon_factory(
+        registry(fake_bin), env={"PATH": f"{slow}{os.pathsep}{os.environ['PATH']}"})
+    client = await d.connect()
+    with trio.fail_after(60):
+        started = await run(client, repo, "partial\n", bp="gated",
+                            model=str(short_tmp / "never"), detach=True)
+        job = started["result"]["job"]
+        root = short_tmp / "d0" / "state" / "llmd" / "worktrees" / job
+        await wait_until(lambda: (root / "a.txt").read_text() == "partial\n")
+        await client.call("llm.cancel", {"job": job})
+        while (await client.call("jobs.get", {"job": job}))["result"]["state"] != "cancelled":
+            await trio.sleep(0.01)
+        record = (await client.call("jobs.get", {"job": job, "wait": True}))["result"]
+    assert record["worktree"]["changed_files"] == 1, record["worktree"]
+    assert record["worktree"]["files"] == ["a.txt"]
 
 
 async def test_a_killed_daemon_leaves_the_worktree_listed_and_consistent(

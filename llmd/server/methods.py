@@ -221,12 +221,15 @@ def build(context: MethodContext) -> list[Method]:
             if params.wait and stored.state not in FINAL_STATES:
                 stored = await _poll_store(params.job, stored, params.timeout)
             return _shown(stored)
-        if params.wait and job.state not in FINAL_STATES:
+        if params.wait:
             with trio.move_on_after(params.timeout if params.timeout is not None
                                     else float("inf")):
                 await job.finished.wait()
-                if job.worktree is not None and worktrees is not None:
-                    await worktrees.concluded(job.id)  # measured once the job has ended
+                # A job's state turns final before its worktree is measured: a waiter
+                # that came in between would be shown the worktree as it was at the start.
+                if (job.worktree is not None and worktrees is not None
+                        and job.id in worktrees.sidecars):
+                    await worktrees.concluded(job.id)
         return _shown(job.record())
 
     async def _poll_store(job_id: str, record: JobRecord,
