@@ -224,6 +224,7 @@ def _serve(args: argparse.Namespace) -> int:
         daemon = Daemon(registry, passed or path, default_socket=False)
         daemon.listener.adopt(activated)
         log.info("socket-activated: serving %s passed by systemd", passed or "a socket")
+    daemon.log_level_given = args.log_level
     try:
         trio.run(daemon.serve)
     except AlreadyRunning as exc:

@@ -15,12 +15,13 @@ Invariants:
 - Warm processes die with the daemon: idle ones when shutdown begins, the rest with
   their runs; those a crashed daemon left are killed at start, under the socket's lock.
 - The budgets count this month's runs from the ledger before the first request; with
-  ``[metrics] textfile`` the figures are written there from start to stop.
+  ``[metrics] textfile`` the figures are written there from start to stop; a reload that
+  changes ``[metrics]`` moves, re-times or stops the writer. A reload puts every setting in
+  force but ``[store]`` (the store stays open) and a ``log_level`` given on the command line.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
@@ -110,6 +111,10 @@ class Daemon:
                            if registry.doc.store.path else default_path())
         self.listener = Listener(socket_path)
         self._serving: _Serving | None = None
+        self._nursery: trio.Nursery | None = None
+        self._metrics_writer = trio.CancelScope()
+        # ``llmd serve --log-level`` outranks the registry's, on reloads too.
+        self.log_level_given: str | None = None
         self._stop = trio.Event()
         self._grace = trio.CancelScope()
         self.notifier = Notifier()
@@ -168,8 +173,12 @@ class Daemon:
             registry = load_registry(self.registry.source)
         finally:
             self.notifier.send("READY=1")
-        self.registry = registry
+        old, self.registry = self.registry, registry
         self.health.set_registry(registry)
+        if registry.doc.metrics != old.doc.metrics:
+            self._write_metrics()
+        if self.log_level_given is None:
+            logging.getLogger("llmd").setLevel(registry.daemon.log_level.upper())
         if self._serving is not None:
             self._serving.manager.set_registry(registry)
             self._serving.server.max_message = registry.daemon.max_message_bytes
@@ -201,6 +210,24 @@ class Daemon:
         dispatcher = Dispatcher(methods.build(context), log=logging.getLogger("llmd.rpc"))
         return _Serving(store, manager,
                         Server(dispatcher, self.registry.daemon.max_message_bytes))
+
+    def _write_metrics(self) -> None:
+        """(Re)start the ``[metrics] textfile`` writer as the registry now says, or stop it."""
+        self._metrics_writer.cancel()
+        self._metrics_writer = trio.CancelScope()
+        cfg = self.registry.doc.metrics
+        if not cfg.textfile or self._nursery is None or self._serving is None:
+            return
+        manager, scope = self._serving.manager, self._metrics_writer
+
+        async def write() -> None:
+            with scope:
+                await metrics.write_textfile(
+                    Path(cfg.textfile).expanduser(), cfg.interval,
+                    lambda: metrics.exposition(self.stats, manager, self.health,
+                                               self.uptime_s))
+
+        self._nursery.start_soon(write)
 
     def request_stop(self, *, graceful: bool = False) -> None:
         """Begin shutting down.
@@ -251,13 +278,8 @@ class Daemon:
 
                 await nursery.start(accept)
                 await nursery.start(self.health.run)
-                textfile = self.registry.doc.metrics.textfile
-                if textfile:
-                    await nursery.start(functools.partial(
-                        metrics.write_textfile, Path(textfile).expanduser(),
-                        self.registry.doc.metrics.interval,
-                        lambda: metrics.exposition(self.stats, manager, self.health,
-                                                   self.uptime_s)))
+                self._nursery = nursery
+                self._write_metrics()
                 # Before READY=1: a reload or stop sent at once must find its handler.
                 await nursery.start(self._watch_signals)
                 # Both return at once outside systemd (no NOTIFY_SOCKET, no WATCHDOG_USEC).
@@ -296,6 +318,7 @@ class Daemon:
                         await server.wait_idle()
                 nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None
             if store is not None:
                 with trio.CancelScope(shield=True):
                     await store.aclose()

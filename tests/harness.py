@@ -175,11 +175,13 @@ def kill_quietly(pids: Iterable[int]) -> None:
 # --- starting llmd ------------------------------------------------------------------------------
 
 
-def daemon_argv(sock: Path, config: Path, *, log_level: str = "debug",
+def daemon_argv(sock: Path, config: Path, *, log_level: str | None = "debug",
                 args: Sequence[str] = (), python_args: Sequence[str] = ()) -> list[str]:
-    """The command line of ``llmd serve`` on ``sock`` with ``config``."""
+    """The command line of ``llmd serve`` on ``sock`` with ``config`` (``log_level`` None:
+    the registry's)."""
+    level = ["--log-level", log_level] if log_level is not None else []
     return [sys.executable, *python_args, "-m", "llmd", "serve", "--socket", str(sock),
-            "--config", str(config), "--log-level", log_level, *args]
+            "--config", str(config), *level, *args]
 
 
 def daemon_env(workdir: Path, notify: Path, extra: Mapping[str, str] | None = None,
@@ -246,7 +248,7 @@ def _drain(sock: stdsocket.socket, notes: list[str]) -> None:
 
 def launch(workdir: Path, toml: str | None = None, *, config: Path | None = None,
            sock: Path | None = None, env: Mapping[str, str] | None = None,
-           base_env: Mapping[str, str] | None = None, log_level: str = "warning",
+           base_env: Mapping[str, str] | None = None, log_level: str | None = "warning",
            args: Sequence[str] = (), python_args: Sequence[str] = (),
            log_path: Path | None = None, timeout: float = 30.0) -> Launched:
     """Start ``llmd serve`` in the background and return once it has said ``READY=1``.
@@ -258,7 +260,7 @@ def launch(workdir: Path, toml: str | None = None, *, config: Path | None = None
         sock: The socket path (default ``workdir/llmd.sock``).
         env: Variables added to the daemon's environment.
         base_env: The environment to start from (default: this process's).
-        log_level: ``--log-level``.
+        log_level: ``--log-level`` (None: the registry's ``log_level``).
         args: More ``llmd serve`` arguments.
         python_args: Interpreter options (``-m cProfile -o FILE``).
         log_path: Where its stdout and stderr go (default: inherited).

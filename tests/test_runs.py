@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import trio
+from llmc.connection import Connection
 
 from tests.conftest import alive, assert_all_die, llmc, read_pids, registry_toml
-from tests.harness import wait_until
+from tests.harness import launch, wait_until
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -355,6 +356,26 @@ async def test_prompts_and_environment_values_stay_out_of_the_log(
     assert "job " in log  # it does log the runs
     assert "prompt-5a4b3c" not in log
     assert "tok-9f8e7d" not in log
+
+
+@pytest.mark.parametrize("given", [None, "warning"])
+def test_a_reload_puts_the_log_level_in_force_unless_the_command_line_named_one(
+        fake_bin: Path, short_tmp: Path, given: str | None) -> None:
+    toml = registry_toml(fake_bin, {"stdin": {"command": ["@fakecli", "stdin"],
+                                              "prompt": "stdin"}},
+                         daemon={"log_level": "warning"})
+    log = short_tmp / "daemon.log"
+    d = launch(short_tmp, toml, log_level=given, log_path=log)
+    try:
+        d.config.write_text(toml.replace('log_level = "warning"', 'log_level = "info"'))
+        with Connection.connect(str(d.socket), timeout=20) as conn:
+            assert "stdin" in conn.call("daemon.reload", timeout=20)["blueprints"]
+    finally:
+        assert d.stop() == 0
+    text = log.read_text()
+    assert "llmd serving" not in text  # started at warning
+    # The reload's own line is logged at info once the new level is in force.
+    assert ("registry reloaded" in text) == (given is None), text
 
 
 async def test_info_blueprints_and_reload(daemon_factory: Any, fake_bin: Path) -> None:

@@ -4,6 +4,7 @@ daemon (usage on a terminal and on a pipe)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -201,3 +202,34 @@ async def test_usage_without_runs(daemon_factory: DaemonFactory, fake_bin: Path,
     first: Any = out.stdout.decode().splitlines()[1].split()
     assert first[:3] == ["0", "0", "0"]
     assert stats.stdout.decode() == "no runs in the last day\n"
+
+
+async def test_a_reload_moves_and_stops_the_metrics_textfile(
+        daemon_factory: DaemonFactory, fake_bin: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first.prom", tmp_path / "second.prom"
+    d = await daemon_factory(registry(fake_bin, first))
+    client = await d.connect()
+
+    async def rewritten(path: Path, times: int) -> None:
+        # Each write replaces the file (the new one's inode may be the one freed before).
+        seen: set[tuple[int, int]] = set()
+        while len(seen) < times:
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                seen.add((st.st_ino, st.st_mtime_ns))
+            await trio.sleep(0.02)
+
+    with trio.fail_after(60):
+        await rewritten(first, 2)
+        d.config.write_text(registry(fake_bin, second))
+        assert "result" in await client.call("daemon.reload")
+        await rewritten(second, 1)
+        first.unlink()
+        await rewritten(second, 3)
+        assert not first.exists()  # the first writer has stopped
+        d.config.write_text(registry(fake_bin, second).replace(f'"{second}"', '""'))
+        assert "result" in await client.call("daemon.reload")
+        await trio.sleep(0.5)  # a write begun before the reload ends
+        second.unlink()
+        await trio.sleep(1.0)  # five intervals: a writer left running would write again
+    assert not second.exists()
