@@ -192,9 +192,11 @@ async def test_the_pool_keeps_one_agent_per_key_and_ends_it_after_idle_ttl(
             await agent.process.dead.wait()
             assert other.process.alive and pool.info()["processes"] == 1
             assert agent.process.why_dead == "unused for idle_ttl"
+            assert set(pool.last_used) == set(pool.options) == {_key("cancellable")}
             pool.retire({"fake"})
             await other.process.dead.wait()
             assert pool.info()["processes"] == 0
+            assert pool.last_used == {} and pool.options == {}  # nothing kept of gone keys
         nursery.cancel_scope.cancel()
 
 

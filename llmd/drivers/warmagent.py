@@ -676,10 +676,17 @@ class AgentPool:
         now = trio.current_time()
         for key, agent in list(self.agents.items()):
             if agent.process.dead.is_set():  # (one still starting is not alive yet)
-                self.agents.pop(key, None)
+                self._forget(key)
             elif agent.busy == 0 and now >= self.last_used[key] + self.options[key].idle_ttl:
                 agent.close("unused for idle_ttl")
-                self.agents.pop(key, None)
+                self._forget(key)
+
+    def _forget(self, key: AgentKey) -> None:
+        # A key's times and options live as long as its agent: keys come from argv and
+        # environment, so a long-lived daemon meets an open-ended number of them.
+        self.agents.pop(key, None)
+        self.last_used.pop(key, None)
+        self.options.pop(key, None)
 
     async def get(self, key: AgentKey, options: AgentOptions) -> Agent | None:
         """The live agent of ``key``, started now when there is none and there is room,
@@ -744,13 +751,14 @@ class AgentPool:
             log.warning("the agent of %s could not start: %s", key.blueprint, exc)
         finally:
             if self.agents.get(key) is agent:
-                del self.agents[key]
+                self._forget(key)
             self._wake.set()
 
     def touch(self, key: AgentKey) -> None:
         """A run used (or ended on) the agent of ``key``: its idle time starts afresh."""
-        self.last_used[key] = trio.current_time()
-        self._wake.set()
+        if key in self.agents:
+            self.last_used[key] = trio.current_time()
+            self._wake.set()
 
     def replace(self, key: AgentKey, agent: Agent, options: AgentOptions, why: str) -> None:
         """Retire ``agent``, the agent of ``key`` (it ends once idle, serving no new run),
@@ -758,7 +766,7 @@ class AgentPool:
         if self.agents.get(key) is not agent:
             return
         log.info("the agent of %s is replaced: %s", key.blueprint, why)
-        del self.agents[key]
+        self._forget(key)
         if agent.busy == 0:
             agent.close(why)
         else:
@@ -770,7 +778,7 @@ class AgentPool:
         they serve no new run."""
         for key, agent in list(self.agents.items()):
             if key.blueprint in blueprints:
-                self.agents.pop(key, None)
+                self._forget(key)
                 if agent.busy == 0:
                     agent.close("its blueprint changed")
                 else:
@@ -781,6 +789,8 @@ class AgentPool:
         for agent in [*self.agents.values(), *self.retired]:
             agent.close("the daemon stops")
         self.agents.clear()
+        self.last_used.clear()
+        self.options.clear()
         self.retired.clear()
 
     def info(self) -> dict[str, int]:
