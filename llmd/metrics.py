@@ -36,7 +36,8 @@ def observe(stats: RunStats) -> Callable[[Job], None]:
         now = stats.clock()
         result = job.result
         code = job.error.code if job.error is not None else None
-        duration = result.duration_s if result is not None else now - job.admitted
+        began = job.began if job.began is not None else job.admitted
+        duration = result.duration_s if result is not None else now - began
         first = (job.first_output - job.admitted) if job.first_output is not None else None
         usage = (result.usage or {}) if result is not None else {}
         # Only a blueprint with warm processes could have been served by one.

@@ -17,11 +17,13 @@ import pytest
 import trio
 import trio.testing
 
+from llmd import metrics
 from llmd.config import parse_registry
 from llmd.errors import Busy, Cancelled, CliFailed, InternalError, RateLimited, TimedOut
 from llmd.jobs.job import Job
 from llmd.jobs.manager import JobManager
 from llmd.jobs.records import RunParams, RunResult, WorktreeInfo
+from llmd.stats import RunStats
 
 
 @dataclass
@@ -390,3 +392,23 @@ async def test_a_record_without_text_keeps_every_other_field_of_the_result() -> 
     assert msgspec.structs.asdict(bare) == {**msgspec.structs.asdict(result),
                                             "text": "", "output": ""}
     assert job.result.text == "answer"  # the job's own result is left whole
+
+
+async def test_the_time_a_failed_run_took_in_the_stats_leaves_out_its_queue(
+        autojump_clock: Any) -> None:
+    stats = RunStats(trio.current_time)
+    script = Script(Step(seconds=100, stdout="first"), Step(seconds=5, exit_code=1))
+    registry = manager(script).registry
+    jm = JobManager(registry, environ={"PATH": "/bin:/usr/bin"}, rng=random.Random(7),
+                    attempt_factory=script.factory(), on_finish=[metrics.observe(stats)])
+    first = jm.submit(RunParams(blueprint="cli", prompt="a", timeout=600))
+    second = jm.submit(RunParams(blueprint="cli", prompt="b", timeout=600))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(jm.run, first)
+        while first.state != "running":
+            await trio.sleep(0)
+        with pytest.raises(CliFailed):
+            await jm.run(second)  # waits 100 s for the one slot, then fails in 5 s
+    durations = {s.outcome: s.duration_s for s in stats.samples}
+    assert durations["cli_failure"] == pytest.approx(5.0)
+    assert durations["succeeded"] == pytest.approx(100.0)

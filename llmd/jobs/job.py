@@ -80,6 +80,8 @@ class Job:
         """Whether the final record is committed to the store."""
         self.detached = False
         self.admitted = trio.current_time()
+        self.began: float | None = None
+        """When its first attempt started (trio's clock): what it took excludes the queue."""
         self.first_output: float | None = None
         """When its first output text came (trio's clock), for the time-to-first-output."""
         self.durable = trio.Event()

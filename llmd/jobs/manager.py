@@ -34,7 +34,6 @@ import os
 import random
 import shutil
 import sys
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -654,7 +653,8 @@ class JobManager:
         before = job.attempts  # made on blueprints this run left for a fallback
         if job.started_at is None:
             job.started_at = utc_now()
-        started = time.monotonic()
+            job.began = trio.current_time()
+        started = trio.current_time()
         while True:
             job.attempts += 1
             await self._set_state(job, "running")
@@ -664,7 +664,7 @@ class JobManager:
                 verdict = classify(attempt.exit_code, attempt.stdout[-65536:],
                                    attempt.stderr_tail, patterns, parsed.error)
             if verdict.kind == "ok":
-                return self._result(job, attempt, parsed, time.monotonic() - started)
+                return self._result(job, attempt, parsed, trio.current_time() - started)
             if verdict.kind != "rate_limit":
                 what = verdict.reason or describe_exit(attempt.exit_code)
                 raise CliFailed(f"{job.blueprint!r} failed: {what}",
