@@ -150,3 +150,33 @@ async def test_budget_fallback_through_the_daemon(daemon_factory: DaemonFactory,
     assert over_all["error"]["code"] == -32009
     assert over_all["error"]["data"]["blueprint"] is None
     assert over_all["error"]["data"]["runs"] == 3
+
+
+async def test_a_job_cancelled_in_the_queue_is_no_run_before_or_after_a_restart(
+        daemon_factory: DaemonFactory, fake_bin: Path, short_tmp: Path) -> None:
+    toml = registry_toml(fake_bin, {
+        "slow": {"command": ["@fakecli", "sleep", "60"], "prompt": "stdin",
+                 "max_concurrency": 1},
+    }, extra="[budget]\ndaily_runs = 10\n")
+    state = {"XDG_STATE_HOME": str(short_tmp / "state")}
+    first = await daemon_factory(toml, env=state)
+    client = await first.connect()
+    with trio.fail_after(60):
+        jobs = [(await client.call("llm.run", {"blueprint": "slow", "prompt": "x",
+                                               "detach": True}, id=n))["result"]["job"]
+                for n in range(2)]
+        for job in reversed(jobs):  # the queued one first, then the one running
+            await client.call("llm.cancel", {"job": job})
+            record = await client.call("jobs.get", {"job": job, "wait": True})
+            assert record["result"]["state"] == "cancelled"
+        assert record["result"]["started_at"] is not None
+        before = await client.call("budget.status")
+    assert before["result"]["budgets"][0]["runs"] == 1
+    assert await first.stop() == 0
+    second = await daemon_factory(toml, env=state)
+    client = await second.connect()
+    with trio.fail_after(60):
+        after = await client.call("budget.status")
+        used = await client.call("usage.summary")
+    assert after["result"]["budgets"][0]["runs"] == 1
+    assert used["result"]["total"]["runs"] == 1

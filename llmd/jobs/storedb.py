@@ -412,6 +412,7 @@ class Database:
                     kept[job] = False
                     continue
                 entry = usage.entry_for(row.job, blueprint=row.blueprint, state=row.state,
+                                        started_at=row.started_at,
                                         finished_at=row.finished_at, request=row.request,
                                         model=row.model, result=row.result, error=row.error)
                 # Counted once: a final row written again adds nothing to its day.

@@ -1,6 +1,6 @@
 """The usage ledger's pure core: what a finished run costs, and how runs add up.
 
-A finished job leaves one ledger entry (:class:`Entry`) beside its record in the store,
+A finished job that ran leaves one ledger entry (:class:`Entry`) beside its record in the store,
 and adds to its local day's sums (per blueprint, and per blueprint with the model, the cwd
 or both), which are never pruned: the ledger outlives the records. :func:`summarize` adds
 rows of both kinds up for ``usage.summary``.
@@ -116,22 +116,25 @@ class Entry:
                 self.duration_s)
 
 
-def entry_for(job: str, *, blueprint: str, state: str, finished_at: str | None,
-              request: Mapping[str, Any], model: str | None, result: Any,
-              error: Mapping[str, Any] | None) -> Entry | None:
-    """The ledger entry of a finished job, or None for a live one.
+def entry_for(job: str, *, blueprint: str, state: str, started_at: str | None,
+              finished_at: str | None, request: Mapping[str, Any], model: str | None,
+              result: Any, error: Mapping[str, Any] | None) -> Entry | None:
+    """The ledger entry of a finished job, or None for a live one or one that never
+    started (cancelled or interrupted while queued: not a run, as the budgets see it).
 
     Args:
         job: Its id.
         blueprint: The blueprint that ran.
         state: Its final state.
+        started_at: When its first attempt started (None: never).
         finished_at: When it ended.
         request: Its ``llm.run`` params (for ``cwd``).
         model: The model it ran, when known.
         result: Its :class:`~llmd.jobs.records.RunResult`, if it succeeded.
         error: Its error object, if it did not.
     """
-    if finished_at is None or state in ("queued", "running", "retrying"):
+    if finished_at is None or started_at is None or state in ("queued", "running",
+                                                               "retrying"):
         return None
     usage: Mapping[str, int] = {}
     cost: float | None = None
