@@ -275,6 +275,14 @@ async def test_jobs_list_merges_memory_and_store_and_cuts_to_the_limit(
                                 listed += 1
                                 assert reply["result"]["jobs"] == await _listed_as_before(
                                     daemon, params), params
+                                # One blueprint's: the same as all of them, filtered.
+                                every = (await client.call("jobs.list", {
+                                    **params, "limit": 1000}))["result"]["jobs"]
+                                for bp in ("edit", "sleep"):
+                                    mine = await client.call("jobs.list",
+                                                             {**params, "blueprint": bp})
+                                    assert mine["result"]["jobs"] == [
+                                        j for j in every if j["blueprint"] == bp][:limit]
             finally:
                 await client.aclose()
                 daemon.request_stop()

@@ -163,6 +163,9 @@ async def test_detached_jobs_outlive_their_client(daemon_factory: Any, fake_bin:
     assert proc.returncode == 0, proc.stderr
     proc = await llmc(d, "jobs")
     assert job.encode() in proc.stdout
+    proc = await llmc(d, "jobs", "--blueprint", "slow")
+    assert proc.returncode == 0 and job.encode() not in proc.stdout
+    assert proc.stdout == b"no jobs of slow\n"
 
 
 async def test_jobs_get_wait_times_out_without_error(daemon_factory: Any, fake_bin: Path) -> None:

@@ -172,6 +172,7 @@ def _add_run(run: argparse.ArgumentParser) -> None:
 def _add_jobs(jobs: argparse.ArgumentParser) -> None:
     jobs.add_argument("--state", choices=JOB_STATES, metavar="STATE",
                       help=f"only jobs in this state: {', '.join(JOB_STATES)}")
+    jobs.add_argument("--blueprint", metavar="NAME", help="only jobs this blueprint ran")
     jobs.add_argument("--limit", type=_positive_int, default=50, help="at most this many (50)")
     jobs.add_argument("--unapplied", action="store_true",
                       help="only jobs whose worktree holds changes not applied nor discarded")

@@ -171,6 +171,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"limit": args.limit}
     if args.state:
         params["state"] = args.state
+    if args.blueprint:
+        params["blueprint"] = args.blueprint
     if args.unapplied:
         params["unapplied"] = True
     with connect(args) as conn:
@@ -180,7 +182,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return exitcodes.OK
     rows = [_job_row(j) for j in result.get("jobs") or [] if isinstance(j, dict)]
     if not rows:
-        write(f"no {args.state} jobs\n" if args.state else "no jobs\n")
+        of = f" of {args.blueprint}" if args.blueprint else ""
+        write(f"no {args.state} jobs{of}\n" if args.state else f"no jobs{of}\n")
         return exitcodes.OK
     if any(row[2].endswith("*") for row in rows):
         rows.append(["", "", "* unapplied", "", "", ""])

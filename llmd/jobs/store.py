@@ -277,11 +277,13 @@ class JobStore:
         found = await self._call(lambda db: db.exists(job_id), False)
         return found or not self.available  # a failed read says nothing
 
-    async def list(self, state: JobState | None = None, limit: int = 50) -> list[JobRecord]:
-        """Records newest first, optionally of one state; results without text and output."""
+    async def list(self, state: JobState | None = None, limit: int = 50,
+                   blueprint: str | None = None) -> list[JobRecord]:
+        """Records newest first, optionally of one state and one blueprint; results without
+        text and output."""
         if limit <= 0:
             return []
-        return await self._call(lambda db: db.list(state, limit), [])
+        return await self._call(lambda db: db.list(state, limit, blueprint), [])
 
     async def usage_rows(self, days: tuple[str, str] | None,
                          ranges: builtins.list[tuple[str, str]],

@@ -59,6 +59,7 @@ _SCHEMA: tuple[str, ...] = (
     daemon_pid INTEGER, daemon_start INTEGER, daemon_boot TEXT)""",
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at, id)",
     "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_blueprint ON jobs (blueprint, created_at, id)",
     "CREATE TABLE IF NOT EXISTS outputs (id TEXT PRIMARY KEY, text TEXT NOT NULL,"
     " output TEXT NOT NULL)",
     # The usage ledger (llmd.jobs.usage): one entry per finished job, kept with its record,
@@ -125,9 +126,7 @@ _UPSERT = (f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * l
 _UPSERT_OUTPUT = "INSERT OR REPLACE INTO outputs (id, text, output) VALUES (?, ?, ?)"
 _RECORD_COLUMNS = ("SELECT id, blueprint, state, created_at, started_at, finished_at, attempts,"
                    " result, error")
-_LIST_ALL = (_RECORD_COLUMNS + " FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?")
-_LIST_STATE = (_RECORD_COLUMNS
-               + " FROM jobs WHERE state = ? ORDER BY created_at DESC, id DESC LIMIT ?")
+_LIST_ORDER = " ORDER BY created_at DESC, id DESC LIMIT ?"
 
 
 class ProcGroup(msgspec.Struct, frozen=True):
@@ -455,13 +454,16 @@ class Database:
         found = self._db().execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return found is not None
 
-    def list(self, state: JobState | None, limit: int) -> list[JobRecord]:
-        """Up to ``limit`` records newest first, of ``state`` if given, without text/output."""
-        conn = self._db()
-        if state is None:
-            rows = conn.execute(_LIST_ALL, (limit,)).fetchall()
-        else:
-            rows = conn.execute(_LIST_STATE, (state, limit)).fetchall()
+    def list(self, state: JobState | None, limit: int,
+             blueprint: str | None = None) -> list[JobRecord]:
+        """Up to ``limit`` records newest first, of ``state`` and ``blueprint`` if given,
+        without text/output."""
+        where = [(column, value) for column, value in (("state", state),
+                                                       ("blueprint", blueprint))
+                 if value is not None]
+        clause = " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where) if where else ""
+        rows = self._db().execute(_RECORD_COLUMNS + " FROM jobs" + clause + _LIST_ORDER,
+                                  (*(v for _, v in where), limit)).fetchall()
         return [self._record(row) for row in rows]
 
     def usage_rows(self, days: tuple[str, str] | None, ranges: builtins.list[tuple[str, str]],

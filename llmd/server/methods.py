@@ -100,6 +100,7 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     params are decoded (-32602 with the path of the offending one)."""
 
     state: Union[JobState, None] = None  # noqa: UP007 - msgspec needs a runtime Union on 3.10
+    blueprint: Union[str, None] = None  # noqa: UP007
     # SQLite takes 64-bit integers only.
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 50
     unapplied: bool = False
@@ -251,17 +252,20 @@ def build(context: MethodContext) -> list[Method]:
         # is fresher for live ones, and holds those a full disk kept out of the store.
         # The store is read first; then, with no await between, the jobs are chosen by id
         # and state and records are made only of those returned.
-        stored = {r.job: r for r in await store.list(params.state, params.limit)}
+        stored = {r.job: r for r in await store.list(params.state, params.limit,
+                                                     params.blueprint)}
         wanted: set[str] | None = None
         if params.unapplied:
             wanted = set(worktrees.unapplied() if worktrees is not None else ())
             for job_id in wanted - stored.keys() - manager.jobs.keys():
                 found = await store.get(job_id)
-                if found is not None:
+                if found is not None and params.blueprint in (None, found.blueprint):
                     stored[job_id] = found
         chosen: dict[str, JobRecord | Job] = dict(stored)
         for job in manager.jobs.values():
             if job.stored and job.id not in stored:
+                continue
+            if params.blueprint is not None and job.blueprint != params.blueprint:
                 continue
             if params.state is None or job.state == params.state:
                 chosen[job.id] = job
@@ -270,8 +274,9 @@ def build(context: MethodContext) -> list[Method]:
         if wanted is not None:
             # An unapplied job is listed whatever its state, from memory if held there.
             for job_id in wanted - chosen.keys():
-                if job_id in manager.jobs:
-                    chosen[job_id] = manager.jobs[job_id]
+                held = manager.jobs.get(job_id)
+                if held is not None and params.blueprint in (None, held.blueprint):
+                    chosen[job_id] = held
             chosen = {k: v for k, v in chosen.items() if k in wanted}
         # Job ids sort by creation time.
         newest = [_shown(found if isinstance(found, JobRecord)

@@ -188,15 +188,14 @@ def jobs(runner: Runner, call: Call, arguments: dict[str, Any]) -> dict[str, Any
         limit = DEFAULT_LIST
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
         raise tools.ArgumentError(f"`limit` must be a whole number from 1 to {MAX_LIST}")
-    params: dict[str, Any] = {"limit": limit if blueprint is None else MAX_LIST * 5,
-                              "prompt_line": True}
+    params: dict[str, Any] = {"limit": limit, "prompt_line": True}
     if state is not None:
         params["state"] = state
+    if blueprint is not None:
+        params["blueprint"] = blueprint
     reply = runner.daemon.call("jobs.list", params, timeout=QUICK_TIMEOUT, call=call)
     listed = reply.get("jobs") if isinstance(reply, dict) else None
     records = [r for r in listed if isinstance(r, dict)] if isinstance(listed, list) else []
-    if blueprint is not None:
-        records = [r for r in records if r.get("blueprint") == blueprint]
     return tools.jobs_result(records[:limit], PROMPT_LINE)
 
 
