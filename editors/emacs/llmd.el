@@ -136,7 +136,10 @@ socket or directory passes: connecting then says llmd is not running."
     ;; listener's the same way; Emacs cannot read it.  bind() makes the
     ;; socket's inode the binder's, so the owner of the inode the path leads to
     ;; (symbolic links followed) stands in for the listener's uid: a socket of
-    ;; another uid, root's included, is someone else's listener.
+    ;; another uid, root's included, is someone else's listener.  It is read
+    ;; before connecting, so it holds where no one else can replace the socket
+    ;; between the two: the default path's directory, checked above, is such a
+    ;; place.
     (let* ((attributes (file-attributes (file-truename path) 'integer))
            (owner (and attributes (file-attribute-user-id attributes))))
       (when (and owner (/= owner me))

@@ -44,8 +44,20 @@ function M.default_socket()
   return M.default_path()
 end
 
+-- Plain Lua, not vim.fn: a request may be made from a luv callback (the fast context).
 local function absolute(path)
-  return vim.fn.fnamemodify(path, ":p")
+  if path:sub(1, 1) == "/" then
+    return path
+  end
+  return (uv.cwd() or "") .. "/" .. path
+end
+
+local function dirname(path)
+  local directory = path:match("^(.*)/[^/]*$")
+  if directory == nil then
+    return "."
+  end
+  return directory == "" and "/" or directory
 end
 
 ---Why the socket at `path` must not be spoken to, or nil when it may be.
@@ -58,7 +70,7 @@ function M.refusal(path)
   -- it, so the default path's directory must be ours alone. A path named by the user
   -- (setup's socket, $LLMD_SOCKET) is the user's own choice of place.
   if absolute(path) == absolute(M.default_path()) then
-    local directory = vim.fn.fnamemodify(path, ":h")
+    local directory = dirname(absolute(path))
     local st = uv.fs_lstat(directory)
     if st then
       local problem
@@ -80,6 +92,8 @@ function M.refusal(path)
   -- same way; vim.loop cannot read it. bind() makes the socket's inode the binder's, so the
   -- owner of the inode the path leads to (a symbolic link followed) stands in for the
   -- listener's uid: a socket of another uid, root's included, is someone else's listener.
+  -- It is read before connecting, so it holds where no one else can replace the socket
+  -- between the two: the default path's directory, checked above, is such a place.
   local st = uv.fs_stat(path)
   if st and st.uid ~= me then
     return "foreign", ("refusing to talk to %s: it belongs to uid %d, not to you (uid %d); "
