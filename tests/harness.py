@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket as stdsocket
 import subprocess
@@ -603,3 +604,76 @@ class AgentHost:
     def close(self) -> None:
         """Kill every agent and stop the pool."""
         self._scope.cancel()
+
+
+# --- another user's listener ------------------------------------------------------------------
+
+FOREIGN_UID = 65534
+AS_FOREIGN = ["setpriv", f"--reuid={FOREIGN_UID}", f"--regid={FOREIGN_UID}", "--clear-groups"]
+# Acting as another uid (a listener of someone else, or a client that is not root) needs both.
+ACTS_AS_ANOTHER_UID = os.getuid() == 0 and shutil.which("setpriv") is not None
+
+# A listener that impersonates llmd: it answers every line with a forged run result and
+# reports on stdout what it was sent.
+FORGER = r"""
+import json, os, socket, sys
+path = sys.argv[1]
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(path)
+os.chmod(path, 0o777)
+server.listen(8)
+print("ready", flush=True)
+while True:
+    conn, _ = server.accept()
+    conn.settimeout(2)
+    got = b""
+    try:
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+            if b"\n" in chunk:
+                forged = {"jsonrpc": "2.0", "id": 1, "result": {"text": "forged", "job": "x"}}
+                conn.sendall(json.dumps(forged).encode() + b"\n")
+    except OSError:
+        pass
+    print(json.dumps({"got": got.decode(errors="replace")}), flush=True)
+    conn.close()
+"""
+
+
+@dataclass
+class Forger:
+    """A :data:`FORGER` running as :data:`FOREIGN_UID`; ``told`` is what it has printed."""
+
+    proc: trio.Process
+    told: bytes = b""
+
+    @classmethod
+    async def start(cls, path: Path) -> Forger:
+        """Start one listening on ``path`` (its directory must be open to the other uid)."""
+        proc = await trio.lowlevel.open_process(
+            [*AS_FOREIGN, sys.executable, "-S", "-c", FORGER, str(path)],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        forger = cls(proc)
+        assert proc.stdout is not None
+        try:
+            while b"ready\n" not in forger.told:
+                chunk = await proc.stdout.receive_some(100)
+                assert chunk, "the forger ended before it listened"
+                forger.told += chunk
+        except BaseException:
+            await forger.stop()
+            raise
+        return forger
+
+    async def stop(self) -> bytes:
+        """Kill it and return everything it printed: ``ready``, then a line per connection."""
+        self.proc.kill()
+        await self.proc.wait()
+        assert self.proc.stdout is not None
+        while chunk := await self.proc.stdout.receive_some(65536):
+            self.told += chunk
+        await self.proc.stdout.aclose()
+        return self.told

@@ -12,7 +12,6 @@ import errno
 import io
 import json
 import os
-import shutil
 import signal
 import socket as stdsocket
 import subprocess
@@ -26,42 +25,12 @@ import trio
 from llmc import output
 
 from tests.conftest import DaemonHandle, alive, llmc, read_pids, registry_toml
+from tests.harness import ACTS_AS_ANOTHER_UID, AS_FOREIGN, FOREIGN_UID, FORGER
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
-ROOT_AND_SETPRIV = pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"),
+ROOT_AND_SETPRIV = pytest.mark.skipif(not ACTS_AS_ANOTHER_UID,
                                       reason="needs root and setpriv to act as another uid")
-FOREIGN_UID = 65534
-AS_FOREIGN = ["setpriv", f"--reuid={FOREIGN_UID}", f"--regid={FOREIGN_UID}", "--clear-groups"]
-
-# A listener that impersonates llmd: it answers every line with a forged run result and
-# reports on stdout what it was sent.
-FORGER = r"""
-import json, os, socket, sys
-path = sys.argv[1]
-server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-server.bind(path)
-os.chmod(path, 0o777)
-server.listen(8)
-print("ready", flush=True)
-while True:
-    conn, _ = server.accept()
-    conn.settimeout(2)
-    got = b""
-    try:
-        while True:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            got += chunk
-            if b"\n" in chunk:
-                forged = {"jsonrpc": "2.0", "id": 1, "result": {"text": "forged", "job": "x"}}
-                conn.sendall(json.dumps(forged).encode() + b"\n")
-    except OSError:
-        pass
-    print(json.dumps({"got": got.decode(errors="replace")}), flush=True)
-    conn.close()
-"""
 
 
 def blueprints(fake_bin: Path, daemon: dict[str, Any] | None = None,

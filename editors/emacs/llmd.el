@@ -25,6 +25,13 @@
 ;; the process filter.  Results and errors are plists with keyword keys, as
 ;; jsonrpc.el gives them (JSON arrays are vectors, null is nil, false is
 ;; :json-false).
+;;
+;; Only a daemon of the user's own uid is spoken to.  The socket the path
+;; leads to must be the user's (another uid's, root's included, is someone
+;; else's listener), and the default socket's directory must be the user's
+;; own, not a symbolic link, and writable by no one else.  A socket refused
+;; is an error of code `llmd-unreachable' whose data names it, with :reason
+;; "foreign" or "unsafe"; nothing is connected or sent.
 
 ;;; Code:
 
@@ -50,7 +57,9 @@ nil means $LLMD_SOCKET, else $XDG_RUNTIME_DIR/llmd/llmd.sock, else
   :type '(choice (const :tag "Ask" nil) string))
 
 (defconst llmd-unreachable -32000
-  "Code of the errors made here: llmd unreachable, or the connection lost.")
+  "Code of the errors made here: llmd unreachable, refused, or connection lost.")
+
+(define-error 'llmd-refused "Refusing to talk to llmd's socket")
 
 (defvar llmd--process nil
   "The connection to the daemon, or nil before first use.")
@@ -71,22 +80,73 @@ nil means $LLMD_SOCKET, else $XDG_RUNTIME_DIR/llmd/llmd.sock, else
   "A run started by `llmd-run-async'."
   request job done process)
 
+(defun llmd--default-socket-path ()
+  "Return the daemon's own default socket path, when none is named."
+  (let ((runtime (getenv "XDG_RUNTIME_DIR")))
+    (if (and runtime (not (string-empty-p runtime)))
+        (expand-file-name "llmd/llmd.sock" runtime)
+      (format "/tmp/llmd-%d/llmd.sock" (user-uid)))))
+
 (defun llmd-socket-path ()
   "Return the socket path in use (see the variable `llmd-socket')."
   (or llmd-socket
       (let ((env (getenv "LLMD_SOCKET")))
         (and env (not (string-empty-p env)) env))
-      (let ((runtime (getenv "XDG_RUNTIME_DIR")))
-        (and runtime (not (string-empty-p runtime))
-             (expand-file-name "llmd/llmd.sock" runtime)))
-      (format "/tmp/llmd-%d/llmd.sock" (user-uid))))
+      (llmd--default-socket-path)))
 
 ;;; Connection
 
-(defun llmd--error (message)
-  "An error plist made here, saying MESSAGE."
+(defun llmd--error (message &optional reason)
+  "An error plist made here, saying MESSAGE, with REASON in its data if given."
   (list :code llmd-unreachable :message message
-        :data (list :socket (llmd-socket-path))))
+        :data (append (list :socket (llmd-socket-path))
+                      (and reason (list :reason reason)))))
+
+(defun llmd--check-socket (path)
+  "Signal `llmd-refused' unless the socket at PATH may be spoken to.
+The error's data is (MESSAGE REASON), REASON \"unsafe\" for the default
+path's directory and \"foreign\" for a socket of another uid.  A missing
+socket or directory passes: connecting then says llmd is not running."
+  (let ((me (user-uid)))
+    ;; On shared ground such as /tmp another user can create llmd-UID first
+    ;; and listen in it, so the default path's directory must be ours alone.
+    ;; A path named by the user is the user's own choice of place.
+    (when (equal (expand-file-name path)
+                 (expand-file-name (llmd--default-socket-path)))
+      (let* ((directory (directory-file-name (file-name-directory
+                                              (expand-file-name path))))
+             (attributes (file-attributes directory 'integer))
+             (owner (and attributes (file-attribute-user-id attributes)))
+             (mode (and attributes (file-modes directory 'nofollow)))
+             (problem
+              (cond ((null attributes) nil)
+                    ((stringp (file-attribute-type attributes))
+                     (format "is a symbolic link (owner uid %d)" owner))
+                    ((/= owner me)
+                     (format "belongs to uid %d, not to you (uid %d)" owner me))
+                    ((and mode (/= 0 (logand mode #o022)))
+                     (format "is writable by others (mode %04o, owner uid %d)"
+                             mode owner)))))
+        (when problem
+          (signal 'llmd-refused
+                  (list (format "refusing to connect to %s: its directory %s %s; another user could be listening there"
+                                path directory problem)
+                        "unsafe")))))
+    ;; The daemon checks its peers' uid with SO_PEERCRED, and llmc checks the
+    ;; listener's the same way; Emacs cannot read it.  bind() makes the
+    ;; socket's inode the binder's, so the owner of the inode the path leads to
+    ;; (symbolic links followed) stands in for the listener's uid: a socket of
+    ;; another uid, root's included, is someone else's listener.  It is read
+    ;; before connecting, so it holds where no one else can replace the socket
+    ;; between the two: the default path's directory, checked above, is such a
+    ;; place.
+    (let* ((attributes (file-attributes (file-truename path) 'integer))
+           (owner (and attributes (file-attribute-user-id attributes))))
+      (when (and owner (/= owner me))
+        (signal 'llmd-refused
+                (list (format "refusing to talk to %s: it belongs to uid %d, not to you (uid %d); llmd runs as the user it serves, so this is someone else's listener"
+                              path owner me)
+                      "foreign"))))))
 
 (defun llmd--fail-all (process message)
   "Answer every request of PROCESS still waiting with the error MESSAGE."
@@ -148,8 +208,10 @@ its newline arrives, so a long line costs time in proportion to its length."
 
 (defun llmd--connection ()
   "The live connection, opened now if there is none.
-Signals `file-error' when the daemon cannot be reached."
+Signals `llmd-refused' when the socket is not the user's own (see
+`llmd--check-socket'), `file-error' when the daemon cannot be reached."
   (unless (process-live-p llmd--process)
+    (llmd--check-socket (llmd-socket-path))
     (let ((process (make-network-process
                     :name "llmd" :family 'local :service (llmd-socket-path)
                     :coding 'binary :noquery t
@@ -178,8 +240,9 @@ Signals `file-error' when the daemon cannot be reached."
 ON-REPLY is called once with (RESULT ERROR), from the process filter.
 ON-NOTIFY, if given, is called with (METHOD PARAMS) for each notification
 that belongs to this request.  Return the request's id, or nil when the
-daemon could not be reached (ON-REPLY is then called from a timer, with an
-error of code `llmd-unreachable'): ON-REPLY never runs before this returns."
+daemon could not be reached or its socket was refused (ON-REPLY is then
+called from a timer, with an error of code `llmd-unreachable'): ON-REPLY
+never runs before this returns."
   (condition-case err
       (let* ((process (llmd--connection))
              (id (cl-incf llmd--next-id))
@@ -193,6 +256,9 @@ error of code `llmd-unreachable'): ON-REPLY never runs before this returns."
      (run-at-time 0 nil on-reply nil
                   (llmd--error (format "llmd is not reachable at %s: %s (start it with `llmd serve' or `systemctl --user start llmd.socket')"
                                        (llmd-socket-path) (error-message-string err))))
+     nil)
+    (llmd-refused
+     (run-at-time 0 nil on-reply nil (llmd--error (nth 1 err) (nth 2 err)))
      nil)))
 
 ;;; Runs

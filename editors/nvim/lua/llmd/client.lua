@@ -7,30 +7,100 @@
 --   handed on through vim.schedule, in arrival order, so callbacks may touch buffers.
 -- - Every request gets exactly one callback: its reply, or an error object when the
 --   connection fails or is lost before the reply (code -32000, data.socket).
+-- - Only a socket of the user's own uid is connected to, root's included, and the default
+--   socket's directory must be the user's own and writable by no one else; a refusal is that
+--   error with data.reason ("foreign" or "unsafe"), and nothing is connected or sent.
 -- - Notifications that carry a `request` id go to that request's on_notify.
 
 local uv = vim.loop
+local bit = require("bit")
 
 local M = {}
 
--- The code of the client-side errors: llmd not reachable, or the connection lost.
+-- The code of the client-side errors: llmd not reachable, refused, or the connection lost.
 M.UNREACHABLE = -32000
 
 local Client = {}
 Client.__index = Client
 
----The daemon's default socket path (as llmd computes it).
+---The socket path the daemon uses when none is named: $XDG_RUNTIME_DIR/llmd/llmd.sock,
+---else /tmp/llmd-UID/llmd.sock.
+---@return string
+function M.default_path()
+  local runtime = os.getenv("XDG_RUNTIME_DIR")
+  if runtime and runtime ~= "" then
+    return runtime .. "/llmd/llmd.sock"
+  end
+  return "/tmp/llmd-" .. uv.getuid() .. "/llmd.sock"
+end
+
+---The socket path when setup names none: $LLMD_SOCKET, else the daemon's default.
 ---@return string
 function M.default_socket()
   local env = os.getenv("LLMD_SOCKET")
   if env and env ~= "" then
     return env
   end
-  local runtime = os.getenv("XDG_RUNTIME_DIR")
-  if runtime and runtime ~= "" then
-    return runtime .. "/llmd/llmd.sock"
+  return M.default_path()
+end
+
+-- Plain Lua, not vim.fn: a request may be made from a luv callback (the fast context).
+local function absolute(path)
+  if path:sub(1, 1) == "/" then
+    return path
   end
-  return "/tmp/llmd-" .. uv.getuid() .. "/llmd.sock"
+  return (uv.cwd() or "") .. "/" .. path
+end
+
+local function dirname(path)
+  local directory = path:match("^(.*)/[^/]*$")
+  if directory == nil then
+    return "."
+  end
+  return directory == "" and "/" or directory
+end
+
+---Why the socket at `path` must not be spoken to, or nil when it may be.
+---@param path string
+---@return string|nil reason  "unsafe" (the default path's directory) or "foreign" (the socket)
+---@return string|nil message
+function M.refusal(path)
+  local me = uv.getuid()
+  -- On shared ground such as /tmp another user can create llmd-UID first and listen in
+  -- it, so the default path's directory must be ours alone. A path named by the user
+  -- (setup's socket, $LLMD_SOCKET) is the user's own choice of place.
+  if absolute(path) == absolute(M.default_path()) then
+    local directory = dirname(absolute(path))
+    local st = uv.fs_lstat(directory)
+    if st then
+      local problem
+      local mode = bit.band(st.mode, 4095)
+      if st.type == "link" then
+        problem = ("is a symbolic link (owner uid %d)"):format(st.uid)
+      elseif st.uid ~= me then
+        problem = ("belongs to uid %d, not to you (uid %d)"):format(st.uid, me)
+      elseif bit.band(mode, 18) ~= 0 then -- 0o022: group or others may write
+        problem = ("is writable by others (mode %04o, owner uid %d)"):format(mode, st.uid)
+      end
+      if problem then
+        return "unsafe", ("refusing to connect to %s: its directory %s %s; another user "
+          .. "could be listening there"):format(path, directory, problem)
+      end
+    end
+  end
+  -- The daemon checks its peers' uid with SO_PEERCRED, and llmc checks the listener's the
+  -- same way; vim.loop cannot read it. bind() makes the socket's inode the binder's, so the
+  -- owner of the inode the path leads to (a symbolic link followed) stands in for the
+  -- listener's uid: a socket of another uid, root's included, is someone else's listener.
+  -- It is read before connecting, so it holds where no one else can replace the socket
+  -- between the two: the default path's directory, checked above, is such a place.
+  local st = uv.fs_stat(path)
+  if st and st.uid ~= me then
+    return "foreign", ("refusing to talk to %s: it belongs to uid %d, not to you (uid %d); "
+      .. "llmd runs as the user it serves, so this is someone else's listener"):format(
+      path, st.uid, me)
+  end
+  return nil
 end
 
 ---A client of the socket at `path`; nothing is opened until the first request.
@@ -56,16 +126,17 @@ local function decode(line)
   return nil
 end
 
-function Client:_fail(generation, message)
+function Client:_fail(generation, message, reason)
   for id, request in pairs(self.pending) do
     if request.generation == generation then
       self.pending[id] = nil
-      request.on_reply(nil, { code = M.UNREACHABLE, message = message, data = { socket = self.path } })
+      request.on_reply(nil, { code = M.UNREACHABLE, message = message,
+        data = { socket = self.path, reason = reason } })
     end
   end
 end
 
-function Client:_lost(message)
+function Client:_lost(message, reason)
   local pipe = self.pipe
   local generation = self.generation
   self.pipe = nil
@@ -78,7 +149,7 @@ function Client:_lost(message)
   -- Scheduled behind the messages already read, so a reply that came before the loss
   -- still reaches its request; requests on a newer pipe are not this pipe's.
   vim.schedule(function()
-    self:_fail(generation, message)
+    self:_fail(generation, message, reason)
   end)
 end
 
@@ -140,7 +211,14 @@ function Client:_on_read(err, data)
   end)
 end
 
+---Open the pipe; false, with the waiting requests failed, when the socket is refused.
 function Client:_open()
+  local reason, refused = M.refusal(self.path)
+  if reason then
+    self.generation = self.generation + 1
+    self:_lost(refused, reason)
+    return false
+  end
   local pipe = uv.new_pipe(false)
   self.pipe = pipe
   self.generation = self.generation + 1
