@@ -643,6 +643,16 @@ while True:
 """
 
 
+def open_listener(path: Path) -> stdsocket.socket:
+    """A listening Unix socket of this process's uid at ``path`` that any user may connect to
+    (what a daemon started with sudo would leave)."""
+    listener = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    listener.bind(str(path))
+    os.chmod(path, 0o777)
+    listener.listen(8)
+    return listener
+
+
 @dataclass
 class Forger:
     """A :data:`FORGER` running as :data:`FOREIGN_UID`; ``told`` is what it has printed."""

@@ -25,7 +25,7 @@ import trio
 from llmc import output
 
 from tests.conftest import DaemonHandle, alive, llmc, read_pids, registry_toml
-from tests.harness import ACTS_AS_ANOTHER_UID, AS_FOREIGN, FOREIGN_UID, FORGER
+from tests.harness import ACTS_AS_ANOTHER_UID, AS_FOREIGN, FOREIGN_UID, FORGER, open_listener
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
@@ -135,10 +135,7 @@ async def test_a_root_listener_is_refused_too(short_tmp: Path) -> None:
     # run that user's agents as root.
     os.chmod(short_tmp, 0o755)
     path = short_tmp / "root.sock"
-    listener = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    listener.bind(str(path))
-    os.chmod(path, 0o777)
-    listener.listen(8)
+    listener = open_listener(path)
     try:
         env = client_env(LLMD_SOCKET=str(path), HOME="/nonexistent")
         done = await run_client(["info"], env, prefix=AS_FOREIGN)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket as stdsocket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 import trio
 
 from tests.conftest import DaemonHandle, registry_toml
-from tests.harness import ACTS_AS_ANOTHER_UID, AS_FOREIGN, FOREIGN_UID, Forger
+from tests.harness import ACTS_AS_ANOTHER_UID, AS_FOREIGN, FOREIGN_UID, Forger, open_listener
 
 ROOT = Path(__file__).parent.parent
 EDITORS = ROOT / "editors"
@@ -114,10 +113,7 @@ async def test_a_root_socket_is_refused_to_another_user(short_tmp: Path, editor:
     # A daemon started with sudo would run that user's agents as root.
     os.chmod(short_tmp, 0o755)
     path = short_tmp / "root.sock"
-    listener = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    listener.bind(str(path))
-    os.chmod(path, 0o777)
-    listener.listen(8)
+    listener = open_listener(path)
     listener.setblocking(False)
     try:
         answer = await probe(editor, short_tmp / "editor", {"LLMD_PROBE_SOCKET": str(path)},
