@@ -162,8 +162,11 @@ async def test_a_default_socket_directory_not_ours_alone_is_refused(
     # A working daemon behind it: only the directory is wrong.
     (where / "llmd.sock").symlink_to(d.socket)
     default = runtime / "llmd" / "llmd.sock"
+    # Once the directory is made private, the same client connects; what it refused
+    # before must not go out then.
+    then = {"LLMD_PROBE_THEN_PRIVATE": str(where)} if case == "loose" else {}
     answer = await probe(editor, short_tmp / "editor",
-                         {"XDG_RUNTIME_DIR": str(runtime)}, wait_ms=5000)
+                         {"XDG_RUNTIME_DIR": str(runtime), **then}, wait_ms=5000)
     assert answer["socket"] == str(default)
     problem = {"foreign": f"belongs to uid {FOREIGN_UID}, not to you (uid {os.getuid()})",
                "loose": f"is writable by others (mode 0777, owner uid {os.getuid()})",
@@ -173,6 +176,12 @@ async def test_a_default_socket_directory_not_ours_alone_is_refused(
         assert error["data"] == {"socket": str(default), "reason": "unsafe"}
         assert error["message"] == (f"refusing to connect to {default}: its directory {where} "
                                     f"{problem}; another user could be listening there")
+    if case == "loose":
+        assert answer["after"]["pid"] == d.proc.pid, answer
+        client = await d.connect()
+        with trio.fail_after(20):
+            listed = await client.call("jobs.list", {})
+        assert listed["result"]["jobs"] == []  # the refused run never reached llmd
     # The same socket named explicitly is the user's own choice, and works.
     named = await probe(editor, short_tmp / "named",
                         {"XDG_RUNTIME_DIR": str(runtime), "LLMD_SOCKET": str(d.socket)})

@@ -248,8 +248,10 @@ end
 
 function Client:_send(message)
   local line = vim.json.encode(message) .. "\n"
-  if self.pipe == nil then
-    self:_open()
+  -- A refused request is answered (failed) and dropped: were it queued, the next pipe
+  -- that opens would send it.
+  if self.pipe == nil and self:_open() == false then
+    return
   end
   if self.connected then
     self.pipe:write(line)
