@@ -31,13 +31,12 @@ def observe(stats: RunStats) -> Callable[[Job], None]:
     """A job manager observer that counts every job that ended in ``stats``."""
 
     def job_ended(job: Job) -> None:
-        if job.started_at is None:
+        if job.began is None:
             return  # never ran: refused or cancelled while it waited
         now = stats.clock()
         result = job.result
         code = job.error.code if job.error is not None else None
-        began = job.began if job.began is not None else job.admitted
-        duration = result.duration_s if result is not None else now - began
+        duration = result.duration_s if result is not None else now - job.began
         first = (job.first_output - job.admitted) if job.first_output is not None else None
         usage = (result.usage or {}) if result is not None else {}
         # Only a blueprint with warm processes could have been served by one.

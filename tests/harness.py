@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import pytest
 import trio
 
 from llmd.drivers.warmagent import Agent, AgentKey, AgentOptions, AgentPool, Dialect
@@ -612,6 +613,26 @@ FOREIGN_UID = 65534
 AS_FOREIGN = ["setpriv", f"--reuid={FOREIGN_UID}", f"--regid={FOREIGN_UID}", "--clear-groups"]
 # Acting as another uid (a listener of someone else, or a client that is not root) needs both.
 ACTS_AS_ANOTHER_UID = os.getuid() == 0 and shutil.which("setpriv") is not None
+ROOT_AND_SETPRIV = pytest.mark.skipif(not ACTS_AS_ANOTHER_UID,
+                                      reason="needs root and setpriv to act as another uid")
+
+
+def foreign_place(parent: Path) -> Path:
+    """A directory of :data:`FOREIGN_UID` in ``parent`` (opened to it), for its listener."""
+    os.chmod(parent, 0o755)
+    place = parent / "foreign"
+    place.mkdir(mode=0o755)
+    os.chown(place, FOREIGN_UID, FOREIGN_UID)
+    return place
+
+
+def client_env(**extra: str) -> dict[str, str]:
+    """This process's environment without what names a socket (a client finds its own),
+    with ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LLMD_SOCKET", "XDG_RUNTIME_DIR", "NOTIFY_SOCKET")}
+    env.update(extra)
+    return env
 
 # A listener that impersonates llmd: it answers every line with a forged run result and
 # reports on stdout what it was sent.

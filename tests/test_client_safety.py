@@ -25,12 +25,18 @@ import trio
 from llmc import output
 
 from tests.conftest import DaemonHandle, alive, llmc, read_pids, registry_toml
-from tests.harness import ACTS_AS_ANOTHER_UID, AS_FOREIGN, FOREIGN_UID, FORGER, open_listener
+from tests.harness import (
+    AS_FOREIGN,
+    FOREIGN_UID,
+    ROOT_AND_SETPRIV,
+    Forger,
+    client_env,
+    foreign_place,
+    open_listener,
+)
 
 pytestmark = pytest.mark.usefixtures("fake_bin")
 
-ROOT_AND_SETPRIV = pytest.mark.skipif(not ACTS_AS_ANOTHER_UID,
-                                      reason="needs root and setpriv to act as another uid")
 
 
 def blueprints(fake_bin: Path, daemon: dict[str, Any] | None = None,
@@ -41,13 +47,6 @@ def blueprints(fake_bin: Path, daemon: dict[str, Any] | None = None,
         "stubborn": {"command": ["@fakecli", "ignore-term"], "prompt": "stdin",
                      "kill_grace": 3.0, "env": {"FAKE_PIDFILE": str(pidfile or "/dev/null")}},
     }, daemon=daemon)
-
-
-def client_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("LLMD_SOCKET", "XDG_RUNTIME_DIR", "NOTIFY_SOCKET")}
-    env.update(extra)
-    return env
 
 
 async def run_client(args: list[str], env: dict[str, str], stdin: bytes = b"",
@@ -95,31 +94,17 @@ def one_llmc_line(stderr: bytes) -> str:
 
 @ROOT_AND_SETPRIV
 async def test_a_listener_of_another_uid_gets_no_prompt(short_tmp: Path) -> None:
-    os.chmod(short_tmp, 0o755)
-    place = short_tmp / "foreign"
-    place.mkdir(mode=0o755)
-    os.chown(place, FOREIGN_UID, FOREIGN_UID)
-    path = place / "llmd.sock"
-    forger = await trio.lowlevel.open_process(
-        [*AS_FOREIGN, sys.executable, "-S", "-c", FORGER, str(path)],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    assert forger.stdout is not None
-    told = b""
+    path = foreign_place(short_tmp) / "llmd.sock"
+    with trio.fail_after(20):
+        forger = await Forger.start(path)
     try:
-        with trio.fail_after(20):
-            while b"ready\n" not in told:
-                told += await forger.stdout.receive_some(100)
         env = client_env(LLMD_SOCKET=str(path))
         done = await run_client(["run", "echo", "the secret prompt"], env)
         result = await mcp_call(env, short_tmp, "run",
                                 {"blueprint": "echo", "prompt": "the secret prompt"})
     finally:
-        forger.kill()
-        await forger.wait()
-    with trio.fail_after(10):
-        while chunk := await forger.stdout.receive_some(65536):
-            told += chunk
-    await forger.stdout.aclose()
+        with trio.fail_after(10):
+            told = await forger.stop()
     assert done.returncode == 3, done
     assert done.stdout == b""
     line = one_llmc_line(done.stderr)

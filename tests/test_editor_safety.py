@@ -19,12 +19,19 @@ import pytest
 import trio
 
 from tests.conftest import DaemonHandle, registry_toml
-from tests.harness import ACTS_AS_ANOTHER_UID, AS_FOREIGN, FOREIGN_UID, Forger, open_listener
+from tests.harness import (
+    ACTS_AS_ANOTHER_UID,
+    AS_FOREIGN,
+    FOREIGN_UID,
+    ROOT_AND_SETPRIV,
+    Forger,
+    client_env,
+    foreign_place,
+    open_listener,
+)
 
 ROOT = Path(__file__).parent.parent
 EDITORS = ROOT / "editors"
-ROOT_AND_SETPRIV = pytest.mark.skipif(not ACTS_AS_ANOTHER_UID,
-                                      reason="needs root and setpriv to act as another uid")
 PROMPT = "the secret prompt"
 UNREACHABLE = -32000
 
@@ -53,12 +60,10 @@ async def probe(editor: str, place: Path, env: dict[str, str], *, as_foreign: bo
     if as_foreign:
         os.chown(place, FOREIGN_UID, FOREIGN_UID)
     out = place / "answer.json"
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("LLMD_SOCKET", "XDG_RUNTIME_DIR", "NOTIFY_SOCKET")}
-    full_env.update({"HOME": str(place), "XDG_DATA_HOME": str(place),
-                     "XDG_STATE_HOME": str(place), "XDG_CONFIG_HOME": str(place),
-                     "LLMD_TEST_OUT": str(out), "LLMD_PROBE_PROMPT": PROMPT,
-                     "LLMD_PROBE_WAIT_MS": str(wait_ms), **env})
+    full_env = client_env(HOME=str(place), XDG_DATA_HOME=str(place),
+                          XDG_STATE_HOME=str(place), XDG_CONFIG_HOME=str(place),
+                          LLMD_TEST_OUT=str(out), LLMD_PROBE_PROMPT=PROMPT,
+                          LLMD_PROBE_WAIT_MS=str(wait_ms), **env)
     with trio.fail_after(wait_ms / 1000 + 60):
         done = await trio.run_process(
             [*(AS_FOREIGN if as_foreign else []), *editor_argv(editor)], env=full_env,
@@ -84,11 +89,7 @@ EDITOR = pytest.mark.parametrize("editor", ["nvim", "emacs"])
 @ROOT_AND_SETPRIV
 @EDITOR
 async def test_a_listener_of_another_uid_gets_no_prompt(short_tmp: Path, editor: str) -> None:
-    os.chmod(short_tmp, 0o755)
-    place = short_tmp / "foreign"
-    place.mkdir(mode=0o755)
-    os.chown(place, FOREIGN_UID, FOREIGN_UID)
-    path = place / "llmd.sock"
+    path = foreign_place(short_tmp) / "llmd.sock"
     with trio.fail_after(20):
         forger = await Forger.start(path)
     try:

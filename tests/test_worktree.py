@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from llmd.errors import InvalidParams
 from llmd.jobs.worktree import Location, Worktrees, git_env
@@ -546,3 +547,18 @@ async def test_git_is_found_once_and_a_missing_git_is_refused_as_before(
     assert again.checkout == str(repo) and again.common_dir == str(repo / ".git")
     assert not later.exists()
     assert "worktree add" in first.read_text()
+
+
+async def test_a_waiter_for_the_measure_of_a_pruned_worktree_is_let_go(
+        short_tmp: Path) -> None:
+    repo = make_repo(short_tmp / "repo")
+    trees = Worktrees(short_tmp / "state" / "worktrees")
+    with trio.fail_after(30):
+        await trees.concluded("never-made")  # no worktree: nothing to wait for
+        await trees.create("job", str(repo), "head")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trees.concluded, "job")
+            await trio.testing.wait_all_tasks_blocked()
+            assert await trees.prune([]) == 1  # its record is gone: no measure will come
+        await trees.conclude("job")  # the job's end, after: leaves nothing behind
+    assert trees._concluded == {}

@@ -333,15 +333,20 @@ class Worktrees:
         """Measure a job's worktree once the job has ended (unless ``measure`` is False:
         it was, with its result); whatever happens, :meth:`concluded` returns after."""
         try:
-            with contextlib.suppress(GitFailed, OSError):
+            # NoSuchJob: pruned meanwhile, nothing left to measure.
+            with contextlib.suppress(GitFailed, OSError, NoSuchJob):
                 if measure:
                     await self.settle(job)
         finally:
             self._concluded.setdefault(job, trio.Event()).set()
+            if job not in self.sidecars:  # discarded meanwhile: nothing left to wait for
+                self._concluded.pop(job, None)
 
     async def concluded(self, job: str) -> None:
-        """Return once :meth:`conclude` has measured the ended job's worktree."""
-        await self._concluded.setdefault(job, trio.Event()).wait()
+        """Return once :meth:`conclude` has measured the ended job's worktree (at once
+        when the job has no worktree, or it was forgotten)."""
+        if job in self.sidecars:
+            await self._concluded.setdefault(job, trio.Event()).wait()
 
     async def diff(self, job: str, *, binary: bool = False) -> str:
         """The unified diff of the job's changes against its base (binary files named,
@@ -529,7 +534,9 @@ class Worktrees:
 
     def _forget(self, job: str) -> None:
         self.sidecars.pop(job, None)
-        self._concluded.pop(job, None)
+        waiters = self._concluded.pop(job, None)
+        if waiters is not None:
+            waiters.set()  # they wait for a measure that will not come
         (self.root / f"{job}.json").unlink(missing_ok=True)
 
 

@@ -228,8 +228,7 @@ def build(context: MethodContext) -> list[Method]:
                 await job.finished.wait()
                 # A job's state turns final before its worktree is measured: a waiter
                 # that came in between would be shown the worktree as it was at the start.
-                if (job.worktree is not None and worktrees is not None
-                        and job.id in worktrees.sidecars):
+                if job.worktree is not None and worktrees is not None:
                     await worktrees.concluded(job.id)
         return _shown(job.record())
 
@@ -265,9 +264,9 @@ def build(context: MethodContext) -> list[Method]:
         for job in manager.jobs.values():
             if job.stored and job.id not in stored:
                 continue
-            if params.blueprint is not None and job.blueprint != params.blueprint:
-                continue
-            if params.state is None or job.state == params.state:
+            # Memory is fresher than the store (a fallback moves a job to another
+            # blueprint), so a job that no longer matches drops the store's record too.
+            if params.state in (None, job.state) and params.blueprint in (None, job.blueprint):
                 chosen[job.id] = job
             else:
                 chosen.pop(job.id, None)
