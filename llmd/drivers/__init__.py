@@ -38,10 +38,22 @@ TextSink = Callable[[Stream, str], Awaitable[None]]
 class AttemptProcess(Protocol):
     """What is known of an attempt's CLI while it runs and once it has ended."""
 
-    exit_code: int | None
-    stderr_tail: str
-    truncated: bool
-    duration: float
+    # Read-only here: the job manager only reads them; each process sets its own.
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status, once known."""
+
+    @property
+    def stderr_tail(self) -> str:
+        """The end of what it wrote to stderr."""
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the kept stdout was cut at ``max_output_bytes``."""
+
+    @property
+    def duration(self) -> float:
+        """Seconds it ran."""
 
     @property
     def stdout(self) -> str:
@@ -64,36 +76,20 @@ class FollowCurrent:
         """The current process's exit status."""
         return self._current().exit_code
 
-    @exit_code.setter
-    def exit_code(self, value: int | None) -> None:
-        self._current().exit_code = value
-
     @property
     def stderr_tail(self) -> str:
         """The current process's stderr tail."""
         return self._current().stderr_tail
-
-    @stderr_tail.setter
-    def stderr_tail(self, value: str) -> None:
-        self._current().stderr_tail = value
 
     @property
     def truncated(self) -> bool:
         """Whether the current process's kept output was cut."""
         return self._current().truncated
 
-    @truncated.setter
-    def truncated(self, value: bool) -> None:
-        self._current().truncated = value
-
     @property
     def duration(self) -> float:
         """The current process's duration."""
         return self._current().duration
-
-    @duration.setter
-    def duration(self, value: float) -> None:
-        self._current().duration = value
 
     @property
     def stdout(self) -> str:

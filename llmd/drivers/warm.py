@@ -465,7 +465,6 @@ class _Turn:
         self._process = process
         self.exit_code: int | None = None
         self._stderr_from = process.stderr.written if process is not None else 0
-        self._stderr = ""
         self.truncated = False
         self.duration = 0.0
         self._kept: list[str] = []
@@ -476,13 +475,10 @@ class _Turn:
 
     @property
     def stderr_tail(self) -> str:
-        if self._process is not None and not self._stderr:
+        """What the process wrote to stderr during this turn (as far as its tail keeps)."""
+        if self._process is not None:
             return self._process.stderr.since(self._stderr_from)
-        return self._stderr
-
-    @stderr_tail.setter
-    def stderr_tail(self, value: str) -> None:
-        self._stderr = value
+        return ""
 
     @property
     def stdout(self) -> str:

@@ -638,7 +638,6 @@ class AgentPool:
         self.retired: list[Agent] = []
         """Agents of a changed blueprint, still busy: they end once idle."""
         self._nursery: trio.Nursery | None = None
-        self._lock = trio.Lock()
         self._wake = trio.Event()
 
     @property

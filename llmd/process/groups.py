@@ -92,6 +92,7 @@ class OwnedGroups:
         self.path = path
         self.groups: dict[int, int] = {}
         """pgid -> its leader's start time."""
+        self._boot = procs.boot_id() if path is not None else None
 
     def add(self, pgid: int) -> None:
         """List the group ``pgid`` leads (its leader just started)."""
@@ -109,7 +110,7 @@ class OwnedGroups:
     def _write(self) -> None:
         if self.path is None:
             return
-        doc = {"boot": procs.boot_id(),
+        doc = {"boot": self._boot,
                "groups": [[pgid, start] for pgid, start in sorted(self.groups.items())]}
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:

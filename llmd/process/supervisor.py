@@ -61,11 +61,12 @@ class StderrTail:
         self.written = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def feed(self, chunk: bytes | bytearray) -> None:
-        """Take one read (``b""``: the stream ended)."""
+    def feed(self, chunk: bytes | bytearray) -> str:
+        """Take one read (``b""``: the stream ended); the text it decoded to."""
         text = self._decoder.decode(chunk, final=not chunk)
         self.written += len(text)
         self.text = (self.text + text)[-STDERR_TAIL_CHARS:]
+        return text
 
     def since(self, mark: int) -> str:
         """What was written after ``mark`` (an earlier :attr:`written`), as far as kept."""
@@ -115,6 +116,7 @@ class Attempt:
         self.kept_chars = 0
         """Characters of stdout kept so far (a prefix of what was streamed)."""
         self.stderr_tail = ""
+        self._stderr = StderrTail()
         self.started = 0.0
         self.duration = 0.0
 
@@ -207,12 +209,10 @@ class Attempt:
                     text = self._decode_stdout(decoder, chunk, final)
                     self._stdout_ended = final
                 else:
-                    text = decoder.decode(chunk, final=final)
-                if text:
-                    if name == "stderr":
-                        self.stderr_tail = (self.stderr_tail + text)[-STDERR_TAIL_CHARS:]
-                    if self.on_output is not None:
-                        await self.on_output(name, text)
+                    text = self._stderr.feed(chunk)
+                    self.stderr_tail = self._stderr.text
+                if text and self.on_output is not None:
+                    await self.on_output(name, text)
                 if final:
                     return
         finally:
