@@ -562,3 +562,24 @@ async def test_a_waiter_for_the_measure_of_a_pruned_worktree_is_let_go(
             assert await trees.prune([]) == 1  # its record is gone: no measure will come
         await trees.conclude("job")  # the job's end, after: leaves nothing behind
     assert trees._concluded == {}
+
+
+async def test_an_isolated_run_a_fallback_takes_over_works_on_in_its_worktree(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
+    repo = make_repo(short_tmp / "repo")
+    d: DaemonHandle = await daemon_factory(registry_toml(fake_bin, {
+        "limited": {"command": ["@fakecli", "ratelimit", "1000", str(short_tmp / "count")],
+                    "prompt": "stdin", "fallbacks": ["edit"], "retry": {"max_attempts": 1}},
+        "edit": {"command": ["@fakecli", "edit", "a.txt"], "prompt": "stdin"},
+    }))
+    client = await d.connect()
+    with trio.fail_after(60):
+        reply = await run(client, repo, "edited\n", bp="limited")
+        result = reply["result"]
+        assert result["blueprint"] == "edit" and result["fallback_reason"], reply
+        assert result["worktree"]["changed_files"] == 1
+        trees = short_tmp / "d0" / "state" / "llmd" / "worktrees"
+        assert sorted(p.name for p in trees.iterdir() if p.is_dir()) == [result["job"]]
+        applied = await client.call("jobs.apply", {"job": result["job"]})
+    assert applied["result"]["applied"] is True, applied
+    assert (repo / "a.txt").read_text() == "edited\n"

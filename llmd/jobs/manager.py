@@ -612,7 +612,9 @@ class JobManager:
         bp = job.bp
         assert bp is not None, "jobs are made by submit()"
         params = job.params
-        if params.isolate == "worktree" and self.worktrees is not None and params.cwd:
+        # Once per job: a fallback taking over the run works on in the same worktree.
+        if (params.isolate == "worktree" and self.worktrees is not None and params.cwd
+                and job.worktree is None):
             job.worktree = await self.worktrees.create(job.id, params.cwd,
                                                        params.base or "head", job.where)
         env = self._run_env(bp, job.cwd)
