@@ -197,7 +197,7 @@ async def _listed_as_before(daemon: Daemon, params: dict[str, Any]) -> list[dict
         wanted = set(trees.unapplied())
         for job_id in wanted - records.keys():
             found = (manager.jobs[job_id].record(with_text=False)
-                     if job_id in manager.jobs else await store.get(job_id))
+                     if job_id in manager.jobs else await store.get(job_id, with_text=False))
             if found is not None:
                 records[job_id] = found
         records = {k: r for k, r in records.items() if k in wanted}

@@ -583,3 +583,21 @@ async def test_an_isolated_run_a_fallback_takes_over_works_on_in_its_worktree(
         applied = await client.call("jobs.apply", {"job": result["job"]})
     assert applied["result"]["applied"] is True, applied
     assert (repo / "a.txt").read_text() == "edited\n"
+
+
+async def test_unapplied_jobs_are_listed_without_their_text_after_a_restart(
+        daemon_factory: Any, fake_bin: Path, short_tmp: Path) -> None:
+    repo = make_repo(short_tmp / "repo")
+    state = short_tmp / "state"
+    d, client = await start(daemon_factory, fake_bin, state)
+    with trio.fail_after(60):
+        job = (await run(client, repo, "new text\n"))["result"]
+        assert job["text"]  # the record holds it
+        await client.call("llm.run", {"blueprint": "cwd", "prompt": "x", "cwd": str(repo)})
+        assert await d.stop() == 0
+        # Only the store has the job now, and not on the first page of one.
+        _, client = await start(daemon_factory, fake_bin, state)
+        listed = await client.call("jobs.list", {"unapplied": True, "limit": 1})
+    [entry] = listed["result"]["jobs"]
+    assert entry["job"] == job["job"]
+    assert (entry["result"]["text"], entry["result"]["output"]) == ("", "")

@@ -268,9 +268,10 @@ class JobStore:
 
     # --- reads -------------------------------------------------------------
 
-    async def get(self, job_id: str) -> JobRecord | None:
-        """The record of ``job_id`` with its full (capped) result, or None."""
-        return await self._call(lambda db: db.get(job_id), None)
+    async def get(self, job_id: str, *, with_text: bool = True) -> JobRecord | None:
+        """The record of ``job_id`` with its full (capped) result (unless not
+        ``with_text``: without text and output, as :meth:`list` gives them), or None."""
+        return await self._call(lambda db: db.get(job_id, with_text=with_text), None)
 
     async def has(self, job_id: str) -> bool:
         """Whether the store holds a record of ``job_id`` (True when it cannot tell)."""

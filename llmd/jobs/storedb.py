@@ -442,8 +442,13 @@ class Database:
                          started_at=row[4], finished_at=row[5], attempts=row[6], result=result,
                          error=None if row[8] is None else _dec_dict.decode(row[8]))
 
-    def get(self, job_id: str) -> JobRecord | None:
-        """The record of ``job_id`` with its result's text and output, or None."""
+    def get(self, job_id: str, *, with_text: bool = True) -> JobRecord | None:
+        """The record of ``job_id`` with its result's text and output (unless not
+        ``with_text``: as lists give them), or None."""
+        if not with_text:
+            row = self._db().execute(_RECORD_COLUMNS + " FROM jobs WHERE id = ?",
+                                     (job_id,)).fetchone()
+            return None if row is None else self._record(row)
         found = self._db().execute(
             _RECORD_COLUMNS + ", o.text, o.output FROM jobs LEFT JOIN outputs AS o USING (id)"
             " WHERE id = ?", (job_id,)).fetchone()

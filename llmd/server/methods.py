@@ -257,7 +257,7 @@ def build(context: MethodContext) -> list[Method]:
         if params.unapplied:
             wanted = set(worktrees.unapplied() if worktrees is not None else ())
             for job_id in wanted - stored.keys() - manager.jobs.keys():
-                found = await store.get(job_id)
+                found = await store.get(job_id, with_text=False)
                 if found is not None and params.blueprint in (None, found.blueprint):
                     stored[job_id] = found
         chosen: dict[str, JobRecord | Job] = dict(stored)
