@@ -263,7 +263,12 @@ class Daemon:
                 await nursery.start(store.run)
                 await nursery.start(manager.serve)
                 if store.available and manager.worktrees is not None:
-                    await nursery.start(partial(tend, manager.worktrees, store.has,
+
+                    async def kept(job: str) -> bool:
+                        # A job in memory may have its worktree before its record is saved.
+                        return job in manager.jobs or await store.has(job)
+
+                    await nursery.start(partial(tend, manager.worktrees, kept,
                                                 interval=store.prune_interval))
                 await nursery.start(manager.events.serve)
                 accepting = trio.CancelScope()

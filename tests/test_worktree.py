@@ -3,6 +3,7 @@ isolation, bases, diff, apply (three-way), discard, cancellation, crashes and pr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import trio
 import trio.testing
 
 from llmd.errors import InvalidParams
-from llmd.jobs.worktree import Location, Worktrees, git_env
+from llmd.jobs.worktree import Location, Worktrees, git_env, tend
 from tests.conftest import DaemonHandle, RawClient, llmc, registry_toml
 from tests.harness import wait_until
 
@@ -601,3 +602,24 @@ async def test_unapplied_jobs_are_listed_without_their_text_after_a_restart(
     [entry] = listed["result"]["jobs"]
     assert entry["job"] == job["job"]
     assert (entry["result"]["text"], entry["result"]["output"]) == ("", "")
+
+
+async def test_tending_leaves_alone_a_worktree_made_while_it_looks(short_tmp: Path) -> None:
+    repo = make_repo(short_tmp / "repo")
+    trees = Worktrees(short_tmp / "state" / "worktrees")
+    asked_again = trio.Event()
+
+    async def exists(job: str) -> bool:
+        if job == "old":  # its record is gone; meanwhile a new job makes its worktree
+            await trees.create("new", str(repo), "head")
+            return False
+        asked_again.set()  # the next round: "new" was left to be asked about
+        return True
+
+    with trio.fail_after(30):
+        await trees.create("old", str(repo), "head")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(tend, trees, exists, interval=0.01))
+            await asked_again.wait()
+            nursery.cancel_scope.cancel()
+    assert set(trees.sidecars) == {"new"}

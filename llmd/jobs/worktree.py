@@ -548,15 +548,16 @@ async def tend(worktrees: Worktrees, exists: Callable[[str], Awaitable[bool]], *
 
     Args:
         worktrees: The job store's worktrees.
-        exists: Whether the store still has a job's record.
+        exists: Whether a job is still known (its record in the store, or in memory).
     """
     for sidecar in worktrees.load():
         with contextlib.suppress(GitFailed, OSError):
             await worktrees.settle(sidecar.job)
     task_status.started()
     while True:
-        alive = [job for job in list(worktrees.sidecars) if await exists(job)]
-        await worktrees.prune(alive)
+        # Only those found gone: a worktree made while this looks is not one of them.
+        gone = {job for job in list(worktrees.sidecars) if not await exists(job)}
+        await worktrees.prune(set(worktrees.sidecars) - gone)
         await trio.sleep(interval)
 
 
