@@ -10,6 +10,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -412,3 +413,17 @@ async def test_the_time_a_failed_run_took_in_the_stats_leaves_out_its_queue(
     durations = {s.outcome: s.duration_s for s in stats.samples}
     assert durations["cli_failure"] == pytest.approx(5.0)
     assert durations["succeeded"] == pytest.approx(100.0)
+
+
+async def test_the_streamed_text_of_failed_jobs_counts_towards_what_memory_keeps(
+        autojump_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("llmd.jobs.manager.KEEP_RESULT_CHARS", 100)
+    stream = (Path(__file__).parent / "fixtures" / "real-clis" / "claude_stream.out").read_text()
+    script = Script(*[Step(exit_code=1, stdout=stream) for _ in range(20)])
+    jm = manager(script, '[blueprints.structured]\ncommand = ["/bin/sh", "{prompt}"]\n'
+                         'parser = "claude-stream-json"\n')
+    for n in range(20):
+        with pytest.raises(CliFailed):
+            await jm.run(jm.submit(RunParams(blueprint="structured", prompt=str(n))))
+        assert sum(len(t) for j in jm.jobs.values() for t in j.live_text) <= 100
+    assert len(jm.jobs) < 20  # the oldest went

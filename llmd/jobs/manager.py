@@ -794,10 +794,13 @@ class JobManager:
 
 
 def _result_chars(job: Job) -> int:
+    # A failed job keeps the text its structured output streamed (for jobs.output).
+    live = sum(map(len, job.live_text))
     result = job.result
     if result is None:
-        return 0
-    return len(result.text) + (len(result.output) if result.output is not result.text else 0)
+        return live
+    return live + len(result.text) + (len(result.output) if result.output is not result.text
+                                      else 0)
 
 
 def _is_failure(exc: BaseException) -> bool:
