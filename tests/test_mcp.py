@@ -8,7 +8,9 @@ protocol versions, batches, malformed lines, a cancellation by id.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 import trio
+from llmc.mcp import calls as mcp_calls
 from llmc.mcp import schemas as mcp_schemas
 from llmc.mcp import tools as mcp_tools
 from mcp.client.session import ClientSession
@@ -597,3 +600,20 @@ def test_error_texts_carry_the_facts_and_advice() -> None:
         cancelled = mcp_tools.rpc_error_result(code, "cancelled", {"output": "so far"})
         assert "so far" in cancelled["content"][0]["text"]
         assert "Run it again" in cancelled["content"][0]["text"]
+
+
+def test_a_run_cancelled_before_its_job_id_is_known_is_cancelled_once_it_is() -> None:
+    # llmd keeps a detached job when its client leaves: shutting the connection down
+    # before `llm.run` answered would leave the job running unseen.
+    ours, llmd_side = socket.socketpair()
+    with contextlib.closing(llmd_side):
+        call = mcp_calls.Call(1, None, "2025-06-18")
+        call.owns_job = True
+        link = mcp_calls._Link(ours)
+        call.attach(link)
+        assert call.cancel() is None  # no id yet
+        llmd_side.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            llmd_side.recv(1)  # the connection stays up for llm.run's answer
+        assert call.adopt("j1") is False  # the caller then cancels j1 in llmd
+        link.close()

@@ -8,10 +8,12 @@ Invariants:
 - A ``run`` starts its job detached and waits for it at most the inline cap (``max_wait``:
   50 s without a progress token, 300 s with one); then it answers with the job's handle and
   the job goes on, whatever becomes of the client or of this process.
-- A call the client cancels stops at once. A ``run`` whose job id is known is cancelled in
-  llmd with ``llm.cancel`` (until its handle has been returned; then only ``cancel`` ends
-  it); otherwise the call's connection is shut down. Nothing else is cancelled: a
-  ``result`` or ``wait`` call only stops waiting, a ``start``ed job goes on.
+- A call the client cancels stops at once. A ``run``'s job is cancelled in llmd with
+  ``llm.cancel`` (until its handle has been returned; then only ``cancel`` ends it): at
+  once when its id is known, else as soon as ``llm.run`` answers with it (a detached job
+  outlives the connection, so shutting that down would leave it running). Any other call's
+  connection is shut down. Nothing else is cancelled: a ``result`` or ``wait`` call only
+  stops waiting, a ``start``ed job goes on.
 - When the client asked for progress (a progress token), a waiting run watches llmd's job
   events (``jobs.watch``, on a connection of its own) and reports progress on every state
   change of its job and at least every ``progress_s`` seconds (the connection's
@@ -88,13 +90,14 @@ class Call:
 
         Returns:
             The job id when the call runs a job whose id is known (the caller cancels it in
-            llmd); None when the call's connection, if any, has been shut down instead.
+            llmd); None otherwise: a run still waiting for its id is left to :meth:`adopt`,
+            any other call's connection, if any, has been shut down.
         """
         with self._lock:
             if self.cancelled:
                 return None
             self.cancelled = True
-            if self.owns_job and self.job is not None:
+            if self.owns_job:
                 return self.job
             if self._link is not None:
                 self._link.interrupt()
@@ -233,8 +236,6 @@ class Daemon:
             with Connection.connect(self.path, CONNECT_TIMEOUT) as conn:
                 conn.call("llm.cancel", {"job": job}, timeout=QUICK_TIMEOUT)
         except ClientError as exc:
-            # The run's own connection closing (at the latest when this process ends)
-            # cancels it anyway.
             self.log(f"could not cancel llmd job {job}: {exc}")
 
     def _connection(self, fresh: bool) -> tuple[_Link, bool]:
