@@ -321,7 +321,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         # Just after llmd started, first probes may still be running: wait a little for
         # real states rather than show "unknown".
         deadline = time.monotonic() + FIRST_PROBE_WAIT
-        while _any_unknown(result) and time.monotonic() < deadline:
+        # (Not with --check: each call would run every probe again.)
+        while not args.check and _any_unknown(result) and time.monotonic() < deadline:
             time.sleep(FIRST_PROBE_POLL)
             result = as_object(call(conn, method, params, timeout=timeout), method)
         warm = None if args.json else _warm_line(conn)

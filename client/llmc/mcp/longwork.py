@@ -19,6 +19,7 @@ import time
 from llmc.calling import QUICK_CALL_TIMEOUT as QUICK_TIMEOUT
 from llmc.connection import ConnectionLost, RpcError
 from llmc.mcp import tools
+from llmc.mcp.schemas import DEFAULT_LIST, DEFAULT_TAIL, MAX_FAN_OUT, MAX_LIST, MAX_WAIT_JOBS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,11 +27,6 @@ if TYPE_CHECKING:
 
     from llmc.mcp.calls import Call, Runner
 
-MAX_FAN_OUT = 32
-MAX_WAIT_JOBS = 64
-DEFAULT_LIST = 20
-MAX_LIST = 200
-DEFAULT_TAIL = 2_000
 PROMPT_LINE = 120
 
 

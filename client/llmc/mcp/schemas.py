@@ -20,6 +20,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+# The long-work tools' bounds and defaults, declared here and enforced by llmc.mcp.longwork.
+MAX_FAN_OUT = 32
+MAX_WAIT_JOBS = 64
+DEFAULT_LIST = 20
+MAX_LIST = 200
+DEFAULT_TAIL = 2_000
+
 INSTRUCTIONS = (
     "llmd runs LLM command-line agents (such as claude, codex, gemini, llm) for you, each "
     "configured as a named blueprint. `run` sends one prompt to one blueprint and returns its "
@@ -248,11 +255,12 @@ def _start_input_schema(blueprints: list[dict[str, Any]] | None) -> dict[str, An
     item = {key: value for key, value in names.items() if key != "description"}
     schema["properties"] = {
         **schema["properties"],
-        "blueprints": {"type": "array", "items": item, "minItems": 1, "maxItems": 32,
+        "blueprints": {"type": "array", "items": item, "minItems": 1,
+                       "maxItems": MAX_FAN_OUT,
                        "description": "Instead of `blueprint`: send the same prompt to each "
                                       "of these blueprints (a job each), to compare them."},
         "prompts": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                    "maxItems": 32,
+                    "maxItems": MAX_FAN_OUT,
                     "description": "Instead of `prompt`: send each of these prompts to the "
                                    "blueprint (a job each), for independent tasks in "
                                    "parallel."}}
@@ -331,7 +339,8 @@ def tool_definitions(blueprints: list[dict[str, Any]] | None,
              "type": "object",
              "properties": {
                  "jobs": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                          "maxItems": 64, "description": "The job ids (from `start`)."},
+                          "maxItems": MAX_WAIT_JOBS,
+                          "description": "The job ids (from `start`)."},
                  "mode": {"type": "string", "enum": ["all", "any"],
                           "description": "all: until every job has ended; any: until one "
                                          "has. Default all."},
@@ -351,8 +360,8 @@ def tool_definitions(blueprints: list[dict[str, Any]] | None,
                  "state": {"type": "string", "enum": list(exitcodes.JOB_STATES),
                            "description": "Only jobs in this state."},
                  "blueprint": {"type": "string", "description": "Only this blueprint's."},
-                 "limit": {"type": "integer", "minimum": 1, "maximum": 200,
-                           "description": "At most this many (20)."}},
+                 "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIST,
+                           "description": f"At most this many ({DEFAULT_LIST})."}},
              "additionalProperties": False},
          "outputSchema": JOBS_OUTPUT_SCHEMA,
          "annotations": {"title": "Recent jobs", "readOnlyHint": True,
@@ -366,7 +375,8 @@ def tool_definitions(blueprints: list[dict[str, Any]] | None,
              "properties": {
                  "job": {"type": "string", "minLength": 1, "description": "The job id."},
                  "tail_chars": {"type": "integer", "minimum": 1,
-                                "description": "How many of the last characters (2000)."}},
+                                "description": "How many of the last characters "
+                                               f"({DEFAULT_TAIL})."}},
              "required": ["job"], "additionalProperties": False},
          "outputSchema": PEEK_OUTPUT_SCHEMA,
          "annotations": {"title": "A job's latest output", "readOnlyHint": True,
